@@ -1,0 +1,106 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::assemble::{Assembler, AssemblerConfig};
+use crate::instances::Instances;
+use crate::model::{SpanBatch, SpanKind, SpanRecord};
+use crate::testkit::Kit;
+use crate::verify::Policy;
+
+/// Finalises each trace (trace id -> spans) through a real assembler into one aggregate.
+fn aggregate(k: &Kit, traces: &[(u128, Vec<SpanRecord>)], cfg: AggregateConfig) -> Aggregate {
+    let agg = Aggregate::new(k.sym.clone(), cfg);
+    let mut asm = Assembler::new(
+        AssemblerConfig {
+            idle_ms: 10,
+            max_spans: 1_000_000,
+            tombstones: 0,
+            tombstone_ms: 0,
+        },
+        Arc::new(Policy::default()),
+        Arc::new(Instances::new([], 1)),
+    );
+    let mut out = Vec::new();
+    for (t, spans) in traces {
+        let batch = SpanBatch {
+            spans: spans.iter().map(|s| (TraceId(*t), *s)).collect(),
+        };
+        asm.insert(batch, 0, 1_000, &mut out);
+    }
+    asm.drain(0, 1_000, &mut out);
+    agg.absorb(&mut out);
+    assert!(out.is_empty(), "absorb takes everything");
+    agg
+}
+
+fn call(k: &Kit, stage_on_callee: Option<&str>) -> Vec<SpanRecord> {
+    let a = k.stage(k.span(1, None, "users", SpanKind::Server), "canary");
+    let b = k.stage(k.span(2, Some(1), "users", SpanKind::Client), "canary");
+    let mut c = k.instance(k.span(3, Some(2), "orders", SpanKind::Server), "canary");
+    if let Some(s) = stage_on_callee {
+        c = k.stage(c, s);
+    }
+    vec![a, b, c]
+}
+
+#[test]
+fn graph_counts_calls_verdicts_and_first_breaks_per_stage() {
+    let k = Kit::new();
+    let traces = vec![
+        (1, call(&k, Some("canary"))),
+        (2, call(&k, Some("canary"))),
+        (3, call(&k, None)),
+        (4, call(&k, Some("stable"))),
+    ];
+    let agg = aggregate(&k, &traces, AggregateConfig::default());
+    let st = agg.lock();
+    let e = st
+        .graph
+        .find_edge(NodeKey::Service(k.svc("users")), NodeKey::Service(k.svc("orders")))
+        .expect("users -> orders");
+    let all = e.stats(None);
+    assert_eq!(all.calls, 4);
+    // 4 in-process users SERVER -> CLIENT edges (counted on the call's hop) + 2 good calls.
+    assert_eq!(all.verdicts[Verdict::Ok as usize], 6);
+    assert_eq!(all.first_breaks[Verdict::Missing as usize], 1);
+    assert_eq!(all.first_breaks[Verdict::Changed as usize], 1);
+    assert_eq!(all.findings(), 2);
+    assert_eq!(e.stats(Some(Some(k.v("canary")))).calls, 4);
+    assert_eq!(e.stats(Some(Some(k.v("stable")))).calls, 0);
+    assert_eq!(e.routing, vec![((Some(k.v("canary")), Some(k.v("canary"))), 4)]);
+    let missing_examples = &e.examples.iter().find(|(v, _)| *v == Verdict::Missing).unwrap().1;
+    assert_eq!(missing_examples.iter().copied().collect::<Vec<_>>(), vec![TraceId(3)]);
+    assert_eq!(e.last_seen_ms, 1_000);
+    // No users edge stays inside users: there is no self edge.
+    assert!(st.graph.find_edge(NodeKey::Service(k.svc("users")), NodeKey::Service(k.svc("users"))).is_none());
+    assert_eq!(st.totals.traces.get(&(Some(k.v("canary")), true)), Some(&2));
+    assert_eq!(st.totals.traces.get(&(Some(k.v("canary")), false)), Some(&2));
+    assert_eq!(st.totals.spans, 12);
+}
+
+#[test]
+fn findings_filter_and_bounds() {
+    let k = Kit::new();
+    let traces: Vec<_> = (1..=5u128).map(|t| (t, call(&k, None))).collect();
+    let cfg = AggregateConfig {
+        max_findings: 3,
+        max_trace_spans: 6,
+    };
+    let agg = aggregate(&k, &traces, cfg);
+    let all = agg.findings(&FindingFilter::default(), 100);
+    assert_eq!(all.len(), 3, "only the newest 3 are kept");
+    let by = |f: FindingFilter| agg.findings(&f, 100).len();
+    assert_eq!(by(FindingFilter { kind: Some(Verdict::Missing), ..Default::default() }), 3);
+    assert_eq!(by(FindingFilter { kind: Some(Verdict::Changed), ..Default::default() }), 0);
+    assert_eq!(by(FindingFilter { caller: Some("users".into()), callee: Some("orders".into()), ..Default::default() }), 3);
+    assert_eq!(by(FindingFilter { caller: Some("orders".into()), ..Default::default() }), 0);
+    assert_eq!(by(FindingFilter { caller: Some("never-seen".into()), ..Default::default() }), 0);
+    assert_eq!(by(FindingFilter { stage: Some("canary".into()), ..Default::default() }), 3);
+    assert_eq!(by(FindingFilter { stage: Some("none".into()), ..Default::default() }), 0);
+    assert_eq!(by(FindingFilter { scope: Some(Scope::CrossService), first_break: Some(true), ..Default::default() }), 3);
+    assert_eq!(by(FindingFilter { trace_id: Some(all[0].trace_id), ..Default::default() }), 1);
+    assert_eq!(agg.findings(&FindingFilter::default(), 2).len(), 2);
+    // Trace snapshots are bounded by spans: 6 spans = the two newest broken traces.
+    assert!(agg.trace(all[0].trace_id).is_some());
+    assert!(agg.trace(all[2].trace_id).is_none());
+}

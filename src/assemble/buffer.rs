@@ -1,0 +1,138 @@
+//! One trace while it is assembled: its call graph, and the spans still waiting for their parent.
+//!
+//! Most traces are small, so both lookups start as linear scans over a few entries and switch to hash
+//! maps only when a trace grows: a small trace then costs its records and graph links, not a hash
+//! table per trace. A large or adversarial trace (200,000 spans, every child before its parent) still
+//! costs O(1) per span.
+
+use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
+use petgraph::graph::NodeIndex;
+
+use crate::model::{SpanId, SpanRecord, TraceId};
+use crate::verify::{Policy, TraceGraph, judge_edge};
+
+/// Past this many spans (or waiting children), lookups use a hash map.
+const SMALL: usize = 16;
+
+pub(super) struct TraceBuffer {
+    pub trace_id: TraceId,
+    pub graph: TraceGraph,
+    index: Option<HashMap<SpanId, NodeIndex, RandomState>>,
+    waiting: Waiting,
+    pub last_touch_ms: u64,
+    /// Matches this trace's newest entry in the assembler's idle queue.
+    pub stamp: u32,
+}
+
+/// Children whose parent has not arrived yet, by parent id.
+enum Waiting {
+    Few(Vec<(SpanId, NodeIndex)>),
+    Many(HashMap<SpanId, Vec<NodeIndex>, RandomState>),
+}
+
+pub(super) enum Insert {
+    Added,
+    /// Same span id and same content: an exporter retry.
+    Duplicate,
+    /// Same span id, different content: the first one is kept.
+    Conflict,
+}
+
+impl TraceBuffer {
+    pub fn new(trace_id: TraceId, now_ms: u64, stamp: u32) -> Self {
+        TraceBuffer {
+            trace_id,
+            graph: TraceGraph::default(),
+            index: None,
+            waiting: Waiting::Few(Vec::new()),
+            last_touch_ms: now_ms,
+            stamp,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.graph.node_count()
+    }
+
+    fn find(&self, id: SpanId) -> Option<NodeIndex> {
+        match &self.index {
+            Some(ix) => ix.get(&id).copied(),
+            None => self.graph.node_indices().find(|&n| self.graph[n].span_id == id),
+        }
+    }
+
+    /// Adds a span and judges every edge it completes: to its parent if present, and to any
+    /// children that arrived before it.
+    pub fn insert(&mut self, span: SpanRecord, policy: &Policy) -> Insert {
+        if let Some(existing) = self.find(span.span_id) {
+            return if self.graph[existing] == span {
+                Insert::Duplicate
+            } else {
+                Insert::Conflict
+            };
+        }
+        let v = self.graph.add_node(span);
+        match &mut self.index {
+            Some(ix) => {
+                ix.insert(span.span_id, v);
+            }
+            None if self.graph.node_count() > SMALL => {
+                let g = &self.graph;
+                self.index = Some(g.node_indices().map(|n| (g[n].span_id, n)).collect());
+            }
+            None => {}
+        }
+
+        if let Some(pid) = span.parent {
+            match self.find(pid) {
+                Some(p) => {
+                    let verdict = judge_edge(&self.graph[p], &span, policy);
+                    self.graph.add_edge(p, v, verdict);
+                }
+                None => self.wait(pid, v),
+            }
+        }
+        for c in self.take_waiting(span.span_id) {
+            let verdict = judge_edge(&span, &self.graph[c], policy);
+            self.graph.add_edge(v, c, verdict);
+        }
+        Insert::Added
+    }
+
+    fn wait(&mut self, parent: SpanId, child: NodeIndex) {
+        match &mut self.waiting {
+            Waiting::Few(v) if v.len() < SMALL => v.push((parent, child)),
+            Waiting::Few(v) => {
+                let mut m: HashMap<SpanId, Vec<NodeIndex>, RandomState> = HashMap::default();
+                for (p, c) in v.drain(..).chain(std::iter::once((parent, child))) {
+                    m.entry(p).or_default().push(c);
+                }
+                self.waiting = Waiting::Many(m);
+            }
+            Waiting::Many(m) => m.entry(parent).or_default().push(child),
+        }
+    }
+
+    fn take_waiting(&mut self, parent: SpanId) -> Vec<NodeIndex> {
+        match &mut self.waiting {
+            Waiting::Few(v) => {
+                if !v.iter().any(|(p, _)| *p == parent) {
+                    return Vec::new();
+                }
+                let mut out = Vec::new();
+                v.retain(|&(p, c)| {
+                    if p == parent {
+                        out.push(c);
+                        false
+                    } else {
+                        true
+                    }
+                });
+                out
+            }
+            Waiting::Many(m) => m.remove(&parent).unwrap_or_default(),
+        }
+    }
+}

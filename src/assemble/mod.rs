@@ -1,0 +1,300 @@
+//! Assembly: spans in, finalised traces out. One [`Assembler`] per worker owns its traces outright
+//! (no locks); the same type runs synchronously inside `grayscope check`.
+//!
+//! A trace is finalised when it has been idle for `trace_idle`, when buffered spans exceed the
+//! worker's share of `--max-buffered-spans` (least recently active first, counted as early), or on
+//! shutdown. Finalised trace ids are remembered for a while (bounded), so that a retry arriving after
+//! finalisation is counted as late instead of starting a new trace that would look broken.
+
+mod buffer;
+mod snapshot;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use foldhash::fast::RandomState;
+
+pub use snapshot::TraceSnapshot;
+
+use crate::instances::Instances;
+use crate::model::{SpanBatch, Sym, TraceId};
+use crate::verify::{self, Policy, TraceOutcome, trace::FinaliseContext};
+use buffer::{Insert, TraceBuffer};
+
+/// Why a trace was finalised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Idle for `trace_idle`: the normal case.
+    Idle,
+    /// Forced by the memory bound before it went idle.
+    Early,
+    /// Forced by shutdown or an explicit flush.
+    Flush,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Idle => "idle",
+            Reason::Early => "memory",
+            Reason::Flush => "shutdown",
+        }
+    }
+}
+
+/// A finalised trace on its way to the aggregate.
+#[derive(Debug)]
+pub struct Finalised {
+    pub outcome: TraceOutcome,
+    pub reason: Reason,
+    /// The trace itself, kept only for traces with findings (they are the ones users open).
+    pub snapshot: Option<TraceSnapshot>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AssemblerConfig {
+    pub idle_ms: u64,
+    pub max_spans: usize,
+    /// How many finalised trace ids to remember, and for how long.
+    pub tombstones: usize,
+    pub tombstone_ms: u64,
+}
+
+/// Plain counters; the worker publishes them as metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AssembleStats {
+    pub spans_added: u64,
+    pub duplicates: u64,
+    pub conflicts: u64,
+    /// Spans for a trace finalised recently: counted, not judged.
+    pub late: u64,
+    pub finalised_idle: u64,
+    pub finalised_early: u64,
+    pub finalised_flush: u64,
+}
+
+pub struct Assembler {
+    cfg: AssemblerConfig,
+    policy: Arc<Policy>,
+    instances: Arc<Instances>,
+    ids: HashMap<TraceId, u32, RandomState>,
+    slots: Vec<Option<TraceBuffer>>,
+    free: Vec<u32>,
+    /// (slot, stamp) in order of last activity; entries whose stamp no longer matches are stale.
+    idle_queue: VecDeque<(u32, u32)>,
+    stamp: u32,
+    buffered: usize,
+    finished: Tombstones,
+    stats: AssembleStats,
+}
+
+impl Assembler {
+    pub fn new(cfg: AssemblerConfig, policy: Arc<Policy>, instances: Arc<Instances>) -> Self {
+        Assembler {
+            finished: Tombstones::new(cfg.tombstones, cfg.tombstone_ms),
+            cfg,
+            policy,
+            instances,
+            ids: HashMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            idle_queue: VecDeque::new(),
+            stamp: 0,
+            buffered: 0,
+            stats: AssembleStats::default(),
+        }
+    }
+
+    pub fn buffered_spans(&self) -> usize {
+        self.buffered
+    }
+
+    pub fn buffered_traces(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn stats(&self) -> AssembleStats {
+        self.stats
+    }
+
+    /// Adds a batch; edges are judged as their spans meet. Traces pushed out by the memory bound are
+    /// appended to `out`.
+    pub fn insert(&mut self, batch: SpanBatch, now_ms: u64, wall_ms: u64, out: &mut Vec<Finalised>) {
+        self.stamp = self.stamp.wrapping_add(1);
+        let stamp = self.stamp;
+        let mut last: Option<(TraceId, u32)> = None;
+        for (trace_id, span) in batch.spans {
+            let slot = match last {
+                Some((t, s)) if t == trace_id => s,
+                _ => match self.slot_for(trace_id, now_ms) {
+                    Some(s) => s,
+                    None => {
+                        self.stats.late += 1;
+                        continue;
+                    }
+                },
+            };
+            last = Some((trace_id, slot));
+            let buf = self.slots[slot as usize].as_mut().expect("slot of a live trace");
+            if buf.stamp != stamp {
+                buf.stamp = stamp;
+                buf.last_touch_ms = now_ms;
+                self.idle_queue.push_back((slot, stamp));
+            }
+            match buf.insert(span, &self.policy) {
+                Insert::Added => {
+                    self.buffered += 1;
+                    self.stats.spans_added += 1;
+                }
+                Insert::Duplicate => self.stats.duplicates += 1,
+                Insert::Conflict => self.stats.conflicts += 1,
+            }
+        }
+        while self.buffered > self.cfg.max_spans {
+            match self.pop_oldest() {
+                Some(slot) => out.push(self.finalise(slot, Reason::Early, now_ms, wall_ms)),
+                None => break,
+            }
+        }
+    }
+
+    /// Finalises every trace idle for `trace_idle`.
+    pub fn expire(&mut self, now_ms: u64, wall_ms: u64, out: &mut Vec<Finalised>) {
+        self.finished.expire(now_ms);
+        while let Some(&(slot, stamp)) = self.idle_queue.front() {
+            let Some(buf) = self.slots[slot as usize].as_ref().filter(|b| b.stamp == stamp) else {
+                self.idle_queue.pop_front();
+                continue;
+            };
+            if buf.last_touch_ms + self.cfg.idle_ms > now_ms {
+                break;
+            }
+            self.idle_queue.pop_front();
+            out.push(self.finalise(slot, Reason::Idle, now_ms, wall_ms));
+        }
+    }
+
+    /// Finalises everything buffered (shutdown, `check`).
+    pub fn drain(&mut self, now_ms: u64, wall_ms: u64, out: &mut Vec<Finalised>) {
+        while let Some(slot) = self.pop_oldest() {
+            out.push(self.finalise(slot, Reason::Flush, now_ms, wall_ms));
+        }
+    }
+
+    /// The trace as it stands, if it is buffered here.
+    pub fn snapshot(&self, trace_id: TraceId) -> Option<TraceSnapshot> {
+        let slot = *self.ids.get(&trace_id)?;
+        let buf = self.slots[slot as usize].as_ref()?;
+        Some(TraceSnapshot::of(trace_id, &buf.graph, Vec::new(), false))
+    }
+
+    fn slot_for(&mut self, trace_id: TraceId, now_ms: u64) -> Option<u32> {
+        if let Some(&s) = self.ids.get(&trace_id) {
+            return Some(s);
+        }
+        if self.finished.contains(trace_id) {
+            return None;
+        }
+        let buf = TraceBuffer::new(trace_id, now_ms, self.stamp.wrapping_sub(1));
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(buf);
+                s
+            }
+            None => {
+                self.slots.push(Some(buf));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.ids.insert(trace_id, slot);
+        Some(slot)
+    }
+
+    fn pop_oldest(&mut self) -> Option<u32> {
+        while let Some((slot, stamp)) = self.idle_queue.pop_front() {
+            if self.slots[slot as usize].as_ref().is_some_and(|b| b.stamp == stamp) {
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    fn finalise(&mut self, slot: u32, reason: Reason, now_ms: u64, wall_ms: u64) -> Finalised {
+        let mut buf = self.slots[slot as usize].take().expect("finalising a live slot");
+        self.free.push(slot);
+        self.ids.remove(&buf.trace_id);
+        self.buffered -= buf.len();
+        self.finished.insert(buf.trace_id, now_ms);
+        match reason {
+            Reason::Idle => self.stats.finalised_idle += 1,
+            Reason::Early => self.stats.finalised_early += 1,
+            Reason::Flush => self.stats.finalised_flush += 1,
+        }
+        let instances = &self.instances;
+        let is_live = |svc: Sym, stage: Sym| instances.is_live(svc, stage, now_ms);
+        let cx = FinaliseContext {
+            policy: &self.policy,
+            is_live: &is_live,
+            observed_at_ms: wall_ms,
+        };
+        let outcome = verify::finalise(buf.trace_id, &mut buf.graph, &cx);
+        let snapshot = outcome
+            .is_broken()
+            .then(|| TraceSnapshot::of(buf.trace_id, &buf.graph, outcome.findings.clone(), true));
+        Finalised {
+            outcome,
+            reason,
+            snapshot,
+        }
+    }
+}
+
+/// Recently finalised trace ids: bounded in count and in age.
+struct Tombstones {
+    order: VecDeque<(TraceId, u64)>,
+    set: HashSet<TraceId, RandomState>,
+    cap: usize,
+    ttl_ms: u64,
+}
+
+impl Tombstones {
+    fn new(cap: usize, ttl_ms: u64) -> Self {
+        Tombstones {
+            order: VecDeque::new(),
+            set: HashSet::default(),
+            cap,
+            ttl_ms,
+        }
+    }
+
+    fn insert(&mut self, id: TraceId, now_ms: u64) {
+        if self.cap == 0 {
+            return;
+        }
+        if self.order.len() >= self.cap
+            && let Some((old, _)) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        if self.set.insert(id) {
+            self.order.push_back((id, now_ms));
+        }
+    }
+
+    fn contains(&self, id: TraceId) -> bool {
+        self.set.contains(&id)
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        while let Some(&(id, t)) = self.order.front() {
+            if t + self.ttl_ms > now_ms {
+                break;
+            }
+            self.order.pop_front();
+            self.set.remove(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,193 @@
+//! Bounded string interning for the values that repeat across spans: service names, span names,
+//! stage values, attribute keys, peer names.
+//!
+//! One interner per kind of string, so that a flood of junk span names cannot use up the room that
+//! service names need. Each is capped: past its cap, new strings map to [`OTHER`] and are counted,
+//! so memory stays bounded whatever senders do. Interned strings live as long as the process; that is
+//! the price of 4-byte symbols, and the caps are what make it affordable.
+//!
+//! Receivers intern while decoding, on several threads at once. A [`RequestCache`] in front of the
+//! shared table keeps that to one shared lookup per distinct string per request.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use foldhash::fast::RandomState;
+
+use crate::model::Sym;
+
+/// What an overflowing string becomes; it is always symbol 1 of every interner.
+pub const OTHER: &str = "(other)";
+
+/// A capped, append-only, thread-safe string table.
+pub struct Interner {
+    table: RwLock<Table>,
+    cap: usize,
+    overflowed: AtomicU64,
+}
+
+#[derive(Default)]
+struct Table {
+    ids: HashMap<Arc<str>, Sym, RandomState>,
+    strings: Vec<Arc<str>>,
+}
+
+impl Interner {
+    /// `cap` counts distinct strings, including [`OTHER`].
+    pub fn new(cap: usize) -> Self {
+        let me = Interner {
+            table: RwLock::new(Table::default()),
+            cap: cap.max(2),
+            overflowed: AtomicU64::new(0),
+        };
+        me.intern(OTHER);
+        me
+    }
+
+    pub fn other(&self) -> Sym {
+        Sym(NonZeroU32::MIN)
+    }
+
+    pub fn intern(&self, s: &str) -> Sym {
+        if let Some(sym) = self.get(s) {
+            return sym;
+        }
+        let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(sym) = t.ids.get(s) {
+            return *sym;
+        }
+        if t.strings.len() >= self.cap {
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+            return self.other();
+        }
+        let arc: Arc<str> = Arc::from(s);
+        t.strings.push(arc.clone());
+        let sym = Sym(NonZeroU32::new(t.strings.len() as u32).expect("len >= 1 after push"));
+        t.ids.insert(arc, sym);
+        sym
+    }
+
+    /// Looks a string up without adding it.
+    pub fn get(&self, s: &str) -> Option<Sym> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).ids.get(s).copied()
+    }
+
+    pub fn resolve(&self, sym: Sym) -> Arc<str> {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        t.strings
+            .get(sym.0.get() as usize - 1)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(OTHER))
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).strings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// How many strings were folded into [`OTHER`] because the table was full.
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+}
+
+/// The interners grayscope keeps, one per kind of string.
+pub struct Symbols {
+    pub services: Interner,
+    pub names: Interner,
+    /// Stage values, attribute keys and peer names: small vocabularies.
+    pub values: Interner,
+}
+
+impl Symbols {
+    pub fn new(limits: &SymbolLimits) -> Self {
+        Symbols {
+            services: Interner::new(limits.services),
+            names: Interner::new(limits.span_names),
+            values: Interner::new(limits.values),
+        }
+    }
+}
+
+/// Caps on distinct strings, per kind.
+#[derive(Clone, Debug)]
+pub struct SymbolLimits {
+    pub services: usize,
+    pub span_names: usize,
+    pub values: usize,
+}
+
+impl Default for SymbolLimits {
+    fn default() -> Self {
+        SymbolLimits {
+            services: 10_000,
+            span_names: 200_000,
+            values: 10_000,
+        }
+    }
+}
+
+/// A per-request front for one [`Interner`]: repeated strings in a request cost one local hash
+/// lookup instead of a shared lock.
+pub struct RequestCache<'a> {
+    interner: &'a Interner,
+    seen: HashMap<&'a str, Sym, RandomState>,
+}
+
+impl<'a> RequestCache<'a> {
+    pub fn new(interner: &'a Interner) -> Self {
+        RequestCache {
+            interner,
+            seen: HashMap::default(),
+        }
+    }
+
+    pub fn intern(&mut self, s: &'a str) -> Sym {
+        *self.seen.entry(s).or_insert_with(|| self.interner.intern(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interns_once_and_resolves() {
+        let i = Interner::new(10);
+        let a = i.intern("orders");
+        assert_eq!(i.intern("orders"), a);
+        assert_ne!(i.intern("payments"), a);
+        assert_eq!(&*i.resolve(a), "orders");
+        assert_eq!(i.get("orders"), Some(a));
+        assert_eq!(i.get("nope"), None);
+    }
+
+    #[test]
+    fn folds_into_other_past_the_cap() {
+        let i = Interner::new(3); // OTHER + 2
+        let a = i.intern("a");
+        let b = i.intern("b");
+        assert_eq!(i.intern("c"), i.other());
+        assert_eq!(i.intern("d"), i.other());
+        assert_eq!(i.intern("a"), a, "known strings still resolve after the cap");
+        assert_eq!(&*i.resolve(b), "b");
+        assert_eq!(&*i.resolve(i.other()), OTHER);
+        assert_eq!(i.overflowed(), 2);
+        assert_eq!(i.len(), 3);
+    }
+
+    #[test]
+    fn request_cache_agrees_with_the_table() {
+        let i = Interner::new(100);
+        let s = String::from("canary");
+        let mut c = RequestCache::new(&i);
+        let x = c.intern(&s);
+        assert_eq!(c.intern(&s), x);
+        assert_eq!(i.intern("canary"), x);
+    }
+}

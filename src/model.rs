@@ -1,0 +1,208 @@
+//! grayscope's own span model. OTLP types stop at `receive/`; everything downstream speaks these.
+//!
+//! A [`SpanRecord`] is deliberately small (64 bytes): strings are interned [`Sym`]s, ids are integers,
+//! and nothing is heap-allocated per span. Memory per buffered span is a product promise
+//! (`--max-buffered-spans` is the knob operators size against), so every field here has to earn its bytes.
+
+use std::fmt;
+use std::num::{NonZeroU32, NonZeroU64};
+
+use serde::Serialize;
+
+/// A 16-byte W3C trace id. Never all zeroes (rejected at decode).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TraceId(pub u128);
+
+impl TraceId {
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let arr: [u8; 16] = b.try_into().ok()?;
+        let v = u128::from_be_bytes(arr);
+        (v != 0).then_some(TraceId(v))
+    }
+
+    /// Parses the lower- or upper-case hex form used by OTLP/JSON and the API.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u128::from_str_radix(s, 16).ok().filter(|v| *v != 0).map(TraceId)
+    }
+
+    /// Which worker owns this trace. Trace ids are random, so the low bits are a fair hash;
+    /// a skewed sender only skews load, never correctness.
+    pub fn shard(self, shards: usize) -> usize {
+        (self.0 as u64 % shards as u64) as usize
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for TraceId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// An 8-byte span id. Non-zero, so `Option<SpanId>` costs no extra bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpanId(pub NonZeroU64);
+
+impl SpanId {
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let arr: [u8; 8] = b.try_into().ok()?;
+        NonZeroU64::new(u64::from_be_bytes(arr)).map(SpanId)
+    }
+
+    pub fn get(self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for SpanId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// An interned string (see [`crate::intern`]). Non-zero so `Option<Sym>` stays 4 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct Sym(pub NonZeroU32);
+
+/// OTLP span kind, as the integer enum of the spec.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum SpanKind {
+    Unspecified,
+    Internal,
+    Server,
+    Client,
+    Producer,
+    Consumer,
+}
+
+impl SpanKind {
+    pub fn from_otlp(v: i32) -> Self {
+        match v {
+            1 => SpanKind::Internal,
+            2 => SpanKind::Server,
+            3 => SpanKind::Client,
+            4 => SpanKind::Producer,
+            5 => SpanKind::Consumer,
+            _ => SpanKind::Unspecified,
+        }
+    }
+
+    /// CLIENT and PRODUCER spans start an outgoing call: the context must travel with them.
+    pub fn is_outgoing(self) -> bool {
+        matches!(self, SpanKind::Client | SpanKind::Producer)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanKind::Unspecified => "UNSPECIFIED",
+            SpanKind::Internal => "INTERNAL",
+            SpanKind::Server => "SERVER",
+            SpanKind::Client => "CLIENT",
+            SpanKind::Producer => "PRODUCER",
+            SpanKind::Consumer => "CONSUMER",
+        }
+    }
+}
+
+/// OTLP status code.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum StatusCode {
+    Unset,
+    Ok,
+    Error,
+}
+
+impl StatusCode {
+    pub fn from_otlp(v: i32) -> Self {
+        match v {
+            1 => StatusCode::Ok,
+            2 => StatusCode::Error,
+            _ => StatusCode::Unset,
+        }
+    }
+}
+
+/// One span, as grayscope keeps it while its trace is assembled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanRecord {
+    pub span_id: SpanId,
+    pub parent: Option<SpanId>,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub service: Sym,
+    pub name: Sym,
+    /// The request's release stage, from the first configured attribute key found.
+    pub stage: Option<Sym>,
+    /// Which deployment served the span, from the resource.
+    pub instance_stage: Option<Sym>,
+    /// A near-miss key (e.g. `x-release-stag`) found when no configured key was; its value is in
+    /// `near_miss_value`.
+    pub near_miss_key: Option<Sym>,
+    pub near_miss_value: Option<Sym>,
+    /// `peer.service` or `server.address` of an outgoing call: names an uninstrumented callee.
+    pub peer: Option<Sym>,
+    pub kind: SpanKind,
+    pub status: StatusCode,
+}
+
+/// Spans headed for one worker, from one request.
+#[derive(Debug, Default)]
+pub struct SpanBatch {
+    pub spans: Vec<(TraceId, SpanRecord)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_stays_compact() {
+        assert_eq!(std::mem::size_of::<SpanRecord>(), 64);
+        assert_eq!(std::mem::size_of::<Option<SpanId>>(), 8);
+        assert_eq!(std::mem::size_of::<Option<Sym>>(), 4);
+    }
+
+    #[test]
+    fn ids_round_trip_and_reject_zero_or_wrong_length() {
+        let t = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        assert_eq!(t.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(TraceId::from_bytes(&t.0.to_be_bytes()), Some(t));
+        assert_eq!(TraceId::from_bytes(&[0; 16]), None);
+        assert_eq!(TraceId::from_bytes(&[1; 15]), None);
+        assert_eq!(TraceId::from_hex("00000000000000000000000000000000"), None);
+        assert_eq!(TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e473"), None);
+        assert_eq!(SpanId::from_bytes(&[0; 8]), None);
+        assert_eq!(SpanId::from_bytes(&[1; 9]), None);
+        assert_eq!(SpanId::from_bytes(&[0, 0, 0, 0, 0, 0, 0, 7]).unwrap().to_string(), "0000000000000007");
+    }
+}

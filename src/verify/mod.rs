@@ -1,0 +1,182 @@
+//! Verdicts: pure, synchronous judgement of caller->callee edges and whole traces.
+//!
+//! Nothing here does I/O or knows about tokio, so every rule of the verdict table is testable with
+//! plain values. [`judge_edge`] runs the moment both spans of an edge are present (whatever order they
+//! arrived in); [`trace::finalise`] runs once per trace and does what needs the whole trace: routing
+//! (misrouted), orphans and root outgoing calls (broken_trace), and which finding is the first break.
+
+mod finding;
+pub mod trace;
+
+use std::collections::HashSet;
+
+use foldhash::fast::RandomState;
+use serde::Serialize;
+
+pub use finding::{Finding, Hop, NodeKey};
+pub use trace::{EdgeOutcome, TraceGraph, TraceOutcome, finalise};
+
+use crate::model::{SpanRecord, Sym};
+
+/// One verdict per parent->child edge (see the README's verdict table).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum Verdict {
+    Ok,
+    Absent,
+    Missing,
+    Changed,
+    Appeared,
+    KeyMismatch,
+    InvalidValue,
+    Misrouted,
+    BrokenTrace,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 9] = [
+        Verdict::Ok,
+        Verdict::Absent,
+        Verdict::Missing,
+        Verdict::Changed,
+        Verdict::Appeared,
+        Verdict::KeyMismatch,
+        Verdict::InvalidValue,
+        Verdict::Misrouted,
+        Verdict::BrokenTrace,
+    ];
+
+    pub fn is_finding(self) -> bool {
+        !matches!(self, Verdict::Ok | Verdict::Absent)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::Absent => "absent",
+            Verdict::Missing => "missing",
+            Verdict::Changed => "changed",
+            Verdict::Appeared => "appeared",
+            Verdict::KeyMismatch => "key_mismatch",
+            Verdict::InvalidValue => "invalid_value",
+            Verdict::Misrouted => "misrouted",
+            Verdict::BrokenTrace => "broken_trace",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Verdict> {
+        Verdict::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// `appeared` is usually a default applied mid-chain: worth fixing, rarely an outage.
+    pub fn severity(self) -> Severity {
+        match self {
+            Verdict::Ok | Verdict::Absent => Severity::None,
+            Verdict::Appeared => Severity::Low,
+            _ => Severity::High,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    None,
+    Low,
+    High,
+}
+
+/// Where on an edge the stage was lost.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Between spans of two services: the caller's injection, the wire, or the callee's extraction.
+    CrossService,
+    /// Between two spans of one service: work done without the request's context.
+    InProcess,
+}
+
+impl Scope {
+    pub fn of(parent: &SpanRecord, child: &SpanRecord) -> Scope {
+        if parent.service == child.service {
+            Scope::InProcess
+        } else {
+            Scope::CrossService
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::CrossService => "cross_service",
+            Scope::InProcess => "in_process",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "cross_service" => Some(Scope::CrossService),
+            "in_process" => Some(Scope::InProcess),
+            _ => None,
+        }
+    }
+}
+
+/// The verification rules that come from configuration, with their strings interned.
+#[derive(Debug, Default)]
+pub struct Policy {
+    /// Empty: any value is allowed.
+    pub allowed: HashSet<Sym, RandomState>,
+    /// Services (optionally one span name of theirs) whose root CLIENT/PRODUCER spans are expected:
+    /// jobs and schedulers that start traces by calling out.
+    pub exempt_roots: Vec<(Sym, Option<Sym>)>,
+}
+
+impl Policy {
+    fn is_allowed(&self, stage: Sym) -> bool {
+        self.allowed.is_empty() || self.allowed.contains(&stage)
+    }
+
+    fn exempt(&self, span: &SpanRecord) -> bool {
+        self.exempt_roots
+            .iter()
+            .any(|&(svc, name)| svc == span.service && name.is_none_or(|n| n == span.name))
+    }
+}
+
+/// The verdict of one edge from what both spans carry. Routing (`misrouted`) needs the instance
+/// registry at finalisation and is judged by [`trace::finalise`] on top of this.
+pub fn judge_edge(parent: &SpanRecord, child: &SpanRecord, policy: &Policy) -> Verdict {
+    match (parent.stage, child.stage) {
+        (_, Some(t)) if !policy.is_allowed(t) => Verdict::InvalidValue,
+        (Some(s), Some(t)) if s == t => Verdict::Ok,
+        (Some(_), Some(_)) => Verdict::Changed,
+        (Some(_), None) if child.near_miss_key.is_some() => Verdict::KeyMismatch,
+        (Some(_), None) => Verdict::Missing,
+        (None, Some(_)) => Verdict::Appeared,
+        (None, None) => Verdict::Absent,
+    }
+}
+
+/// True if the caller sent a stage, the callee was served by an instance of another stage, and the
+/// callee service had a live instance of the sent stage: routing ignored the tag.
+///
+/// Only `ok` and `changed` edges can become `misrouted`: when the stage never reached the callee
+/// (`missing`, `key_mismatch`), the router most likely never saw it either, and that loss is the cause.
+pub fn is_misrouted(
+    parent: &SpanRecord,
+    child: &SpanRecord,
+    verdict: Verdict,
+    is_live: impl Fn(Sym, Sym) -> bool,
+) -> bool {
+    if !matches!(verdict, Verdict::Ok | Verdict::Changed) || parent.service == child.service {
+        return false;
+    }
+    match (parent.stage, child.instance_stage) {
+        (Some(sent), Some(served)) => sent != served && is_live(child.service, sent),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,218 @@
+use super::trace::FinaliseContext;
+use super::*;
+use crate::model::{SpanKind, TraceId};
+use crate::testkit::Kit;
+
+trait FinaliseExt {
+    fn finalise(&self, spans: &[SpanRecord], policy: &Policy, live: &[(&str, &str)]) -> TraceOutcome;
+}
+
+impl FinaliseExt for Kit {
+    /// Builds the graph the way the assembler does and finalises it.
+    fn finalise(&self, spans: &[SpanRecord], policy: &Policy, live: &[(&str, &str)]) -> TraceOutcome {
+        let mut g = TraceGraph::default();
+        let idx: Vec<_> = spans.iter().map(|s| g.add_node(*s)).collect();
+        for (ci, c) in spans.iter().enumerate() {
+            if let Some(p) = c.parent
+                && let Some(pi) = spans.iter().position(|s| s.span_id == p)
+            {
+                g.add_edge(idx[pi], idx[ci], judge_edge(&spans[pi], c, policy));
+            }
+        }
+        let live: Vec<(Sym, Sym)> = live
+            .iter()
+            .map(|(svc, st)| (self.sym.services.intern(svc), self.v(st)))
+            .collect();
+        let is_live = move |svc: Sym, st: Sym| live.contains(&(svc, st));
+        let cx = FinaliseContext {
+            policy,
+            is_live: &is_live,
+            observed_at_ms: 0,
+        };
+        finalise(TraceId(7), &mut g, &cx)
+    }
+}
+
+#[test]
+fn edge_verdict_table() {
+    let k = Kit::new();
+    let p = Policy::default();
+    let a = k.span(1, None, "a", SpanKind::Client);
+    let b = k.span(2, Some(1), "b", SpanKind::Server);
+    let canary = |s| k.stage(s, "canary");
+    let stable = |s| k.stage(s, "stable");
+    assert_eq!(judge_edge(&canary(a), &canary(b), &p), Verdict::Ok);
+    assert_eq!(judge_edge(&a, &b, &p), Verdict::Absent);
+    assert_eq!(judge_edge(&canary(a), &b, &p), Verdict::Missing);
+    assert_eq!(judge_edge(&canary(a), &stable(b), &p), Verdict::Changed);
+    assert_eq!(judge_edge(&a, &stable(b), &p), Verdict::Appeared);
+    let mut typo = b;
+    typo.near_miss_key = Some(k.v("x-release-stag"));
+    typo.near_miss_value = Some(k.v("canary"));
+    assert_eq!(judge_edge(&canary(a), &typo, &p), Verdict::KeyMismatch);
+    assert_eq!(judge_edge(&a, &typo, &p), Verdict::Absent, "a near miss with nothing sent is not a finding");
+
+    let strict = Policy {
+        allowed: [k.v("stable"), k.v("canary")].into_iter().collect(),
+        ..Policy::default()
+    };
+    let bad = k.stage(b, "canry");
+    assert_eq!(judge_edge(&canary(a), &bad, &strict), Verdict::InvalidValue);
+    assert_eq!(judge_edge(&a, &bad, &strict), Verdict::InvalidValue);
+    assert_eq!(judge_edge(&canary(a), &bad, &p), Verdict::Changed, "no allowed list: any value");
+}
+
+#[test]
+fn misrouted_only_when_the_sent_stage_was_live_for_the_callee() {
+    let k = Kit::new();
+    let p = Policy::default();
+    let gw = k.stage(k.span(1, None, "gateway", SpanKind::Server), "canary");
+    let call = k.stage(k.span(2, Some(1), "gateway", SpanKind::Client), "canary");
+    let orders = k.instance(k.stage(k.span(3, Some(2), "orders", SpanKind::Server), "canary"), "stable");
+    let spans = [gw, call, orders];
+
+    let out = k.finalise(&spans, &p, &[("orders", "canary"), ("orders", "stable")]);
+    assert_eq!(out.findings.len(), 1);
+    let f = &out.findings[0];
+    assert_eq!((f.kind, f.scope, f.first_break), (Verdict::Misrouted, Scope::CrossService, true));
+    assert!(f.detail(&k.sym).contains("routed to a stable instance of orders"), "{}", f.detail(&k.sym));
+
+    let out = k.finalise(&spans, &p, &[("orders", "stable")]);
+    assert!(out.findings.is_empty(), "no canary orders instance: stable is the only place to go");
+
+    // The stage never reached orders: the loss is the cause, not routing.
+    let mut lost = orders;
+    lost.stage = None;
+    let out = k.finalise(&[gw, call, lost], &p, &[("orders", "canary")]);
+    assert_eq!(out.findings[0].kind, Verdict::Missing);
+}
+
+#[test]
+fn first_break_and_consequences() {
+    let k = Kit::new();
+    let p = Policy::default();
+    // users SERVER (canary) -> users CLIENT (lost) -> orders SERVER (default stable) -> orders CLIENT
+    let s1 = k.stage(k.span(1, None, "users", SpanKind::Server), "canary");
+    let s2 = k.span(2, Some(1), "users", SpanKind::Client);
+    let s3 = k.stage(k.span(3, Some(2), "orders", SpanKind::Server), "stable");
+    let s4 = k.stage(k.span(4, Some(3), "orders", SpanKind::Client), "stable");
+    let out = k.finalise(&[s4, s3, s2, s1], &p, &[]);
+    let mut f: Vec<_> = out.findings.iter().map(|f| (f.kind, f.scope, f.first_break)).collect();
+    f.sort_by_key(|x| x.0);
+    assert_eq!(
+        f,
+        vec![
+            (Verdict::Missing, Scope::InProcess, true),
+            (Verdict::Appeared, Scope::CrossService, false),
+        ]
+    );
+    let missing = out.findings.iter().find(|f| f.kind == Verdict::Missing).unwrap();
+    // An in-process loss on an outgoing span is counted on the call's hop.
+    assert_eq!(missing.hop.callee, NodeKey::Service(k.sym.services.intern("orders")));
+    assert!(missing.detail(&k.sym).starts_with("users made an outgoing call without the request's context"));
+    assert_eq!(out.stage, Some(k.v("canary")));
+    assert_eq!(out.edges.iter().filter(|e| e.first_break).count(), 1);
+    assert_eq!(out.edges.iter().filter(|e| e.call).count(), 1);
+}
+
+#[test]
+fn independent_branches_each_have_a_first_break() {
+    let k = Kit::new();
+    let p = Policy::default();
+    let root = k.stage(k.span(1, None, "orders", SpanKind::Server), "canary");
+    let a = k.stage(k.span(2, Some(1), "orders", SpanKind::Client), "canary");
+    let b = k.stage(k.span(3, Some(1), "orders", SpanKind::Client), "canary");
+    let pay = k.span(4, Some(2), "payments", SpanKind::Server);
+    let inv = k.stage(k.span(5, Some(3), "inventory", SpanKind::Server), "stable");
+    let out = k.finalise(&[root, a, b, pay, inv], &p, &[]);
+    assert_eq!(out.findings.len(), 2);
+    assert!(out.findings.iter().all(|f| f.first_break));
+}
+
+#[test]
+fn broken_traces() {
+    let k = Kit::new();
+    let p = Policy::default();
+    // An orphan: its parent never arrived.
+    let orphan = k.stage(k.span(5, Some(99), "payments", SpanKind::Server), "canary");
+    let child = k.span(6, Some(5), "payments", SpanKind::Internal);
+    let out = k.finalise(&[orphan, child], &p, &[]);
+    let kinds: Vec<_> = out.findings.iter().map(|f| (f.kind, f.first_break, f.caller.is_none())).collect();
+    assert_eq!(
+        kinds,
+        vec![(Verdict::BrokenTrace, true, true), (Verdict::Missing, false, false)]
+    );
+    assert!(out.findings[0].detail(&k.sym).contains("never arrived"));
+
+    // A root CLIENT span: an outgoing call made with no inbound context.
+    let root = k.span(1, None, "orders", SpanKind::Client);
+    let inv = k.span(2, Some(1), "inventory", SpanKind::Server);
+    let out = k.finalise(&[root, inv], &p, &[]);
+    assert_eq!(out.findings.len(), 1);
+    let f = &out.findings[0];
+    assert_eq!((f.kind, f.scope), (Verdict::BrokenTrace, Scope::InProcess));
+    assert_eq!(f.hop.caller, Some(NodeKey::Service(k.sym.services.intern("orders"))));
+    assert_eq!(f.hop.callee, NodeKey::Service(k.sym.services.intern("inventory")));
+
+    // ... unless the service is a known job.
+    let exempt = Policy {
+        exempt_roots: vec![(k.sym.services.intern("orders"), None)],
+        ..Policy::default()
+    };
+    assert!(k.finalise(&[root, inv], &exempt, &[]).findings.is_empty());
+
+    // A root SERVER span is normal.
+    let probe = k.span(1, None, "orders", SpanKind::Server);
+    assert!(k.finalise(&[probe], &p, &[]).findings.is_empty());
+}
+
+#[test]
+fn parent_cycles_are_broken_traces_not_hangs() {
+    let k = Kit::new();
+    let a = k.span(1, Some(2), "a", SpanKind::Server);
+    let b = k.span(2, Some(1), "a", SpanKind::Internal);
+    let c = k.span(3, Some(2), "a", SpanKind::Internal);
+    let out = k.finalise(&[c, a, b], &Policy::default(), &[]);
+    let breaks: Vec<_> = out.findings.iter().filter(|f| f.first_break).collect();
+    assert_eq!(breaks.len(), 1);
+    assert_eq!(breaks[0].kind, Verdict::BrokenTrace);
+    assert!(breaks[0].detail(&k.sym).contains("cycle"));
+}
+
+#[test]
+fn a_very_deep_chain_does_not_overflow_the_stack() {
+    let k = Kit::new();
+    let mut spans = vec![k.stage(k.span(1, None, "a", SpanKind::Server), "canary")];
+    for i in 2..=100_000u64 {
+        spans.push(k.stage(k.span(i, Some(i - 1), "a", SpanKind::Internal), "canary"));
+    }
+    spans[50_000].stage = None;
+    let mut g = TraceGraph::default();
+    let idx: Vec<_> = spans.iter().map(|s| g.add_node(*s)).collect();
+    let p = Policy::default();
+    for i in 1..spans.len() {
+        g.add_edge(idx[i - 1], idx[i], judge_edge(&spans[i - 1], &spans[i], &p));
+    }
+    let cx = FinaliseContext {
+        policy: &p,
+        is_live: &|_, _| false,
+        observed_at_ms: 0,
+    };
+    let out = finalise(TraceId(1), &mut g, &cx);
+    let kinds: Vec<_> = out.findings.iter().map(|f| (f.kind, f.first_break)).collect();
+    assert_eq!(kinds, vec![(Verdict::Missing, true), (Verdict::Appeared, false)]);
+    assert_eq!(out.edges.len(), 99_999);
+}
+
+#[test]
+fn uninstrumented_callees_become_virtual_calls() {
+    let k = Kit::new();
+    let root = k.stage(k.span(1, None, "orders", SpanKind::Server), "canary");
+    let mut call = k.stage(k.span(2, Some(1), "orders", SpanKind::Client), "canary");
+    call.peer = Some(k.v("db.internal:5432"));
+    let out = k.finalise(&[root, call], &Policy::default(), &[]);
+    let virt: Vec<_> = out.edges.iter().filter(|e| e.verdict.is_none()).collect();
+    assert_eq!(virt.len(), 1);
+    assert_eq!(virt[0].hop.callee, NodeKey::Virtual(k.v("db.internal:5432")));
+    assert!(virt[0].call);
+}
