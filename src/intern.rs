@@ -104,6 +104,16 @@ pub struct Symbols {
     pub values: Interner,
 }
 
+impl std::fmt::Debug for Symbols {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Symbols")
+            .field("services", &self.services.len())
+            .field("span_names", &self.names.len())
+            .field("values", &self.values.len())
+            .finish()
+    }
+}
+
 impl Symbols {
     pub fn new(limits: &SymbolLimits) -> Self {
         Symbols {

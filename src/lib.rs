@@ -1,13 +1,44 @@
-//! grayscope: an OTLP trace collector that verifies gray-release (canary) stage propagation.
+//! grayscope: an OTLP trace collector that verifies gray-release (canary) stage propagation across
+//! every hop of a call chain.
+//!
+//! # Layout
+//!
+//! Data flows one way, and the modules are named for the stage they own:
+//!
+//! ```text
+//! receive ──> shard ──> assemble ──> verify ──> aggregate ──> api (JSON, /metrics)
+//! (OTLP gRPC/  (by trace  (per-trace   (verdicts,   (service graph,
+//!  HTTP, decode) id, bounded) petgraph)  first break) findings)
+//! ```
+//!
+//! - [`receive`]: OTLP/gRPC and OTLP/HTTP (protobuf, JSON, gzip) into compact [`model::SpanRecord`]s;
+//!   OTLP types stop here.
+//! - [`shard`]: one worker per trace id; all-or-nothing admission into bounded queues.
+//! - [`assemble`]: a worker's traces, each a petgraph call graph; idle and memory-bound finalisation.
+//! - [`verify`]: pure verdict logic (no I/O), the verdict table of the README.
+//! - [`aggregate`]: the service graph, recent findings, totals.
+//! - [`api`]: the JSON API, `/healthz`, `/metrics`; [`check`]: the same pipeline, offline.
+//! - [`app`] wires `serve`; [`config`] reads flags, environment and TOML.
+//!
+//! Shared below them: [`model`] (grayscope's own span types), [`intern`] (bounded string tables),
+//! [`stage`] (which attribute carries the stage), [`instances`] (which stages each service runs),
+//! [`telemetry`] (grayscope's own metrics).
+
+pub mod aggregate;
+pub mod api;
+pub mod app;
 pub mod assemble;
+pub mod check;
+pub mod config;
 pub mod instances;
 pub mod intern;
 pub mod model;
+pub mod receive;
+pub mod shard;
 pub mod stage;
+pub mod telemetry;
 pub mod testkit;
 pub mod verify;
-pub mod aggregate;
-pub mod receive;
 
 /// Unix time in milliseconds, for timestamps shown to users.
 pub fn wall_ms() -> u64 {

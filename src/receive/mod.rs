@@ -1,1 +1,114 @@
+//! OTLP receivers: gRPC (tonic) and HTTP (axum), protobuf and JSON, gzip.
+//!
+//! Both protocols end in [`Ingest::export`]: decode into records, queue them on the workers, and
+//! answer per the OTLP specification: partial success for rejected spans, a retryable error when
+//! the workers' queues are full. OTLP types stop here; nothing downstream sees them.
+
 pub mod decode;
+pub mod grpc;
+pub mod http;
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceRequest};
+
+pub use decode::{Decoded, Decoder, Reject};
+
+use crate::shard::{Shards, SubmitError};
+use crate::telemetry::{ProtocolLabels, RejectLabels, RequestLabels, Telemetry};
+
+/// How long a refused sender is asked to wait before retrying.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+    HttpJson,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http_protobuf",
+            Protocol::HttpJson => "http_json",
+        }
+    }
+}
+
+/// Request outcomes, as counted in `grayscope_receiver_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Partial,
+    Invalid,
+    TooLarge,
+    Unsupported,
+    Refused,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Partial => "partial",
+            Outcome::Invalid => "invalid",
+            Outcome::TooLarge => "too_large",
+            Outcome::Unsupported => "unsupported",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+/// The receiving half of the pipeline, shared by every receiver.
+pub struct Ingest {
+    pub decoder: Decoder,
+    pub shards: Shards,
+    pub telemetry: Arc<Telemetry>,
+}
+
+impl Ingest {
+    /// Decodes and queues a request. `Ok` carries the partial success to report, if any span was
+    /// rejected; `Err` means nothing was queued and the sender should retry.
+    pub fn export(
+        &self,
+        req: &ExportTraceServiceRequest,
+        protocol: Protocol,
+    ) -> Result<Option<ExportTracePartialSuccess>, SubmitError> {
+        let decoded = self.decoder.decode(req, self.shards.len());
+        let t = &self.telemetry;
+        let p = protocol.as_str();
+        for &(reason, n) in &decoded.reasons {
+            t.rejected_spans
+                .get_or_create(&RejectLabels {
+                    protocol: p,
+                    reason: reason.as_str(),
+                })
+                .inc_by(n as u64);
+        }
+        let partial = (decoded.rejected > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: decoded.rejected as i64,
+            error_message: decoded.error_message(),
+        });
+        let accepted = decoded.accepted as u64;
+        if let Err(e) = self.shards.submit(decoded.batches) {
+            t.refused_spans.get_or_create(&ProtocolLabels { protocol: p }).inc_by(accepted);
+            self.count(protocol, Outcome::Refused);
+            return Err(e);
+        }
+        t.accepted_spans.get_or_create(&ProtocolLabels { protocol: p }).inc_by(accepted);
+        self.count(protocol, if partial.is_some() { Outcome::Partial } else { Outcome::Ok });
+        Ok(partial)
+    }
+
+    pub fn count(&self, protocol: Protocol, outcome: Outcome) {
+        self.telemetry
+            .requests
+            .get_or_create(&RequestLabels {
+                protocol: protocol.as_str(),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+}

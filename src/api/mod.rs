@@ -1,0 +1,155 @@
+//! The JSON API, health and metrics on the `--http` address.
+//!
+//! Handlers read the aggregate (finalised traces) and ask the workers for traces still being
+//! assembled; they never reach into the receivers.
+
+pub mod views;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::aggregate::{Aggregate, FindingFilter};
+use crate::model::TraceId;
+use crate::shard::Shards;
+use crate::telemetry::{self, Telemetry};
+use crate::verify::{Scope, Verdict};
+use views::{FindingView, GraphView, TraceView};
+
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub aggregate: Arc<Aggregate>,
+    pub shards: Shards,
+    pub telemetry: Arc<Telemetry>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/findings", get(findings))
+        .route("/api/v1/graph", get(graph))
+        .route("/api/v1/traces/{trace_id}", get(trace))
+        .route("/healthz", get(|| async { axum::Json(json!({ "status": "ok" })) }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::NotFound("no such endpoint; see /api/v1/findings, /api/v1/graph, /api/v1/traces/{trace_id}, /metrics".into()) })
+        .with_state(state)
+}
+
+/// Errors as JSON `{"error": "..."}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid parameter '{name}': {message}")]
+    BadParam { name: &'static str, message: String },
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            ApiError::BadParam { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+        };
+        (status, axum::Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+type Params = Query<HashMap<String, String>>;
+
+fn param<'a>(q: &'a Params, name: &str) -> Option<&'a str> {
+    q.get(name).map(String::as_str).filter(|s| !s.is_empty())
+}
+
+fn parse<T>(q: &Params, name: &'static str, f: impl Fn(&str) -> Option<T>, expected: &str) -> Result<Option<T>, ApiError> {
+    param(q, name)
+        .map(|v| {
+            f(v).ok_or_else(|| ApiError::BadParam {
+                name,
+                message: format!("'{v}' is not {expected}"),
+            })
+        })
+        .transpose()
+}
+
+const KNOWN_FINDING_PARAMS: [&str; 8] = ["kind", "stage", "caller", "callee", "trace_id", "scope", "first_break", "limit"];
+
+async fn findings(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
+    if let Some(unknown) = q.keys().find(|k| !KNOWN_FINDING_PARAMS.contains(&k.as_str())) {
+        return Err(ApiError::BadParam {
+            name: "query",
+            message: format!("unknown parameter '{unknown}'; known: {}", KNOWN_FINDING_PARAMS.join(", ")),
+        });
+    }
+    let kinds: Vec<&str> = Verdict::ALL.iter().filter(|v| v.is_finding()).map(|v| v.as_str()).collect();
+    let filter = FindingFilter {
+        kind: parse(&q, "kind", |s| Verdict::parse(s).filter(|v| v.is_finding()), &format!("one of {}", kinds.join(", ")))?,
+        stage: param(&q, "stage").map(str::to_string),
+        caller: param(&q, "caller").map(str::to_string),
+        callee: param(&q, "callee").map(str::to_string),
+        trace_id: parse(&q, "trace_id", TraceId::from_hex, "a 32-digit hex trace id")?,
+        scope: parse(&q, "scope", Scope::parse, "cross_service or in_process")?,
+        first_break: parse(&q, "first_break", |s| s.parse().ok(), "true or false")?,
+    };
+    let limit = parse(&q, "limit", |s| s.parse::<usize>().ok().filter(|n| (1..=MAX_LIMIT).contains(n)), "a number from 1 to 1000")?
+        .unwrap_or(DEFAULT_LIMIT);
+    let sym = st.aggregate.symbols();
+    let found: Vec<FindingView> = st
+        .aggregate
+        .findings(&filter, limit)
+        .iter()
+        .map(|f| FindingView::of(f, sym))
+        .collect();
+    Ok(axum::Json(json!({ "findings": found })).into_response())
+}
+
+async fn graph(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
+    let sym = st.aggregate.symbols().clone();
+    let label = param(&q, "stage").map(str::to_string);
+    let stage = match label.as_deref() {
+        None => None,
+        Some("none") => Some(None),
+        Some(s) => match sym.values.get(s) {
+            Some(v) => Some(Some(v)),
+            // A stage never seen: nothing to show.
+            None => {
+                let empty = GraphView {
+                    stage: label,
+                    nodes: Vec::new(),
+                    edges: Vec::new(),
+                };
+                return Ok(axum::Json(empty).into_response());
+            }
+        },
+    };
+    let view = GraphView::of(&st.aggregate.lock().graph, stage, label, &sym);
+    Ok(axum::Json(view).into_response())
+}
+
+async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let trace_id = TraceId::from_hex(&id).ok_or_else(|| ApiError::BadParam {
+        name: "trace_id",
+        message: format!("'{id}' is not a 32-digit hex trace id"),
+    })?;
+    let snap = match st.shards.snapshot(trace_id).await {
+        Some(s) => Some(s),
+        None => st.aggregate.trace(trace_id),
+    };
+    match snap {
+        Some(s) => Ok(axum::Json(TraceView::of(&s, st.aggregate.symbols())).into_response()),
+        None => Err(ApiError::NotFound(format!(
+            "trace {trace_id} is not in memory: it was never received, or it was finalised without findings or evicted"
+        ))),
+    }
+}
+
+async fn metrics(State(st): State<ApiState>) -> Response {
+    ([(header::CONTENT_TYPE, telemetry::CONTENT_TYPE)], st.telemetry.encode()).into_response()
+}

@@ -1,0 +1,288 @@
+//! JSON shapes of the API: grayscope's records with their symbols resolved to strings.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::aggregate::{EdgeStats, ServiceGraph, StageStats};
+use crate::assemble::TraceSnapshot;
+use crate::intern::Symbols;
+use crate::model::{SpanId, SpanKind, SpanRecord, StatusCode, Sym, TraceId};
+use crate::verify::{Finding, Scope, Severity, Verdict};
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(unix_ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
+}
+
+#[derive(Serialize, Debug)]
+pub struct SpanRef {
+    pub service: Arc<str>,
+    pub span_id: SpanId,
+    pub span_name: Arc<str>,
+    pub kind: &'static str,
+    pub stage: Option<Arc<str>>,
+    pub instance_stage: Option<Arc<str>>,
+}
+
+impl SpanRef {
+    pub fn of(s: &SpanRecord, sym: &Symbols) -> Self {
+        SpanRef {
+            service: sym.services.resolve(s.service),
+            span_id: s.span_id,
+            span_name: sym.names.resolve(s.name),
+            kind: s.kind.as_str(),
+            stage: s.stage.map(|v| sym.values.resolve(v)),
+            instance_stage: s.instance_stage.map(|v| sym.values.resolve(v)),
+        }
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub struct HopView {
+    pub caller: Option<Arc<str>>,
+    pub callee: Arc<str>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct FindingView {
+    pub trace_id: TraceId,
+    pub kind: Verdict,
+    pub scope: Scope,
+    pub first_break: bool,
+    pub severity: Severity,
+    pub caller: Option<SpanRef>,
+    pub callee: SpanRef,
+    /// The service-graph edge this finding is counted on.
+    pub edge: HopView,
+    pub detail: String,
+    pub observed_at: String,
+}
+
+impl FindingView {
+    pub fn of(f: &Finding, sym: &Symbols) -> Self {
+        FindingView {
+            trace_id: f.trace_id,
+            kind: f.kind,
+            scope: f.scope,
+            first_break: f.first_break,
+            severity: f.kind.severity(),
+            caller: f.caller.as_ref().map(|c| SpanRef::of(c, sym)),
+            callee: SpanRef::of(&f.callee, sym),
+            edge: HopView {
+                caller: f.hop.caller.map(|c| c.name(sym)),
+                callee: f.hop.callee.name(sym),
+            },
+            detail: f.detail(sym),
+            observed_at: rfc3339(f.observed_at_ms),
+        }
+    }
+}
+
+/// Counts by verdict name, zeroes left out.
+fn by_verdict(counts: &[u64; 9]) -> BTreeMap<&'static str, u64> {
+    Verdict::ALL
+        .iter()
+        .filter(|v| counts[**v as usize] > 0)
+        .map(|v| (v.as_str(), counts[*v as usize]))
+        .collect()
+}
+
+#[derive(Serialize, Debug)]
+pub struct StatsView {
+    pub calls: u64,
+    pub verdicts: BTreeMap<&'static str, u64>,
+    pub first_breaks: BTreeMap<&'static str, u64>,
+    /// Share of judged edges on this hop that were `ok` or `absent`; `null` when none was judged.
+    pub consistency: Option<f64>,
+}
+
+impl StatsView {
+    fn of(s: &StageStats) -> Self {
+        let judged: u64 = s.verdicts.iter().sum();
+        let good = s.verdicts[Verdict::Ok as usize] + s.verdicts[Verdict::Absent as usize];
+        StatsView {
+            calls: s.calls,
+            verdicts: by_verdict(&s.verdicts),
+            first_breaks: by_verdict(&s.first_breaks),
+            consistency: (judged > 0).then(|| good as f64 / judged as f64),
+        }
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub struct RoutingView {
+    pub stage: Option<Arc<str>>,
+    pub instance_stage: Option<Arc<str>>,
+    pub calls: u64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct EdgeView {
+    pub caller: Arc<str>,
+    pub callee: Arc<str>,
+    #[serde(flatten)]
+    pub totals: StatsView,
+    /// The same counts per request stage (`none` for edges without one).
+    pub stages: BTreeMap<String, StatsView>,
+    pub routing: Vec<RoutingView>,
+    pub examples: BTreeMap<&'static str, Vec<TraceId>>,
+    pub last_seen: String,
+}
+
+#[derive(Serialize, Debug)]
+pub struct NodeView {
+    pub name: Arc<str>,
+    /// An uninstrumented callee, known from `peer.service` / `server.address`.
+    #[serde(rename = "virtual")]
+    pub is_virtual: bool,
+    /// Findings with no caller (orphans, root calls), counted on the service itself.
+    pub own: StatsView,
+}
+
+#[derive(Serialize, Debug)]
+pub struct GraphView {
+    pub stage: Option<String>,
+    pub nodes: Vec<NodeView>,
+    pub edges: Vec<EdgeView>,
+}
+
+fn stage_name(s: Option<Sym>, sym: &Symbols) -> String {
+    s.map_or_else(|| "none".to_string(), |v| sym.values.resolve(v).to_string())
+}
+
+impl GraphView {
+    /// `stage`: `None` for every stage, `Some(None)` for edges without a stage.
+    pub fn of(g: &ServiceGraph, stage: Option<Option<Sym>>, label: Option<String>, sym: &Symbols) -> Self {
+        let keep = |s: &Option<Sym>| stage.is_none_or(|want| want == *s);
+        let mut edges = Vec::new();
+        for e in g.graph.edge_indices() {
+            let (a, b) = g.graph.edge_endpoints(e).expect("index from the graph");
+            let st: &EdgeStats = &g.graph[e];
+            if !st.by_stage.iter().any(|(s, _)| keep(s)) {
+                continue;
+            }
+            edges.push(EdgeView {
+                caller: g.graph[a].key.name(sym),
+                callee: g.graph[b].key.name(sym),
+                totals: StatsView::of(&st.stats(stage)),
+                stages: st
+                    .by_stage
+                    .iter()
+                    .filter(|(s, _)| keep(s))
+                    .map(|(s, v)| (stage_name(*s, sym), StatsView::of(v)))
+                    .collect(),
+                routing: st
+                    .routing
+                    .iter()
+                    .filter(|((s, _), _)| keep(s))
+                    .map(|((s, i), n)| RoutingView {
+                        stage: s.map(|v| sym.values.resolve(v)),
+                        instance_stage: i.map(|v| sym.values.resolve(v)),
+                        calls: *n,
+                    })
+                    .collect(),
+                examples: st
+                    .examples
+                    .iter()
+                    .map(|(v, ids)| (v.as_str(), ids.iter().copied().collect()))
+                    .collect(),
+                last_seen: rfc3339(st.last_seen_ms),
+            });
+        }
+        edges.sort_by(|a, b| (&a.caller, &a.callee).cmp(&(&b.caller, &b.callee)));
+        let mut nodes: Vec<NodeView> = g
+            .graph
+            .node_indices()
+            .map(|n| {
+                let node = &g.graph[n];
+                NodeView {
+                    name: node.key.name(sym),
+                    is_virtual: node.key.is_virtual(),
+                    own: StatsView::of(&node.own.stats(stage)),
+                }
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        GraphView {
+            stage: label,
+            nodes,
+            edges,
+        }
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub struct TraceSpanView {
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub service: Arc<str>,
+    pub name: Arc<str>,
+    pub kind: SpanKind,
+    pub stage: Option<Arc<str>>,
+    pub instance_stage: Option<Arc<str>>,
+    pub start_unix_nano: String,
+    pub end_unix_nano: String,
+    pub status: StatusCode,
+}
+
+#[derive(Serialize, Debug)]
+pub struct TraceEdgeView {
+    pub parent_span_id: SpanId,
+    pub span_id: SpanId,
+    pub verdict: Verdict,
+    pub scope: Scope,
+}
+
+#[derive(Serialize, Debug)]
+pub struct TraceView {
+    pub trace_id: TraceId,
+    /// `false` while the trace is still being assembled: routing, orphans and first breaks are
+    /// judged at finalisation.
+    pub finalised: bool,
+    pub spans: Vec<TraceSpanView>,
+    pub edges: Vec<TraceEdgeView>,
+    pub findings: Vec<FindingView>,
+}
+
+impl TraceView {
+    pub fn of(t: &TraceSnapshot, sym: &Symbols) -> Self {
+        let mut spans: Vec<&SpanRecord> = t.spans.iter().collect();
+        spans.sort_by_key(|s| (s.start_ns, s.span_id));
+        TraceView {
+            trace_id: t.trace_id,
+            finalised: t.finalised,
+            spans: spans
+                .into_iter()
+                .map(|s| TraceSpanView {
+                    span_id: s.span_id,
+                    parent_span_id: s.parent,
+                    service: sym.services.resolve(s.service),
+                    name: sym.names.resolve(s.name),
+                    kind: s.kind,
+                    stage: s.stage.map(|v| sym.values.resolve(v)),
+                    instance_stage: s.instance_stage.map(|v| sym.values.resolve(v)),
+                    start_unix_nano: s.start_ns.to_string(),
+                    end_unix_nano: s.end_ns.to_string(),
+                    status: s.status,
+                })
+                .collect(),
+            edges: t
+                .edges
+                .iter()
+                .map(|&(p, c, verdict)| {
+                    let (p, c) = (&t.spans[p as usize], &t.spans[c as usize]);
+                    TraceEdgeView {
+                        parent_span_id: p.span_id,
+                        span_id: c.span_id,
+                        verdict,
+                        scope: Scope::of(p, c),
+                    }
+                })
+                .collect(),
+            findings: t.findings.iter().map(|f| FindingView::of(f, sym)).collect(),
+        }
+    }
+}

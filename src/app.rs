@@ -1,0 +1,208 @@
+//! Wiring for `grayscope serve`: build the pipeline, bind the listeners, run until told to stop.
+//!
+//! Listeners are bound before anything starts, so a port conflict fails at once. Shutdown runs in
+//! stages: receivers stop accepting and finish in-flight requests, then workers finalise every
+//! buffered trace into the aggregate, and only then does the API stop, so nothing acknowledged is lost.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::{Aggregate, AggregateConfig};
+use crate::api::{self, ApiState};
+use crate::assemble::AssemblerConfig;
+use crate::config::ServeConfig;
+use crate::instances::{Clock, Instances};
+use crate::intern::{SymbolLimits, Symbols};
+use crate::receive::{self, Decoder, Ingest};
+use crate::shard::{Shards, WorkerSetup};
+use crate::telemetry::Telemetry;
+use crate::verify::Policy;
+
+/// The three listening sockets, bound up front.
+pub struct Listeners {
+    pub otlp_grpc: TcpListener,
+    pub otlp_http: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(cfg: &ServeConfig) -> anyhow::Result<Self> {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for {what}"))
+        };
+        Ok(Listeners {
+            otlp_grpc: bind(cfg.otlp_grpc, "OTLP/gRPC (--otlp-grpc)").await?,
+            otlp_http: bind(cfg.otlp_http, "OTLP/HTTP (--otlp-http)").await?,
+            http: bind(cfg.http, "the API (--http)").await?,
+        })
+    }
+}
+
+/// A running collector.
+pub struct Collector {
+    pub otlp_grpc: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub http: SocketAddr,
+    pub aggregate: Arc<Aggregate>,
+    pub telemetry: Arc<Telemetry>,
+    shards: Shards,
+    receivers_stop: CancellationToken,
+    api_stop: CancellationToken,
+    receivers: Vec<JoinHandle<anyhow::Result<()>>>,
+    workers: Vec<JoinHandle<()>>,
+    api: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Builds the pipeline and starts serving on already-bound listeners.
+pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collector> {
+    let symbols = Arc::new(Symbols::new(&SymbolLimits::default()));
+    let clock = Clock::new();
+    let policy = Arc::new(Policy::new(&cfg.verify, &symbols));
+    let declared = cfg
+        .verify
+        .declared_instances
+        .iter()
+        .map(|(svc, st)| (symbols.services.intern(svc), symbols.values.intern(st)));
+    let instances = Arc::new(Instances::new(declared, cfg.instance_ttl.0.as_millis() as u64));
+    let telemetry = Arc::new(Telemetry::new(symbols.clone()));
+    let aggregate = Arc::new(Aggregate::new(
+        symbols.clone(),
+        AggregateConfig {
+            max_findings: cfg.max_findings,
+            ..AggregateConfig::default()
+        },
+    ));
+    let idle_ms = cfg.trace_idle.0.as_millis().max(1) as u64;
+    let (shards, workers) = Shards::spawn(WorkerSetup {
+        workers: cfg.workers,
+        queue_spans: cfg.queue_spans,
+        assembler: AssemblerConfig {
+            idle_ms,
+            max_spans: cfg.max_buffered_spans,
+            tombstones: (cfg.max_buffered_spans / cfg.workers / 8).max(4096),
+            tombstone_ms: idle_ms * 3,
+        },
+        policy,
+        instances: instances.clone(),
+        aggregate: aggregate.clone(),
+        telemetry: telemetry.clone(),
+        clock,
+        tick: Duration::from_millis((idle_ms / 4).clamp(5, 250)),
+    });
+    let ingest = Arc::new(Ingest {
+        decoder: Decoder::new(
+            symbols.clone(),
+            instances,
+            clock,
+            &cfg.verify.stage_keys,
+            &cfg.verify.instance_stage_key,
+        ),
+        shards: shards.clone(),
+        telemetry: telemetry.clone(),
+    });
+
+    let addrs = (
+        listeners.otlp_grpc.local_addr()?,
+        listeners.otlp_http.local_addr()?,
+        listeners.http.local_addr()?,
+    );
+    let receivers_stop = CancellationToken::new();
+    let api_stop = CancellationToken::new();
+
+    let grpc = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(receive::grpc::size_limit_status::<tonic::body::Body>))
+        .add_service(receive::grpc::service(ingest.clone(), cfg.max_request_bytes))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listeners.otlp_grpc),
+            receivers_stop.clone().cancelled_owned(),
+        );
+    let http = axum::serve(listeners.otlp_http, receive::http::router(ingest, cfg.max_request_bytes))
+        .with_graceful_shutdown(receivers_stop.clone().cancelled_owned());
+    let api = axum::serve(
+        listeners.http,
+        api::router(ApiState {
+            aggregate: aggregate.clone(),
+            shards: shards.clone(),
+            telemetry: telemetry.clone(),
+        }),
+    )
+    .with_graceful_shutdown(api_stop.clone().cancelled_owned());
+
+    tracing::info!(otlp_grpc = %addrs.0, otlp_http = %addrs.1, http = %addrs.2, "grayscope is listening");
+    Ok(Collector {
+        otlp_grpc: addrs.0,
+        otlp_http: addrs.1,
+        http: addrs.2,
+        aggregate,
+        telemetry,
+        shards,
+        receivers_stop,
+        api_stop,
+        receivers: vec![
+            tokio::spawn(async move { grpc.await.context("OTLP/gRPC server failed") }),
+            tokio::spawn(async move { http.await.context("OTLP/HTTP server failed") }),
+        ],
+        workers,
+        api: tokio::spawn(async move { api.await.context("API server failed") }),
+    })
+}
+
+impl Collector {
+    /// Finalises every buffered trace now and waits until the aggregate has counted them.
+    pub async fn flush(&self) {
+        self.shards.flush().await;
+    }
+
+    /// Stops in stages; returns once every acknowledged span has been judged.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.receivers_stop.cancel();
+        for r in self.receivers {
+            r.await??;
+        }
+        self.shards.stop();
+        for w in self.workers {
+            w.await?;
+        }
+        self.api_stop.cancel();
+        self.api.await??;
+        Ok(())
+    }
+}
+
+/// `grayscope serve`: run until SIGINT or SIGTERM.
+pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&cfg).await?;
+    let collector = start(&cfg, listeners)?;
+    println!(
+        "grayscope: OTLP/gRPC on {}, OTLP/HTTP on {}, API and metrics on http://{}",
+        collector.otlp_grpc, collector.otlp_http, collector.http
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down: finalising buffered traces");
+    collector.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,437 @@
+//! Configuration: flags, `GRAYSCOPE_*` environment variables and a TOML file, in that order of
+//! precedence, then built-in defaults.
+//!
+//! One struct per command carries every option once: clap reads it from flags and the environment,
+//! serde reads it from the file. TOML keys are the long flag names (`trace-idle = "10s"` is
+//! `--trace-idle 10s` is `GRAYSCOPE_TRACE_IDLE=10s`), and a key clap does not know is an error, so a
+//! typo in a config file fails loudly instead of being ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: unknown key '{key}' (keys are the long flag names of `grayscope serve --help`)")]
+    UnknownKey { path: PathBuf, key: String },
+    #[error("{option}: {message}")]
+    Invalid { option: &'static str, message: String },
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "grayscope", version, about = "Verifies gray-release stage propagation across every hop of your traces")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the collector: OTLP in, verdicts out (JSON API, metrics).
+    Serve(ServeArgs),
+    /// Verify OTLP/JSON files offline; exits 1 when there are findings (for CI).
+    Check(CheckArgs),
+}
+
+/// A duration written like `500ms`, `10s`, `15m`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s)
+            .map(Dur)
+            .map_err(|e| format!("'{s}' is not a duration like 500ms, 10s or 15m: {e}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(self.0))
+    }
+}
+
+/// What decides verdicts; shared by `serve` and `check`.
+#[derive(Args, Deserialize, Serialize, Debug, Default, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub struct VerifyArgs {
+    /// Span attribute keys that carry the request's stage, first found wins
+    /// [default: x-release-stage,http.request.header.x-release-stage]
+    #[arg(long, env = "GRAYSCOPE_STAGE_KEYS", value_delimiter = ',', value_name = "KEY,...")]
+    pub stage_keys: Option<Vec<String>>,
+    /// Resource attribute key naming the deployment stage of an instance [default: deployment.stage]
+    #[arg(long, env = "GRAYSCOPE_INSTANCE_STAGE_KEY", value_name = "KEY")]
+    pub instance_stage_key: Option<String>,
+    /// Allowed stage values; any other value is `invalid_value` [default: any value]
+    #[arg(long, env = "GRAYSCOPE_ALLOWED_STAGES", value_delimiter = ',', value_name = "STAGE,...")]
+    pub allowed_stages: Option<Vec<String>>,
+    /// Instances that count as live for misrouting even before they send a span: SERVICE=STAGE
+    #[arg(long, env = "GRAYSCOPE_DECLARED_INSTANCES", value_delimiter = ',', value_name = "SERVICE=STAGE,...")]
+    pub declared_instances: Option<Vec<String>>,
+    /// Services whose root CLIENT/PRODUCER spans are expected (jobs): SERVICE or SERVICE:SPAN_NAME
+    #[arg(long, env = "GRAYSCOPE_EXEMPT_ROOTS", value_delimiter = ',', value_name = "SERVICE[:SPAN],...")]
+    pub exempt_roots: Option<Vec<String>>,
+}
+
+#[derive(Args, Deserialize, Serialize, Debug, Default, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// TOML file with any of these options (keys are the long flag names)
+    #[arg(long, env = "GRAYSCOPE_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+    /// OTLP/gRPC listen address [default: 127.0.0.1:4317]
+    #[arg(long, env = "GRAYSCOPE_OTLP_GRPC", value_name = "ADDR")]
+    pub otlp_grpc: Option<SocketAddr>,
+    /// OTLP/HTTP listen address [default: 127.0.0.1:4318]
+    #[arg(long, env = "GRAYSCOPE_OTLP_HTTP", value_name = "ADDR")]
+    pub otlp_http: Option<SocketAddr>,
+    /// JSON API, health and metrics listen address [default: 127.0.0.1:8080]
+    #[arg(long, env = "GRAYSCOPE_HTTP", value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Largest accepted request body, before and after decompression [default: 16MiB]
+    #[arg(long, env = "GRAYSCOPE_MAX_REQUEST_BYTES", value_name = "SIZE")]
+    pub max_request_bytes: Option<ByteSize>,
+    /// A trace is finalised after this long without new spans [default: 10s]
+    #[arg(long, env = "GRAYSCOPE_TRACE_IDLE", value_name = "DURATION")]
+    pub trace_idle: Option<Dur>,
+    /// Spans held in memory at most; past it the least recently active traces are finalised early
+    /// [default: 2000000]
+    #[arg(long, env = "GRAYSCOPE_MAX_BUFFERED_SPANS", value_name = "N")]
+    pub max_buffered_spans: Option<usize>,
+    /// An instance stage counts as live this long after its last span [default: 15m]
+    #[arg(long, env = "GRAYSCOPE_INSTANCE_TTL", value_name = "DURATION")]
+    pub instance_ttl: Option<Dur>,
+    /// Verification workers (traces are sharded by trace id) [default: number of CPUs]
+    #[arg(long, env = "GRAYSCOPE_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+    /// Spans queued per worker before senders are told to retry [default: 262144]
+    #[arg(long, env = "GRAYSCOPE_QUEUE_SPANS", value_name = "N")]
+    pub queue_spans: Option<usize>,
+    /// Findings kept in memory for the API [default: 100000]
+    #[arg(long, env = "GRAYSCOPE_MAX_FINDINGS", value_name = "N")]
+    pub max_findings: Option<usize>,
+    /// Log filter, as RUST_LOG [default: info]
+    #[arg(long, env = "GRAYSCOPE_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub verify: VerifyArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// OTLP/JSON files: one ExportTraceServiceRequest each, or one per line
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Report format
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ReportFormat,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    Text,
+    Json,
+}
+
+/// Verification settings with defaults applied.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct VerifyConfig {
+    pub stage_keys: Vec<String>,
+    pub instance_stage_key: String,
+    pub allowed_stages: Vec<String>,
+    /// (service, stage)
+    pub declared_instances: Vec<(String, String)>,
+    /// (service, optional span name)
+    pub exempt_roots: Vec<(String, Option<String>)>,
+}
+
+/// `serve` settings with defaults applied.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ServeConfig {
+    pub otlp_grpc: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub http: SocketAddr,
+    pub max_request_bytes: usize,
+    pub trace_idle: Dur,
+    pub max_buffered_spans: usize,
+    pub instance_ttl: Dur,
+    pub workers: usize,
+    pub queue_spans: usize,
+    pub max_findings: usize,
+    pub log: String,
+    #[serde(flatten)]
+    pub verify: VerifyConfig,
+}
+
+impl VerifyArgs {
+    fn or(self, file: VerifyArgs) -> VerifyArgs {
+        VerifyArgs {
+            stage_keys: self.stage_keys.or(file.stage_keys),
+            instance_stage_key: self.instance_stage_key.or(file.instance_stage_key),
+            allowed_stages: self.allowed_stages.or(file.allowed_stages),
+            declared_instances: self.declared_instances.or(file.declared_instances),
+            exempt_roots: self.exempt_roots.or(file.exempt_roots),
+        }
+    }
+
+    pub fn resolve(self) -> Result<VerifyConfig, ConfigError> {
+        let stage_keys = self
+            .stage_keys
+            .unwrap_or_else(|| vec!["x-release-stage".into(), "http.request.header.x-release-stage".into()]);
+        if stage_keys.is_empty() || stage_keys.iter().any(|k| k.is_empty()) {
+            return Err(ConfigError::Invalid {
+                option: "stage-keys",
+                message: "needs at least one non-empty key".into(),
+            });
+        }
+        let declared_instances = self
+            .declared_instances
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| match d.split_once('=') {
+                Some((svc, stage)) if !svc.is_empty() && !stage.is_empty() => Ok((svc.to_string(), stage.to_string())),
+                _ => Err(ConfigError::Invalid {
+                    option: "declared-instances",
+                    message: format!("'{d}' is not SERVICE=STAGE"),
+                }),
+            })
+            .collect::<Result<_, _>>()?;
+        let exempt_roots = self
+            .exempt_roots
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| match e.split_once(':') {
+                Some((svc, span)) => (svc.to_string(), Some(span.to_string())),
+                None => (e, None),
+            })
+            .collect();
+        Ok(VerifyConfig {
+            stage_keys,
+            instance_stage_key: self.instance_stage_key.unwrap_or_else(|| "deployment.stage".into()),
+            allowed_stages: self.allowed_stages.unwrap_or_default(),
+            declared_instances,
+            exempt_roots,
+        })
+    }
+}
+
+impl ServeArgs {
+    /// Applies the config file (if any) under the flags and environment, then the defaults.
+    pub fn resolve(self) -> Result<ServeConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => ServeArgs::default(),
+        };
+        let a = self.or(file);
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let positive = |option: &'static str, v: usize| {
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    option,
+                    message: "must be at least 1".into(),
+                })
+            } else {
+                Ok(v)
+            }
+        };
+        let trace_idle = a.trace_idle.unwrap_or(Dur(Duration::from_secs(10)));
+        if trace_idle.0.is_zero() {
+            return Err(ConfigError::Invalid {
+                option: "trace-idle",
+                message: "must be longer than 0".into(),
+            });
+        }
+        Ok(ServeConfig {
+            otlp_grpc: a.otlp_grpc.unwrap_or(([127, 0, 0, 1], 4317).into()),
+            otlp_http: a.otlp_http.unwrap_or(([127, 0, 0, 1], 4318).into()),
+            http: a.http.unwrap_or(([127, 0, 0, 1], 8080).into()),
+            max_request_bytes: positive(
+                "max-request-bytes",
+                a.max_request_bytes.map_or(16 << 20, |b| b.as_u64().min(usize::MAX as u64) as usize),
+            )?,
+            trace_idle,
+            max_buffered_spans: positive("max-buffered-spans", a.max_buffered_spans.unwrap_or(2_000_000))?,
+            instance_ttl: a.instance_ttl.unwrap_or(Dur(Duration::from_secs(15 * 60))),
+            workers: positive("workers", a.workers.unwrap_or(cpus))?,
+            queue_spans: positive("queue-spans", a.queue_spans.unwrap_or(262_144))?,
+            max_findings: a.max_findings.unwrap_or(100_000),
+            log: a.log.unwrap_or_else(|| "info".into()),
+            verify: a.verify.resolve()?,
+        })
+    }
+
+    fn or(self, file: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config,
+            print_config: self.print_config,
+            otlp_grpc: self.otlp_grpc.or(file.otlp_grpc),
+            otlp_http: self.otlp_http.or(file.otlp_http),
+            http: self.http.or(file.http),
+            max_request_bytes: self.max_request_bytes.or(file.max_request_bytes),
+            trace_idle: self.trace_idle.or(file.trace_idle),
+            max_buffered_spans: self.max_buffered_spans.or(file.max_buffered_spans),
+            instance_ttl: self.instance_ttl.or(file.instance_ttl),
+            workers: self.workers.or(file.workers),
+            queue_spans: self.queue_spans.or(file.queue_spans),
+            max_findings: self.max_findings.or(file.max_findings),
+            log: self.log.or(file.log),
+            verify: self.verify.or(file.verify),
+        }
+    }
+}
+
+/// Reads a config file, rejecting keys that are not `serve` flags.
+fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let cmd = Cli::command();
+    let serve = cmd.find_subcommand("serve").expect("serve is a subcommand");
+    for key in table.keys() {
+        let known = serve
+            .get_arguments()
+            .any(|a| a.get_long() == Some(key.as_str()) && !matches!(key.as_str(), "config" | "print-config"));
+        if !known {
+            return Err(ConfigError::UnknownKey {
+                path: path.to_path_buf(),
+                key: key.clone(),
+            });
+        }
+    }
+    ServeArgs::deserialize(table).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        let mut full = vec!["grayscope", "serve"];
+        full.extend_from_slice(args);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Serve(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_flag_has_its_env_var_and_file_key() {
+        let cmd = Cli::command();
+        let serve = cmd.find_subcommand("serve").unwrap();
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "print-config") {
+                continue;
+            }
+            let want = format!("GRAYSCOPE_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(want.as_str()), "--{long}");
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).resolve().unwrap();
+        assert_eq!(c.otlp_grpc.to_string(), "127.0.0.1:4317");
+        assert_eq!(c.otlp_http.to_string(), "127.0.0.1:4318");
+        assert_eq!(c.http.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.max_request_bytes, 16 << 20);
+        assert_eq!(c.trace_idle.0, Duration::from_secs(10));
+        assert_eq!(c.instance_ttl.0, Duration::from_secs(900));
+        assert_eq!(c.max_buffered_spans, 2_000_000);
+        assert_eq!(c.verify.stage_keys, ["x-release-stage", "http.request.header.x-release-stage"]);
+        assert_eq!(c.verify.instance_stage_key, "deployment.stage");
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(
+            &path,
+            r#"
+trace-idle = "500ms"
+max-request-bytes = "1MiB"
+workers = 3
+allowed-stages = ["stable", "canary"]
+declared-instances = ["orders=canary"]
+exempt-roots = ["cron:nightly export", "reporter"]
+"#,
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = parse(&["--config", p, "--workers", "5"]).resolve().unwrap();
+        assert_eq!(c.trace_idle.0, Duration::from_millis(500));
+        assert_eq!(c.max_request_bytes, 1 << 20);
+        assert_eq!(c.workers, 5);
+        assert_eq!(c.verify.allowed_stages, ["stable", "canary"]);
+        assert_eq!(c.verify.declared_instances, [("orders".to_string(), "canary".to_string())]);
+        assert_eq!(
+            c.verify.exempt_roots,
+            [("cron".to_string(), Some("nightly export".to_string())), ("reporter".to_string(), None)]
+        );
+    }
+
+    #[test]
+    fn bad_config_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(&path, "trace_idel = \"1s\"\n").unwrap();
+        let e = parse(&["--config", path.to_str().unwrap()]).resolve().unwrap_err();
+        assert!(e.to_string().contains("unknown key 'trace_idel'"), "{e}");
+        std::fs::write(&path, "trace-idle = \"soon\"\n").unwrap();
+        let e = parse(&["--config", path.to_str().unwrap()]).resolve().unwrap_err();
+        assert!(e.to_string().contains("not a duration"), "{e}");
+        let e = parse(&["--declared-instances", "orders"]).resolve().unwrap_err();
+        assert!(e.to_string().contains("'orders' is not SERVICE=STAGE"), "{e}");
+        assert!(Cli::try_parse_from(["grayscope", "serve", "--trace-idle", "10 parsecs"]).is_err());
+        let e = parse(&["--config", "/nonexistent/g.toml"]).resolve().unwrap_err();
+        assert!(e.to_string().contains("cannot read config file /nonexistent/g.toml"), "{e}");
+    }
+
+    #[test]
+    fn lists_split_on_commas() {
+        let c = parse(&["--stage-keys", "a,b", "--allowed-stages", "stable", "--allowed-stages", "canary"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.verify.stage_keys, ["a", "b"]);
+        assert_eq!(c.verify.allowed_stages, ["stable", "canary"]);
+    }
+}

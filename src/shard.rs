@@ -1,0 +1,225 @@
+//! Sharding: each trace belongs to one worker (by trace id), and each worker owns its traces.
+//!
+//! Admission is all-or-nothing per request: a receiver reserves room for every batch of a request on
+//! every worker it touches before it sends any of them, so a request is either wholly queued or wholly
+//! refused with a retryable error. Room is counted in spans (a semaphore per worker, released when the
+//! worker has processed the batch), which bounds queue memory whatever the request sizes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::aggregate::Aggregate;
+use crate::assemble::{AssembleStats, Assembler, AssemblerConfig, TraceSnapshot};
+use crate::instances::{Clock, Instances};
+use crate::model::{SpanBatch, TraceId};
+use crate::telemetry::{Telemetry, WorkerLabels};
+use crate::verify::Policy;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("verification queue of worker {worker} is full; retry later")]
+    Full { worker: usize },
+    #[error("grayscope is shutting down")]
+    Closed,
+}
+
+enum Msg {
+    Spans(SpanBatch, OwnedSemaphorePermit),
+    Snapshot(TraceId, oneshot::Sender<Option<TraceSnapshot>>),
+    Flush(oneshot::Sender<()>),
+    Stop,
+}
+
+struct Lane {
+    tx: mpsc::UnboundedSender<Msg>,
+    room: Arc<Semaphore>,
+    capacity: usize,
+}
+
+/// The receivers' handle on the workers.
+#[derive(Clone)]
+pub struct Shards {
+    lanes: Arc<[Lane]>,
+}
+
+/// Everything a worker needs; one per worker.
+pub struct WorkerSetup {
+    pub workers: usize,
+    pub queue_spans: usize,
+    pub assembler: AssemblerConfig,
+    pub policy: Arc<Policy>,
+    pub instances: Arc<Instances>,
+    pub aggregate: Arc<Aggregate>,
+    pub telemetry: Arc<Telemetry>,
+    pub clock: Clock,
+    pub tick: Duration,
+}
+
+impl Shards {
+    /// Starts the workers on the current tokio runtime.
+    pub fn spawn(setup: WorkerSetup) -> (Shards, Vec<JoinHandle<()>>) {
+        let mut lanes = Vec::with_capacity(setup.workers);
+        let mut handles = Vec::with_capacity(setup.workers);
+        let per_worker = setup.assembler.max_spans.div_ceil(setup.workers).max(1);
+        for i in 0..setup.workers {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let room = Arc::new(Semaphore::new(setup.queue_spans));
+            let asm = Assembler::new(
+                AssemblerConfig {
+                    max_spans: per_worker,
+                    ..setup.assembler.clone()
+                },
+                setup.policy.clone(),
+                setup.instances.clone(),
+            );
+            let w = Worker {
+                index: i,
+                labels: WorkerLabels { worker: i.to_string() },
+                asm,
+                aggregate: setup.aggregate.clone(),
+                telemetry: setup.telemetry.clone(),
+                clock: setup.clock,
+                room: room.clone(),
+                capacity: setup.queue_spans,
+            };
+            handles.push(tokio::spawn(w.run(rx, setup.tick)));
+            lanes.push(Lane {
+                tx,
+                room,
+                capacity: setup.queue_spans,
+            });
+        }
+        (Shards { lanes: lanes.into() }, handles)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lanes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lanes.is_empty()
+    }
+
+    /// Queues one batch per worker (index = worker), or none of them.
+    pub fn submit(&self, batches: Vec<SpanBatch>) -> Result<(), SubmitError> {
+        let mut permits = Vec::with_capacity(batches.len());
+        for (i, b) in batches.iter().enumerate() {
+            if b.spans.is_empty() {
+                permits.push(None);
+                continue;
+            }
+            let lane = &self.lanes[i];
+            // A batch larger than the whole queue waits for an empty queue rather than never fitting.
+            let n = b.spans.len().min(lane.capacity) as u32;
+            match lane.room.clone().try_acquire_many_owned(n) {
+                Ok(p) => permits.push(Some(p)),
+                Err(TryAcquireError::NoPermits) => return Err(SubmitError::Full { worker: i }),
+                Err(TryAcquireError::Closed) => return Err(SubmitError::Closed),
+            }
+        }
+        for ((lane, batch), permit) in self.lanes.iter().zip(batches).zip(permits) {
+            if let Some(p) = permit {
+                lane.tx.send(Msg::Spans(batch, p)).map_err(|_| SubmitError::Closed)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The trace as its worker holds it now, if it is being assembled.
+    pub async fn snapshot(&self, id: TraceId) -> Option<TraceSnapshot> {
+        let (tx, rx) = oneshot::channel();
+        self.lanes[id.shard(self.lanes.len())].tx.send(Msg::Snapshot(id, tx)).ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Finalises everything buffered, on every worker, and waits until the aggregate has it.
+    pub async fn flush(&self) {
+        let mut waits = Vec::new();
+        for lane in self.lanes.iter() {
+            let (tx, rx) = oneshot::channel();
+            if lane.tx.send(Msg::Flush(tx)).is_ok() {
+                waits.push(rx);
+            }
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+    }
+
+    /// Asks every worker to finalise what it holds and stop. Batches queued before this are processed.
+    pub fn stop(&self) {
+        for lane in self.lanes.iter() {
+            lane.room.close();
+            let _ = lane.tx.send(Msg::Stop);
+        }
+    }
+}
+
+struct Worker {
+    index: usize,
+    labels: WorkerLabels,
+    asm: Assembler,
+    aggregate: Arc<Aggregate>,
+    telemetry: Arc<Telemetry>,
+    clock: Clock,
+    room: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>, tick: Duration) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut out = Vec::new();
+        let mut published = AssembleStats::default();
+        loop {
+            let stop = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Spans(batch, permit)) => {
+                        self.asm.insert(batch, self.clock.now_ms(), crate::wall_ms(), &mut out);
+                        drop(permit);
+                        false
+                    }
+                    Some(Msg::Snapshot(id, reply)) => {
+                        let _ = reply.send(self.asm.snapshot(id));
+                        false
+                    }
+                    Some(Msg::Flush(reply)) => {
+                        self.asm.drain(self.clock.now_ms(), crate::wall_ms(), &mut out);
+                        self.aggregate.absorb(&mut out);
+                        let _ = reply.send(());
+                        false
+                    }
+                    Some(Msg::Stop) | None => true,
+                },
+                _ = ticker.tick() => {
+                    self.asm.expire(self.clock.now_ms(), crate::wall_ms(), &mut out);
+                    false
+                }
+            };
+            if stop {
+                self.asm.drain(self.clock.now_ms(), crate::wall_ms(), &mut out);
+            }
+            self.aggregate.absorb(&mut out);
+            self.publish(&mut published);
+            if stop {
+                tracing::debug!(worker = self.index, "worker stopped");
+                return;
+            }
+        }
+    }
+
+    fn publish(&self, published: &mut AssembleStats) {
+        let now = self.asm.stats();
+        self.telemetry.add_assembly(published, &now);
+        *published = now;
+        let t = &self.telemetry;
+        t.buffered_spans.get_or_create(&self.labels).set(self.asm.buffered_spans() as i64);
+        t.buffered_traces.get_or_create(&self.labels).set(self.asm.buffered_traces() as i64);
+        let queued = self.capacity.saturating_sub(self.room.available_permits());
+        t.queued_spans.get_or_create(&self.labels).set(queued as i64);
+    }
+}

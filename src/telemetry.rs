@@ -1,0 +1,182 @@
+//! grayscope's own metrics (ingest health), in the Prometheus/OpenMetrics text format.
+//!
+//! Metrics are updated per request or per worker message, never per span, so their shared atomics
+//! stay off the hot path. Names follow the OpenTelemetry Collector's receiver metrics where one
+//! exists (`accepted`, `refused` spans), so operators recognise them.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
+
+use crate::assemble::AssembleStats;
+use crate::intern::Symbols;
+
+/// The content type of [`Telemetry::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub protocol: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub protocol: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    pub worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+pub struct Telemetry {
+    registry: Registry,
+    /// Requests by protocol and outcome (ok, partial, invalid, too_large, unsupported, refused).
+    pub requests: Family<RequestLabels, Counter>,
+    pub accepted_spans: Family<ProtocolLabels, Counter>,
+    pub rejected_spans: Family<RejectLabels, Counter>,
+    /// Spans refused with a retryable error because the workers' queues were full.
+    pub refused_spans: Family<ProtocolLabels, Counter>,
+    pub buffered_spans: Family<WorkerLabels, Gauge>,
+    pub buffered_traces: Family<WorkerLabels, Gauge>,
+    pub queued_spans: Family<WorkerLabels, Gauge>,
+    pub traces_finalised: Family<ReasonLabels, Counter>,
+    pub duplicate_spans: Counter,
+    pub conflicting_spans: Counter,
+    pub late_spans: Counter,
+}
+
+impl Telemetry {
+    pub fn new(symbols: Arc<Symbols>) -> Self {
+        let mut registry = Registry::with_prefix("grayscope");
+        let t = Telemetry {
+            requests: Family::default(),
+            accepted_spans: Family::default(),
+            rejected_spans: Family::default(),
+            refused_spans: Family::default(),
+            buffered_spans: Family::default(),
+            buffered_traces: Family::default(),
+            queued_spans: Family::default(),
+            traces_finalised: Family::default(),
+            duplicate_spans: Counter::default(),
+            conflicting_spans: Counter::default(),
+            late_spans: Counter::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("receiver_requests", "OTLP export requests by protocol and outcome", t.requests.clone());
+        r.register("receiver_accepted_spans", "Spans accepted for verification", t.accepted_spans.clone());
+        r.register(
+            "receiver_rejected_spans",
+            "Spans rejected as invalid (reported to the sender through partial success)",
+            t.rejected_spans.clone(),
+        );
+        r.register(
+            "receiver_refused_spans",
+            "Spans refused with a retryable error because verification could not keep up",
+            t.refused_spans.clone(),
+        );
+        r.register("buffered_spans", "Spans held in traces being assembled", t.buffered_spans.clone());
+        r.register("buffered_traces", "Traces being assembled", t.buffered_traces.clone());
+        r.register("queued_spans", "Spans accepted and waiting for their worker", t.queued_spans.clone());
+        r.register(
+            "traces_finalised",
+            "Traces finalised, by reason: idle (normal), memory (early, forced by --max-buffered-spans), shutdown",
+            t.traces_finalised.clone(),
+        );
+        r.register("duplicate_spans", "Spans received again with the same content (exporter retries), counted once", t.duplicate_spans.clone());
+        r.register(
+            "conflicting_spans",
+            "Spans received again with the same id and different content; the first is kept",
+            t.conflicting_spans.clone(),
+        );
+        r.register(
+            "late_spans",
+            "Spans for a trace already finalised: counted, not judged",
+            t.late_spans.clone(),
+        );
+        r.register_collector(Box::new(InternerCollector(symbols)));
+        Telemetry { registry, ..t }
+    }
+
+    /// Publishes what an assembler counted since `before`.
+    pub fn add_assembly(&self, before: &AssembleStats, now: &AssembleStats) {
+        let d = |a: u64, b: u64| b.saturating_sub(a);
+        self.duplicate_spans.inc_by(d(before.duplicates, now.duplicates));
+        self.conflicting_spans.inc_by(d(before.conflicts, now.conflicts));
+        self.late_spans.inc_by(d(before.late, now.late));
+        for (reason, a, b) in [
+            ("idle", before.finalised_idle, now.finalised_idle),
+            ("memory", before.finalised_early, now.finalised_early),
+            ("shutdown", before.finalised_flush, now.finalised_flush),
+        ] {
+            if b > a {
+                self.traces_finalised.get_or_create(&ReasonLabels { reason }).inc_by(b - a);
+            }
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Interner sizes and overflows, read at scrape time.
+#[derive(Debug)]
+struct InternerCollector(Arc<Symbols>);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: &'static str,
+}
+
+impl Collector for InternerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let tables = [
+            ("services", &self.0.services),
+            ("span_names", &self.0.names),
+            ("values", &self.0.values),
+        ];
+        let g = ConstGauge::new(0i64);
+        let mut m = encoder.encode_descriptor(
+            "interned_strings",
+            "Distinct strings interned, by table (bounded; see grayscope_interned_overflow_total)",
+            None,
+            g.metric_type(),
+        )?;
+        for (table, i) in tables {
+            ConstGauge::new(i.len() as i64).encode(m.encode_family(&TableLabels { table })?)?;
+        }
+        let c = ConstCounter::new(0u64);
+        let mut m = encoder.encode_descriptor(
+            "interned_overflow",
+            "Strings folded into '(other)' because their table was full",
+            None,
+            c.metric_type(),
+        )?;
+        for (table, i) in tables {
+            ConstCounter::new(i.overflowed()).encode(m.encode_family(&TableLabels { table })?)?;
+        }
+        Ok(())
+    }
+}
