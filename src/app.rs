@@ -71,7 +71,10 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         .declared_instances
         .iter()
         .map(|(svc, st)| (symbols.services.intern(svc), symbols.values.intern(st)));
-    let instances = Arc::new(Instances::new(declared, cfg.instance_ttl.0.as_millis() as u64));
+    let instances = Arc::new(Instances::new(
+        declared,
+        cfg.instance_ttl.0.as_millis() as u64,
+    ));
     let telemetry = Arc::new(Telemetry::new(symbols.clone()));
     let aggregate = Arc::new(Aggregate::new(
         symbols.clone(),
@@ -118,14 +121,22 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
     let api_stop = CancellationToken::new();
 
     let grpc = tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(receive::grpc::size_limit_status::<tonic::body::Body>))
-        .add_service(receive::grpc::service(ingest.clone(), cfg.max_request_bytes))
+        .layer(tower::util::MapResponseLayer::new(
+            receive::grpc::size_limit_status::<tonic::body::Body>,
+        ))
+        .add_service(receive::grpc::service(
+            ingest.clone(),
+            cfg.max_request_bytes,
+        ))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listeners.otlp_grpc),
             receivers_stop.clone().cancelled_owned(),
         );
-    let http = axum::serve(listeners.otlp_http, receive::http::router(ingest, cfg.max_request_bytes))
-        .with_graceful_shutdown(receivers_stop.clone().cancelled_owned());
+    let http = axum::serve(
+        listeners.otlp_http,
+        receive::http::router(ingest, cfg.max_request_bytes),
+    )
+    .with_graceful_shutdown(receivers_stop.clone().cancelled_owned());
     let api = axum::serve(
         listeners.http,
         api::router(ApiState {

@@ -22,11 +22,18 @@ use crate::verify::{Finding, Policy};
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: no OTLP data (the file is empty)")]
     Empty { path: PathBuf },
     #[error("{path}{line}: invalid OTLP/JSON ExportTraceServiceRequest: {message}")]
-    Json { path: PathBuf, line: String, message: String },
+    Json {
+        path: PathBuf,
+        line: String,
+        message: String,
+    },
     #[error("{path}: {message}")]
     Spans { path: PathBuf, message: String },
     #[error(transparent)]
@@ -119,7 +126,9 @@ fn read_requests(path: &Path) -> Result<Vec<ExportTraceServiceRequest>, CheckErr
         source,
     })?;
     if text.trim().is_empty() {
-        return Err(CheckError::Empty { path: path.to_path_buf() });
+        return Err(CheckError::Empty {
+            path: path.to_path_buf(),
+        });
     }
     let whole = serde_json::from_str::<ExportTraceServiceRequest>(&text);
     let lines: Vec<(usize, &str)> = text
@@ -160,13 +169,19 @@ impl Report {
             }
             let hop = format!(
                 "{} -> {}",
-                f.hop.caller.map_or_else(|| "(unknown caller)".into(), |c| c.name(sym).to_string()),
+                f.hop
+                    .caller
+                    .map_or_else(|| "(unknown caller)".into(), |c| c.name(sym).to_string()),
                 f.hop.callee.name(sym)
             );
             let _ = writeln!(
                 out,
                 "  {:<11} {:<13} {}  ({})",
-                if f.first_break { "FIRST BREAK" } else { "consequence" },
+                if f.first_break {
+                    "FIRST BREAK"
+                } else {
+                    "consequence"
+                },
                 f.kind.as_str(),
                 hop,
                 f.scope.as_str()
@@ -199,7 +214,11 @@ impl Report {
     }
 
     pub fn json(&self) -> String {
-        let findings: Vec<FindingView> = self.findings.iter().map(|f| FindingView::of(f, &self.symbols)).collect();
+        let findings: Vec<FindingView> = self
+            .findings
+            .iter()
+            .map(|f| FindingView::of(f, &self.symbols))
+            .collect();
         serde_json::json!({
             "traces": self.traces,
             "spans": self.spans,

@@ -24,14 +24,23 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("config file {path}: unknown key '{key}' (keys are the long flag names of `grayscope serve --help`)")]
+    #[error(
+        "config file {path}: unknown key '{key}' (keys are the long flag names of `grayscope serve --help`)"
+    )]
     UnknownKey { path: PathBuf, key: String },
     #[error("{option}: {message}")]
-    Invalid { option: &'static str, message: String },
+    Invalid {
+        option: &'static str,
+        message: String,
+    },
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "grayscope", version, about = "Verifies gray-release stage propagation across every hop of your traces")]
+#[command(
+    name = "grayscope",
+    version,
+    about = "Verifies gray-release stage propagation across every hop of your traces"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -40,7 +49,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the collector: OTLP in, verdicts out (JSON API, metrics).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Verify OTLP/JSON files offline; exits 1 when there are findings (for CI).
     Check(CheckArgs),
 }
@@ -77,19 +86,39 @@ impl Serialize for Dur {
 pub struct VerifyArgs {
     /// Span attribute keys that carry the request's stage, first found wins
     /// [default: x-release-stage,http.request.header.x-release-stage]
-    #[arg(long, env = "GRAYSCOPE_STAGE_KEYS", value_delimiter = ',', value_name = "KEY,...")]
+    #[arg(
+        long,
+        env = "GRAYSCOPE_STAGE_KEYS",
+        value_delimiter = ',',
+        value_name = "KEY,..."
+    )]
     pub stage_keys: Option<Vec<String>>,
     /// Resource attribute key naming the deployment stage of an instance [default: deployment.stage]
     #[arg(long, env = "GRAYSCOPE_INSTANCE_STAGE_KEY", value_name = "KEY")]
     pub instance_stage_key: Option<String>,
     /// Allowed stage values; any other value is `invalid_value` [default: any value]
-    #[arg(long, env = "GRAYSCOPE_ALLOWED_STAGES", value_delimiter = ',', value_name = "STAGE,...")]
+    #[arg(
+        long,
+        env = "GRAYSCOPE_ALLOWED_STAGES",
+        value_delimiter = ',',
+        value_name = "STAGE,..."
+    )]
     pub allowed_stages: Option<Vec<String>>,
     /// Instances that count as live for misrouting even before they send a span: SERVICE=STAGE
-    #[arg(long, env = "GRAYSCOPE_DECLARED_INSTANCES", value_delimiter = ',', value_name = "SERVICE=STAGE,...")]
+    #[arg(
+        long,
+        env = "GRAYSCOPE_DECLARED_INSTANCES",
+        value_delimiter = ',',
+        value_name = "SERVICE=STAGE,..."
+    )]
     pub declared_instances: Option<Vec<String>>,
     /// Services whose root CLIENT/PRODUCER spans are expected (jobs): SERVICE or SERVICE:SPAN_NAME
-    #[arg(long, env = "GRAYSCOPE_EXEMPT_ROOTS", value_delimiter = ',', value_name = "SERVICE[:SPAN],...")]
+    #[arg(
+        long,
+        env = "GRAYSCOPE_EXEMPT_ROOTS",
+        value_delimiter = ',',
+        value_name = "SERVICE[:SPAN],..."
+    )]
     pub exempt_roots: Option<Vec<String>>,
 }
 
@@ -205,9 +234,12 @@ impl VerifyArgs {
     }
 
     pub fn resolve(self) -> Result<VerifyConfig, ConfigError> {
-        let stage_keys = self
-            .stage_keys
-            .unwrap_or_else(|| vec!["x-release-stage".into(), "http.request.header.x-release-stage".into()]);
+        let stage_keys = self.stage_keys.unwrap_or_else(|| {
+            vec![
+                "x-release-stage".into(),
+                "http.request.header.x-release-stage".into(),
+            ]
+        });
         if stage_keys.is_empty() || stage_keys.iter().any(|k| k.is_empty()) {
             return Err(ConfigError::Invalid {
                 option: "stage-keys",
@@ -219,7 +251,9 @@ impl VerifyArgs {
             .unwrap_or_default()
             .into_iter()
             .map(|d| match d.split_once('=') {
-                Some((svc, stage)) if !svc.is_empty() && !stage.is_empty() => Ok((svc.to_string(), stage.to_string())),
+                Some((svc, stage)) if !svc.is_empty() && !stage.is_empty() => {
+                    Ok((svc.to_string(), stage.to_string()))
+                }
                 _ => Err(ConfigError::Invalid {
                     option: "declared-instances",
                     message: format!("'{d}' is not SERVICE=STAGE"),
@@ -237,7 +271,9 @@ impl VerifyArgs {
             .collect();
         Ok(VerifyConfig {
             stage_keys,
-            instance_stage_key: self.instance_stage_key.unwrap_or_else(|| "deployment.stage".into()),
+            instance_stage_key: self
+                .instance_stage_key
+                .unwrap_or_else(|| "deployment.stage".into()),
             allowed_stages: self.allowed_stages.unwrap_or_default(),
             declared_instances,
             exempt_roots,
@@ -277,10 +313,14 @@ impl ServeArgs {
             http: a.http.unwrap_or(([127, 0, 0, 1], 8080).into()),
             max_request_bytes: positive(
                 "max-request-bytes",
-                a.max_request_bytes.map_or(16 << 20, |b| b.as_u64().min(usize::MAX as u64) as usize),
+                a.max_request_bytes
+                    .map_or(16 << 20, |b| b.as_u64().min(usize::MAX as u64) as usize),
             )?,
             trace_idle,
-            max_buffered_spans: positive("max-buffered-spans", a.max_buffered_spans.unwrap_or(2_000_000))?,
+            max_buffered_spans: positive(
+                "max-buffered-spans",
+                a.max_buffered_spans.unwrap_or(2_000_000),
+            )?,
             instance_ttl: a.instance_ttl.unwrap_or(Dur(Duration::from_secs(15 * 60))),
             workers: positive("workers", a.workers.unwrap_or(cpus))?,
             queue_spans: positive("queue-spans", a.queue_spans.unwrap_or(262_144))?,
@@ -323,9 +363,9 @@ fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
     let cmd = Cli::command();
     let serve = cmd.find_subcommand("serve").expect("serve is a subcommand");
     for key in table.keys() {
-        let known = serve
-            .get_arguments()
-            .any(|a| a.get_long() == Some(key.as_str()) && !matches!(key.as_str(), "config" | "print-config"));
+        let known = serve.get_arguments().any(|a| {
+            a.get_long() == Some(key.as_str()) && !matches!(key.as_str(), "config" | "print-config")
+        });
         if !known {
             return Err(ConfigError::UnknownKey {
                 path: path.to_path_buf(),
@@ -347,7 +387,7 @@ mod tests {
         let mut full = vec!["grayscope", "serve"];
         full.extend_from_slice(args);
         match Cli::try_parse_from(full).unwrap().command {
-            Command::Serve(s) => s,
+            Command::Serve(s) => *s,
             other => panic!("{other:?}"),
         }
     }
@@ -362,7 +402,11 @@ mod tests {
                 continue;
             }
             let want = format!("GRAYSCOPE_{}", long.to_uppercase().replace('-', "_"));
-            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(want.as_str()), "--{long}");
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(want.as_str()),
+                "--{long}"
+            );
         }
     }
 
@@ -376,7 +420,10 @@ mod tests {
         assert_eq!(c.trace_idle.0, Duration::from_secs(10));
         assert_eq!(c.instance_ttl.0, Duration::from_secs(900));
         assert_eq!(c.max_buffered_spans, 2_000_000);
-        assert_eq!(c.verify.stage_keys, ["x-release-stage", "http.request.header.x-release-stage"]);
+        assert_eq!(
+            c.verify.stage_keys,
+            ["x-release-stage", "http.request.header.x-release-stage"]
+        );
         assert_eq!(c.verify.instance_stage_key, "deployment.stage");
     }
 
@@ -402,10 +449,16 @@ exempt-roots = ["cron:nightly export", "reporter"]
         assert_eq!(c.max_request_bytes, 1 << 20);
         assert_eq!(c.workers, 5);
         assert_eq!(c.verify.allowed_stages, ["stable", "canary"]);
-        assert_eq!(c.verify.declared_instances, [("orders".to_string(), "canary".to_string())]);
+        assert_eq!(
+            c.verify.declared_instances,
+            [("orders".to_string(), "canary".to_string())]
+        );
         assert_eq!(
             c.verify.exempt_roots,
-            [("cron".to_string(), Some("nightly export".to_string())), ("reporter".to_string(), None)]
+            [
+                ("cron".to_string(), Some("nightly export".to_string())),
+                ("reporter".to_string(), None)
+            ]
         );
     }
 
@@ -414,23 +467,45 @@ exempt-roots = ["cron:nightly export", "reporter"]
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.toml");
         std::fs::write(&path, "trace_idel = \"1s\"\n").unwrap();
-        let e = parse(&["--config", path.to_str().unwrap()]).resolve().unwrap_err();
+        let e = parse(&["--config", path.to_str().unwrap()])
+            .resolve()
+            .unwrap_err();
         assert!(e.to_string().contains("unknown key 'trace_idel'"), "{e}");
         std::fs::write(&path, "trace-idle = \"soon\"\n").unwrap();
-        let e = parse(&["--config", path.to_str().unwrap()]).resolve().unwrap_err();
+        let e = parse(&["--config", path.to_str().unwrap()])
+            .resolve()
+            .unwrap_err();
         assert!(e.to_string().contains("not a duration"), "{e}");
-        let e = parse(&["--declared-instances", "orders"]).resolve().unwrap_err();
-        assert!(e.to_string().contains("'orders' is not SERVICE=STAGE"), "{e}");
+        let e = parse(&["--declared-instances", "orders"])
+            .resolve()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("'orders' is not SERVICE=STAGE"),
+            "{e}"
+        );
         assert!(Cli::try_parse_from(["grayscope", "serve", "--trace-idle", "10 parsecs"]).is_err());
-        let e = parse(&["--config", "/nonexistent/g.toml"]).resolve().unwrap_err();
-        assert!(e.to_string().contains("cannot read config file /nonexistent/g.toml"), "{e}");
+        let e = parse(&["--config", "/nonexistent/g.toml"])
+            .resolve()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cannot read config file /nonexistent/g.toml"),
+            "{e}"
+        );
     }
 
     #[test]
     fn lists_split_on_commas() {
-        let c = parse(&["--stage-keys", "a,b", "--allowed-stages", "stable", "--allowed-stages", "canary"])
-            .resolve()
-            .unwrap();
+        let c = parse(&[
+            "--stage-keys",
+            "a,b",
+            "--allowed-stages",
+            "stable",
+            "--allowed-stages",
+            "canary",
+        ])
+        .resolve()
+        .unwrap();
         assert_eq!(c.verify.stage_keys, ["a", "b"]);
         assert_eq!(c.verify.allowed_stages, ["stable", "canary"]);
     }

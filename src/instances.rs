@@ -133,7 +133,10 @@ mod tests {
         i.touch(sym(1), sym(2), 500);
         assert!(i.is_live(sym(1), sym(2), 1500));
         assert!(!i.is_live(sym(1), sym(2), 1501));
-        assert!(i.is_live(sym(1), sym(9), 1_000_000), "declared never expires");
+        assert!(
+            i.is_live(sym(1), sym(9), 1_000_000),
+            "declared never expires"
+        );
         assert!(!i.is_live(sym(3), sym(2), 0));
         i.touch(sym(1), sym(2), 100); // older report does not move time back
         assert!(i.is_live(sym(1), sym(2), 1500));

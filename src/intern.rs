@@ -71,7 +71,12 @@ impl Interner {
 
     /// Looks a string up without adding it.
     pub fn get(&self, s: &str) -> Option<Sym> {
-        self.table.read().unwrap_or_else(|e| e.into_inner()).ids.get(s).copied()
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .ids
+            .get(s)
+            .copied()
     }
 
     pub fn resolve(&self, sym: Sym) -> Arc<str> {
@@ -83,7 +88,11 @@ impl Interner {
     }
 
     pub fn len(&self) -> usize {
-        self.table.read().unwrap_or_else(|e| e.into_inner()).strings.len()
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .strings
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -158,7 +167,10 @@ impl<'a> RequestCache<'a> {
     }
 
     pub fn intern(&mut self, s: &'a str) -> Sym {
-        *self.seen.entry(s).or_insert_with(|| self.interner.intern(s))
+        *self
+            .seen
+            .entry(s)
+            .or_insert_with(|| self.interner.intern(s))
     }
 }
 
@@ -184,7 +196,11 @@ mod tests {
         let b = i.intern("b");
         assert_eq!(i.intern("c"), i.other());
         assert_eq!(i.intern("d"), i.other());
-        assert_eq!(i.intern("a"), a, "known strings still resolve after the cap");
+        assert_eq!(
+            i.intern("a"),
+            a,
+            "known strings still resolve after the cap"
+        );
         assert_eq!(&*i.resolve(b), "b");
         assert_eq!(&*i.resolve(i.other()), OTHER);
         assert_eq!(i.overflowed(), 2);

@@ -21,7 +21,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             let print = args.print_config;
-            let cfg = args.resolve()?;
+            let cfg = (*args).resolve()?;
             if print {
                 print!("{}", toml::to_string(&cfg)?);
                 return Ok(ExitCode::SUCCESS);
@@ -42,5 +42,8 @@ fn init_logging(filter: &str) {
         eprintln!("grayscope: invalid log filter {filter:?} ({e}); using 'info'");
         tracing_subscriber::EnvFilter::new("info")
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -25,7 +25,10 @@ impl TraceId {
         if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
-        u128::from_str_radix(s, 16).ok().filter(|v| *v != 0).map(TraceId)
+        u128::from_str_radix(s, 16)
+            .ok()
+            .filter(|v| *v != 0)
+            .map(TraceId)
     }
 
     /// Which worker owns this trace. Trace ids are random, so the low bits are a fair hash;
@@ -203,6 +206,11 @@ mod tests {
         assert_eq!(TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e473"), None);
         assert_eq!(SpanId::from_bytes(&[0; 8]), None);
         assert_eq!(SpanId::from_bytes(&[1; 9]), None);
-        assert_eq!(SpanId::from_bytes(&[0, 0, 0, 0, 0, 0, 0, 7]).unwrap().to_string(), "0000000000000007");
+        assert_eq!(
+            SpanId::from_bytes(&[0, 0, 0, 0, 0, 0, 0, 7])
+                .unwrap()
+                .to_string(),
+            "0000000000000007"
+        );
     }
 }

@@ -77,7 +77,9 @@ impl Shards {
             );
             let w = Worker {
                 index: i,
-                labels: WorkerLabels { worker: i.to_string() },
+                labels: WorkerLabels {
+                    worker: i.to_string(),
+                },
                 asm,
                 aggregate: setup.aggregate.clone(),
                 telemetry: setup.telemetry.clone(),
@@ -92,7 +94,12 @@ impl Shards {
                 capacity: setup.queue_spans,
             });
         }
-        (Shards { lanes: lanes.into() }, handles)
+        (
+            Shards {
+                lanes: lanes.into(),
+            },
+            handles,
+        )
     }
 
     pub fn len(&self) -> usize {
@@ -122,7 +129,9 @@ impl Shards {
         }
         for ((lane, batch), permit) in self.lanes.iter().zip(batches).zip(permits) {
             if let Some(p) = permit {
-                lane.tx.send(Msg::Spans(batch, p)).map_err(|_| SubmitError::Closed)?;
+                lane.tx
+                    .send(Msg::Spans(batch, p))
+                    .map_err(|_| SubmitError::Closed)?;
             }
         }
         Ok(())
@@ -131,7 +140,10 @@ impl Shards {
     /// The trace as its worker holds it now, if it is being assembled.
     pub async fn snapshot(&self, id: TraceId) -> Option<TraceSnapshot> {
         let (tx, rx) = oneshot::channel();
-        self.lanes[id.shard(self.lanes.len())].tx.send(Msg::Snapshot(id, tx)).ok()?;
+        self.lanes[id.shard(self.lanes.len())]
+            .tx
+            .send(Msg::Snapshot(id, tx))
+            .ok()?;
         rx.await.ok().flatten()
     }
 
@@ -201,7 +213,8 @@ impl Worker {
                 }
             };
             if stop {
-                self.asm.drain(self.clock.now_ms(), crate::wall_ms(), &mut out);
+                self.asm
+                    .drain(self.clock.now_ms(), crate::wall_ms(), &mut out);
             }
             self.aggregate.absorb(&mut out);
             self.publish(&mut published);
@@ -217,9 +230,15 @@ impl Worker {
         self.telemetry.add_assembly(published, &now);
         *published = now;
         let t = &self.telemetry;
-        t.buffered_spans.get_or_create(&self.labels).set(self.asm.buffered_spans() as i64);
-        t.buffered_traces.get_or_create(&self.labels).set(self.asm.buffered_traces() as i64);
+        t.buffered_spans
+            .get_or_create(&self.labels)
+            .set(self.asm.buffered_spans() as i64);
+        t.buffered_traces
+            .get_or_create(&self.labels)
+            .set(self.asm.buffered_traces() as i64);
         let queued = self.capacity.saturating_sub(self.room.available_permits());
-        t.queued_spans.get_or_create(&self.labels).set(queued as i64);
+        t.queued_spans
+            .get_or_create(&self.labels)
+            .set(queued as i64);
     }
 }

@@ -34,7 +34,11 @@ impl StageKeys {
         let normalized: Vec<String> = keys.iter().map(|k| normalize(k)).collect();
         let lens = keys.iter().map(|k| k.len());
         StageKeys {
-            min_len: lens.clone().min().unwrap_or(0).saturating_sub(NEAR_MISS_DISTANCE),
+            min_len: lens
+                .clone()
+                .min()
+                .unwrap_or(0)
+                .saturating_sub(NEAR_MISS_DISTANCE),
             max_len: lens.max().unwrap_or(0) + NEAR_MISS_DISTANCE,
             keys: keys.to_vec(),
             normalized,
@@ -92,7 +96,13 @@ impl<'a> KeyCache<'a> {
 
 fn normalize(key: &str) -> String {
     key.chars()
-        .map(|c| if c == '_' { '-' } else { c.to_ascii_lowercase() })
+        .map(|c| {
+            if c == '_' {
+                '-'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
         .collect()
 }
 
@@ -101,14 +111,20 @@ mod tests {
     use super::*;
 
     fn defaults() -> StageKeys {
-        StageKeys::new(&["x-release-stage".into(), "http.request.header.x-release-stage".into()])
+        StageKeys::new(&[
+            "x-release-stage".into(),
+            "http.request.header.x-release-stage".into(),
+        ])
     }
 
     #[test]
     fn configured_keys_in_order() {
         let k = defaults();
         assert_eq!(k.classify("x-release-stage"), KeyClass::Stage(0));
-        assert_eq!(k.classify("http.request.header.x-release-stage"), KeyClass::Stage(1));
+        assert_eq!(
+            k.classify("http.request.header.x-release-stage"),
+            KeyClass::Stage(1)
+        );
     }
 
     #[test]
@@ -130,7 +146,14 @@ mod tests {
     #[test]
     fn unrelated_keys() {
         let k = defaults();
-        for key in ["http.method", "service.name", "x-request-id", "release", "x-rel", "deployment.stage"] {
+        for key in [
+            "http.method",
+            "service.name",
+            "x-request-id",
+            "release",
+            "x-rel",
+            "deployment.stage",
+        ] {
             assert_eq!(k.classify(key), KeyClass::Unrelated, "{key}");
         }
         let mut cache = KeyCache::new(&k);

@@ -81,8 +81,16 @@ impl Telemetry {
             registry: Registry::default(),
         };
         let r = &mut registry;
-        r.register("receiver_requests", "OTLP export requests by protocol and outcome", t.requests.clone());
-        r.register("receiver_accepted_spans", "Spans accepted for verification", t.accepted_spans.clone());
+        r.register(
+            "receiver_requests",
+            "OTLP export requests by protocol and outcome",
+            t.requests.clone(),
+        );
+        r.register(
+            "receiver_accepted_spans",
+            "Spans accepted for verification",
+            t.accepted_spans.clone(),
+        );
         r.register(
             "receiver_rejected_spans",
             "Spans rejected as invalid (reported to the sender through partial success)",
@@ -93,15 +101,31 @@ impl Telemetry {
             "Spans refused with a retryable error because verification could not keep up",
             t.refused_spans.clone(),
         );
-        r.register("buffered_spans", "Spans held in traces being assembled", t.buffered_spans.clone());
-        r.register("buffered_traces", "Traces being assembled", t.buffered_traces.clone());
-        r.register("queued_spans", "Spans accepted and waiting for their worker", t.queued_spans.clone());
+        r.register(
+            "buffered_spans",
+            "Spans held in traces being assembled",
+            t.buffered_spans.clone(),
+        );
+        r.register(
+            "buffered_traces",
+            "Traces being assembled",
+            t.buffered_traces.clone(),
+        );
+        r.register(
+            "queued_spans",
+            "Spans accepted and waiting for their worker",
+            t.queued_spans.clone(),
+        );
         r.register(
             "traces_finalised",
             "Traces finalised, by reason: idle (normal), memory (early, forced by --max-buffered-spans), shutdown",
             t.traces_finalised.clone(),
         );
-        r.register("duplicate_spans", "Spans received again with the same content (exporter retries), counted once", t.duplicate_spans.clone());
+        r.register(
+            "duplicate_spans",
+            "Spans received again with the same content (exporter retries), counted once",
+            t.duplicate_spans.clone(),
+        );
         r.register(
             "conflicting_spans",
             "Spans received again with the same id and different content; the first is kept",
@@ -119,8 +143,10 @@ impl Telemetry {
     /// Publishes what an assembler counted since `before`.
     pub fn add_assembly(&self, before: &AssembleStats, now: &AssembleStats) {
         let d = |a: u64, b: u64| b.saturating_sub(a);
-        self.duplicate_spans.inc_by(d(before.duplicates, now.duplicates));
-        self.conflicting_spans.inc_by(d(before.conflicts, now.conflicts));
+        self.duplicate_spans
+            .inc_by(d(before.duplicates, now.duplicates));
+        self.conflicting_spans
+            .inc_by(d(before.conflicts, now.conflicts));
         self.late_spans.inc_by(d(before.late, now.late));
         for (reason, a, b) in [
             ("idle", before.finalised_idle, now.finalised_idle),
@@ -128,7 +154,9 @@ impl Telemetry {
             ("shutdown", before.finalised_flush, now.finalised_flush),
         ] {
             if b > a {
-                self.traces_finalised.get_or_create(&ReasonLabels { reason }).inc_by(b - a);
+                self.traces_finalised
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc_by(b - a);
             }
         }
     }

@@ -142,7 +142,11 @@ pub mod otlp {
             if this.req.resource_spans.is_empty() {
                 this = this.resource("unknown_service", None);
             }
-            let rs = this.req.resource_spans.last_mut().expect("a resource exists");
+            let rs = this
+                .req
+                .resource_spans
+                .last_mut()
+                .expect("a resource exists");
             rs.scope_spans[0].spans.push(span);
             this
         }

@@ -58,11 +58,14 @@ impl StageStats {
     }
 }
 
+/// (request stage, callee instance stage).
+pub type RoutingKey = (Option<Sym>, Option<Sym>);
+
 #[derive(Clone, Debug, Default)]
 pub struct EdgeStats {
     pub by_stage: Vec<(Option<Sym>, StageStats)>,
     /// Calls by (request stage, callee instance stage): misrouting shows as off-diagonal counts.
-    pub routing: Vec<((Option<Sym>, Option<Sym>), u64)>,
+    pub routing: Vec<(RoutingKey, u64)>,
     pub examples: Vec<(Verdict, VecDeque<TraceId>)>,
     /// Unix ms.
     pub last_seen_ms: u64,

@@ -102,7 +102,10 @@ impl Aggregate {
             for e in &o.edges {
                 st.graph.add(e, o.trace_id, o.finalised_at_ms, other);
             }
-            *st.totals.traces.entry((o.stage, o.is_broken())).or_default() += 1;
+            *st.totals
+                .traces
+                .entry((o.stage, o.is_broken()))
+                .or_default() += 1;
             st.totals.spans += o.spans as u64;
             for finding in &o.findings {
                 if st.findings.len() >= self.cfg.max_findings {
@@ -154,7 +157,9 @@ impl RecentTraces {
             None => self.order.push_back(id),
         }
         while self.spans > max_spans {
-            let Some(old) = self.order.pop_front() else { break };
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
             if let Some(gone) = self.by_id.remove(&old) {
                 self.spans -= gone.spans.len();
             }
@@ -210,7 +215,10 @@ impl Matcher {
                 .caller
                 .as_ref()
                 .is_none_or(|c| f.hop.caller.is_some_and(|h| c.contains(&h)))
-            && self.callee.as_ref().is_none_or(|c| c.contains(&f.hop.callee))
+            && self
+                .callee
+                .as_ref()
+                .is_none_or(|c| c.contains(&f.hop.callee))
             && self.trace_id.is_none_or(|t| t == f.trace_id)
             && self.scope.is_none_or(|s| s == f.scope)
             && self.first_break.is_none_or(|b| b == f.first_break)

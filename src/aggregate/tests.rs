@@ -56,7 +56,10 @@ fn graph_counts_calls_verdicts_and_first_breaks_per_stage() {
     let st = agg.lock();
     let e = st
         .graph
-        .find_edge(NodeKey::Service(k.svc("users")), NodeKey::Service(k.svc("orders")))
+        .find_edge(
+            NodeKey::Service(k.svc("users")),
+            NodeKey::Service(k.svc("orders")),
+        )
         .expect("users -> orders");
     let all = e.stats(None);
     assert_eq!(all.calls, 4);
@@ -67,14 +70,35 @@ fn graph_counts_calls_verdicts_and_first_breaks_per_stage() {
     assert_eq!(all.findings(), 2);
     assert_eq!(e.stats(Some(Some(k.v("canary")))).calls, 4);
     assert_eq!(e.stats(Some(Some(k.v("stable")))).calls, 0);
-    assert_eq!(e.routing, vec![((Some(k.v("canary")), Some(k.v("canary"))), 4)]);
-    let missing_examples = &e.examples.iter().find(|(v, _)| *v == Verdict::Missing).unwrap().1;
-    assert_eq!(missing_examples.iter().copied().collect::<Vec<_>>(), vec![TraceId(3)]);
+    assert_eq!(
+        e.routing,
+        vec![((Some(k.v("canary")), Some(k.v("canary"))), 4)]
+    );
+    let missing_examples = &e
+        .examples
+        .iter()
+        .find(|(v, _)| *v == Verdict::Missing)
+        .unwrap()
+        .1;
+    assert_eq!(
+        missing_examples.iter().copied().collect::<Vec<_>>(),
+        vec![TraceId(3)]
+    );
     assert_eq!(e.last_seen_ms, 1_000);
     // No users edge stays inside users: there is no self edge.
-    assert!(st.graph.find_edge(NodeKey::Service(k.svc("users")), NodeKey::Service(k.svc("users"))).is_none());
+    assert!(
+        st.graph
+            .find_edge(
+                NodeKey::Service(k.svc("users")),
+                NodeKey::Service(k.svc("users"))
+            )
+            .is_none()
+    );
     assert_eq!(st.totals.traces.get(&(Some(k.v("canary")), true)), Some(&2));
-    assert_eq!(st.totals.traces.get(&(Some(k.v("canary")), false)), Some(&2));
+    assert_eq!(
+        st.totals.traces.get(&(Some(k.v("canary")), false)),
+        Some(&2)
+    );
     assert_eq!(st.totals.spans, 12);
 }
 
@@ -90,15 +114,71 @@ fn findings_filter_and_bounds() {
     let all = agg.findings(&FindingFilter::default(), 100);
     assert_eq!(all.len(), 3, "only the newest 3 are kept");
     let by = |f: FindingFilter| agg.findings(&f, 100).len();
-    assert_eq!(by(FindingFilter { kind: Some(Verdict::Missing), ..Default::default() }), 3);
-    assert_eq!(by(FindingFilter { kind: Some(Verdict::Changed), ..Default::default() }), 0);
-    assert_eq!(by(FindingFilter { caller: Some("users".into()), callee: Some("orders".into()), ..Default::default() }), 3);
-    assert_eq!(by(FindingFilter { caller: Some("orders".into()), ..Default::default() }), 0);
-    assert_eq!(by(FindingFilter { caller: Some("never-seen".into()), ..Default::default() }), 0);
-    assert_eq!(by(FindingFilter { stage: Some("canary".into()), ..Default::default() }), 3);
-    assert_eq!(by(FindingFilter { stage: Some("none".into()), ..Default::default() }), 0);
-    assert_eq!(by(FindingFilter { scope: Some(Scope::CrossService), first_break: Some(true), ..Default::default() }), 3);
-    assert_eq!(by(FindingFilter { trace_id: Some(all[0].trace_id), ..Default::default() }), 1);
+    assert_eq!(
+        by(FindingFilter {
+            kind: Some(Verdict::Missing),
+            ..Default::default()
+        }),
+        3
+    );
+    assert_eq!(
+        by(FindingFilter {
+            kind: Some(Verdict::Changed),
+            ..Default::default()
+        }),
+        0
+    );
+    assert_eq!(
+        by(FindingFilter {
+            caller: Some("users".into()),
+            callee: Some("orders".into()),
+            ..Default::default()
+        }),
+        3
+    );
+    assert_eq!(
+        by(FindingFilter {
+            caller: Some("orders".into()),
+            ..Default::default()
+        }),
+        0
+    );
+    assert_eq!(
+        by(FindingFilter {
+            caller: Some("never-seen".into()),
+            ..Default::default()
+        }),
+        0
+    );
+    assert_eq!(
+        by(FindingFilter {
+            stage: Some("canary".into()),
+            ..Default::default()
+        }),
+        3
+    );
+    assert_eq!(
+        by(FindingFilter {
+            stage: Some("none".into()),
+            ..Default::default()
+        }),
+        0
+    );
+    assert_eq!(
+        by(FindingFilter {
+            scope: Some(Scope::CrossService),
+            first_break: Some(true),
+            ..Default::default()
+        }),
+        3
+    );
+    assert_eq!(
+        by(FindingFilter {
+            trace_id: Some(all[0].trace_id),
+            ..Default::default()
+        }),
+        1
+    );
     assert_eq!(agg.findings(&FindingFilter::default(), 2).len(), 2);
     // Trace snapshots are bounded by spans: 6 spans = the two newest broken traces.
     assert!(agg.trace(all[0].trace_id).is_some());

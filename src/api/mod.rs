@@ -68,7 +68,12 @@ fn param<'a>(q: &'a Params, name: &str) -> Option<&'a str> {
     q.get(name).map(String::as_str).filter(|s| !s.is_empty())
 }
 
-fn parse<T>(q: &Params, name: &'static str, f: impl Fn(&str) -> Option<T>, expected: &str) -> Result<Option<T>, ApiError> {
+fn parse<T>(
+    q: &Params,
+    name: &'static str,
+    f: impl Fn(&str) -> Option<T>,
+    expected: &str,
+) -> Result<Option<T>, ApiError> {
     param(q, name)
         .map(|v| {
             f(v).ok_or_else(|| ApiError::BadParam {
@@ -79,18 +84,42 @@ fn parse<T>(q: &Params, name: &'static str, f: impl Fn(&str) -> Option<T>, expec
         .transpose()
 }
 
-const KNOWN_FINDING_PARAMS: [&str; 8] = ["kind", "stage", "caller", "callee", "trace_id", "scope", "first_break", "limit"];
+const KNOWN_FINDING_PARAMS: [&str; 8] = [
+    "kind",
+    "stage",
+    "caller",
+    "callee",
+    "trace_id",
+    "scope",
+    "first_break",
+    "limit",
+];
 
 async fn findings(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
-    if let Some(unknown) = q.keys().find(|k| !KNOWN_FINDING_PARAMS.contains(&k.as_str())) {
+    if let Some(unknown) = q
+        .keys()
+        .find(|k| !KNOWN_FINDING_PARAMS.contains(&k.as_str()))
+    {
         return Err(ApiError::BadParam {
             name: "query",
-            message: format!("unknown parameter '{unknown}'; known: {}", KNOWN_FINDING_PARAMS.join(", ")),
+            message: format!(
+                "unknown parameter '{unknown}'; known: {}",
+                KNOWN_FINDING_PARAMS.join(", ")
+            ),
         });
     }
-    let kinds: Vec<&str> = Verdict::ALL.iter().filter(|v| v.is_finding()).map(|v| v.as_str()).collect();
+    let kinds: Vec<&str> = Verdict::ALL
+        .iter()
+        .filter(|v| v.is_finding())
+        .map(|v| v.as_str())
+        .collect();
     let filter = FindingFilter {
-        kind: parse(&q, "kind", |s| Verdict::parse(s).filter(|v| v.is_finding()), &format!("one of {}", kinds.join(", ")))?,
+        kind: parse(
+            &q,
+            "kind",
+            |s| Verdict::parse(s).filter(|v| v.is_finding()),
+            &format!("one of {}", kinds.join(", ")),
+        )?,
         stage: param(&q, "stage").map(str::to_string),
         caller: param(&q, "caller").map(str::to_string),
         callee: param(&q, "callee").map(str::to_string),
@@ -98,8 +127,17 @@ async fn findings(State(st): State<ApiState>, q: Params) -> Result<Response, Api
         scope: parse(&q, "scope", Scope::parse, "cross_service or in_process")?,
         first_break: parse(&q, "first_break", |s| s.parse().ok(), "true or false")?,
     };
-    let limit = parse(&q, "limit", |s| s.parse::<usize>().ok().filter(|n| (1..=MAX_LIMIT).contains(n)), "a number from 1 to 1000")?
-        .unwrap_or(DEFAULT_LIMIT);
+    let limit = parse(
+        &q,
+        "limit",
+        |s| {
+            s.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+        },
+        "a number from 1 to 1000",
+    )?
+    .unwrap_or(DEFAULT_LIMIT);
     let sym = st.aggregate.symbols();
     let found: Vec<FindingView> = st
         .aggregate
@@ -151,5 +189,9 @@ async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Res
 }
 
 async fn metrics(State(st): State<ApiState>) -> Response {
-    ([(header::CONTENT_TYPE, telemetry::CONTENT_TYPE)], st.telemetry.encode()).into_response()
+    (
+        [(header::CONTENT_TYPE, telemetry::CONTENT_TYPE)],
+        st.telemetry.encode(),
+    )
+        .into_response()
 }

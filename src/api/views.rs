@@ -155,7 +155,12 @@ fn stage_name(s: Option<Sym>, sym: &Symbols) -> String {
 
 impl GraphView {
     /// `stage`: `None` for every stage, `Some(None)` for edges without a stage.
-    pub fn of(g: &ServiceGraph, stage: Option<Option<Sym>>, label: Option<String>, sym: &Symbols) -> Self {
+    pub fn of(
+        g: &ServiceGraph,
+        stage: Option<Option<Sym>>,
+        label: Option<String>,
+        sym: &Symbols,
+    ) -> Self {
         let keep = |s: &Option<Sym>| stage.is_none_or(|want| want == *s);
         let mut edges = Vec::new();
         for e in g.graph.edge_indices() {

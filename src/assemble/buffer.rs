@@ -59,7 +59,10 @@ impl TraceBuffer {
     fn find(&self, id: SpanId) -> Option<NodeIndex> {
         match &self.index {
             Some(ix) => ix.get(&id).copied(),
-            None => self.graph.node_indices().find(|&n| self.graph[n].span_id == id),
+            None => self
+                .graph
+                .node_indices()
+                .find(|&n| self.graph[n].span_id == id),
         }
     }
 

@@ -119,7 +119,13 @@ impl Assembler {
 
     /// Adds a batch; edges are judged as their spans meet. Traces pushed out by the memory bound are
     /// appended to `out`.
-    pub fn insert(&mut self, batch: SpanBatch, now_ms: u64, wall_ms: u64, out: &mut Vec<Finalised>) {
+    pub fn insert(
+        &mut self,
+        batch: SpanBatch,
+        now_ms: u64,
+        wall_ms: u64,
+        out: &mut Vec<Finalised>,
+    ) {
         self.stamp = self.stamp.wrapping_add(1);
         let stamp = self.stamp;
         let mut last: Option<(TraceId, u32)> = None;
@@ -135,7 +141,9 @@ impl Assembler {
                 },
             };
             last = Some((trace_id, slot));
-            let buf = self.slots[slot as usize].as_mut().expect("slot of a live trace");
+            let buf = self.slots[slot as usize]
+                .as_mut()
+                .expect("slot of a live trace");
             if buf.stamp != stamp {
                 buf.stamp = stamp;
                 buf.last_touch_ms = now_ms;
@@ -162,7 +170,10 @@ impl Assembler {
     pub fn expire(&mut self, now_ms: u64, wall_ms: u64, out: &mut Vec<Finalised>) {
         self.finished.expire(now_ms);
         while let Some(&(slot, stamp)) = self.idle_queue.front() {
-            let Some(buf) = self.slots[slot as usize].as_ref().filter(|b| b.stamp == stamp) else {
+            let Some(buf) = self.slots[slot as usize]
+                .as_ref()
+                .filter(|b| b.stamp == stamp)
+            else {
                 self.idle_queue.pop_front();
                 continue;
             };
@@ -212,7 +223,10 @@ impl Assembler {
 
     fn pop_oldest(&mut self) -> Option<u32> {
         while let Some((slot, stamp)) = self.idle_queue.pop_front() {
-            if self.slots[slot as usize].as_ref().is_some_and(|b| b.stamp == stamp) {
+            if self.slots[slot as usize]
+                .as_ref()
+                .is_some_and(|b| b.stamp == stamp)
+            {
                 return Some(slot);
             }
         }
@@ -220,7 +234,9 @@ impl Assembler {
     }
 
     fn finalise(&mut self, slot: u32, reason: Reason, now_ms: u64, wall_ms: u64) -> Finalised {
-        let mut buf = self.slots[slot as usize].take().expect("finalising a live slot");
+        let mut buf = self.slots[slot as usize]
+            .take()
+            .expect("finalising a live slot");
         self.free.push(slot);
         self.ids.remove(&buf.trace_id);
         self.buffered -= buf.len();

@@ -24,7 +24,13 @@ impl TraceSnapshot {
             spans: g.node_weights().copied().collect(),
             edges: g
                 .edge_references()
-                .map(|e| (e.source().index() as u32, e.target().index() as u32, *e.weight()))
+                .map(|e| {
+                    (
+                        e.source().index() as u32,
+                        e.target().index() as u32,
+                        *e.weight(),
+                    )
+                })
                 .collect(),
             findings,
             finalised,

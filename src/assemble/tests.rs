@@ -129,7 +129,11 @@ fn memory_bound_finalises_the_least_recently_active_first() {
     asm.insert(batch(3, &spans), 3, 0, &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].reason, Reason::Early);
-    assert_eq!(out[0].outcome.trace_id, TraceId(2), "trace 1 was touched after trace 2");
+    assert_eq!(
+        out[0].outcome.trace_id,
+        TraceId(2),
+        "trace 1 was touched after trace 2"
+    );
     assert_eq!(asm.buffered_spans(), 6);
     assert_eq!(asm.stats().finalised_early, 1);
 }

@@ -34,7 +34,12 @@ pub enum Reject {
 }
 
 impl Reject {
-    pub const ALL: [Reject; 4] = [Reject::TraceId, Reject::SpanId, Reject::ParentId, Reject::OwnParent];
+    pub const ALL: [Reject; 4] = [
+        Reject::TraceId,
+        Reject::SpanId,
+        Reject::ParentId,
+        Reject::OwnParent,
+    ];
 
     /// Metric label.
     pub fn as_str(self) -> &'static str {
@@ -116,7 +121,11 @@ impl Decoder {
         let now_ms = self.clock.now_ms();
 
         for (ri, rs) in req.resource_spans.iter().enumerate() {
-            let attrs = rs.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+            let attrs = rs
+                .resource
+                .as_ref()
+                .map(|r| r.attributes.as_slice())
+                .unwrap_or(&[]);
             let service = services.intern(cut(
                 find_str(attrs, "service.name").unwrap_or("unknown_service"),
                 MAX_SERVICE_LEN,
@@ -152,7 +161,9 @@ impl Decoder {
                         status: StatusCode::from_otlp(span.status.as_ref().map_or(0, |s| s.code)),
                     };
                     read_attributes(&span.attributes, &mut rec, &mut keys, &mut values);
-                    out.batches[trace_id.shard(shards)].spans.push((trace_id, rec));
+                    out.batches[trace_id.shard(shards)]
+                        .spans
+                        .push((trace_id, rec));
                     out.accepted += 1;
                 }
             }

@@ -4,8 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -33,7 +37,9 @@ impl TraceService for GrpcReceiver {
         req: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         match self.ingest.export(req.get_ref(), Protocol::Grpc) {
-            Ok(partial_success) => Ok(Response::new(ExportTraceServiceResponse { partial_success })),
+            Ok(partial_success) => Ok(Response::new(ExportTraceServiceResponse {
+                partial_success,
+            })),
             Err(e @ SubmitError::Full { .. }) => Err(Status::with_error_details(
                 Code::Unavailable,
                 e.to_string(),
@@ -50,8 +56,10 @@ impl TraceService for GrpcReceiver {
 pub fn size_limit_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
     let h = resp.headers();
     let too_large = h.get("grpc-status").is_some_and(|v| v == "11")
-        && h.get("grpc-message")
-            .is_some_and(|m| m.as_bytes().starts_with(b"Error,%20decoded%20message%20length%20too%20large"));
+        && h.get("grpc-message").is_some_and(|m| {
+            m.as_bytes()
+                .starts_with(b"Error,%20decoded%20message%20length%20too%20large")
+        });
     if too_large {
         resp.headers_mut()
             .insert("grpc-status", http::HeaderValue::from_static("8"));

@@ -13,7 +13,9 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message;
 use tonic::Code;
 
@@ -91,7 +93,12 @@ async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) 
     }
 }
 
-async fn handle(rx: &HttpReceiver, headers: &HeaderMap, body: Body, protocol: Protocol) -> Result<Response, Failure> {
+async fn handle(
+    rx: &HttpReceiver,
+    headers: &HeaderMap,
+    body: Body,
+    protocol: Protocol,
+) -> Result<Response, Failure> {
     let max = rx.max_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -103,25 +110,51 @@ async fn handle(rx: &HttpReceiver, headers: &HeaderMap, body: Body, protocol: Pr
         if is_length_limit(&e) {
             Failure::too_large(max)
         } else {
-            Failure::new(StatusCode::BAD_REQUEST, Code::InvalidArgument, Outcome::Invalid, format!("cannot read request body: {e}"))
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                Code::InvalidArgument,
+                Outcome::Invalid,
+                format!("cannot read request body: {e}"),
+            )
         }
     })?;
     let body = decompress(headers, raw, max)?;
     let req = match protocol {
-        Protocol::HttpJson => serde_json::from_slice::<ExportTraceServiceRequest>(&body).map_err(|e| {
-            Failure::new(StatusCode::BAD_REQUEST, Code::InvalidArgument, Outcome::Invalid, format!("invalid OTLP/JSON: {e}"))
-        })?,
+        Protocol::HttpJson => {
+            serde_json::from_slice::<ExportTraceServiceRequest>(&body).map_err(|e| {
+                Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    Code::InvalidArgument,
+                    Outcome::Invalid,
+                    format!("invalid OTLP/JSON: {e}"),
+                )
+            })?
+        }
         _ => ExportTraceServiceRequest::decode(body).map_err(|e| {
-            Failure::new(StatusCode::BAD_REQUEST, Code::InvalidArgument, Outcome::Invalid, format!("invalid OTLP protobuf: {e}"))
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                Code::InvalidArgument,
+                Outcome::Invalid,
+                format!("invalid OTLP protobuf: {e}"),
+            )
         })?,
     };
     match rx.ingest.export(&req, protocol) {
-        Ok(partial_success) => Ok(reply(protocol, StatusCode::OK, &ExportTraceServiceResponse { partial_success })),
+        Ok(partial_success) => Ok(reply(
+            protocol,
+            StatusCode::OK,
+            &ExportTraceServiceResponse { partial_success },
+        )),
         // Already counted as refused by `Ingest::export`.
         Err(e) => {
             let mut resp = reply_error(
                 protocol,
-                Failure::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, Outcome::Refused, e.to_string()),
+                Failure::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Code::Unavailable,
+                    Outcome::Refused,
+                    e.to_string(),
+                ),
             );
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
@@ -144,9 +177,12 @@ fn content_type(headers: &HeaderMap) -> Option<&'static str> {
 }
 
 fn decompress(headers: &HeaderMap, raw: Bytes, max: usize) -> Result<Bytes, Failure> {
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("(not text)").trim().to_ascii_lowercase());
+    let encoding = headers.get(header::CONTENT_ENCODING).map(|v| {
+        v.to_str()
+            .unwrap_or("(not text)")
+            .trim()
+            .to_ascii_lowercase()
+    });
     match encoding.as_deref() {
         None | Some("") | Some("identity") => Ok(raw),
         Some("gzip") => {
@@ -155,7 +191,12 @@ fn decompress(headers: &HeaderMap, raw: Bytes, max: usize) -> Result<Bytes, Fail
                 .take(max as u64 + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| {
-                    Failure::new(StatusCode::BAD_REQUEST, Code::InvalidArgument, Outcome::Invalid, format!("invalid gzip body: {e}"))
+                    Failure::new(
+                        StatusCode::BAD_REQUEST,
+                        Code::InvalidArgument,
+                        Outcome::Invalid,
+                        format!("invalid gzip body: {e}"),
+                    )
                 })?;
             if out.len() > max {
                 return Err(Failure::too_large(max));
@@ -188,7 +229,12 @@ fn reply(protocol: Protocol, status: StatusCode, msg: &ExportTraceServiceRespons
             let body = serde_json::to_vec(msg).expect("a response always serialises");
             (status, [(header::CONTENT_TYPE, JSON)], body).into_response()
         }
-        _ => (status, [(header::CONTENT_TYPE, PROTOBUF)], msg.encode_to_vec()).into_response(),
+        _ => (
+            status,
+            [(header::CONTENT_TYPE, PROTOBUF)],
+            msg.encode_to_vec(),
+        )
+            .into_response(),
     }
 }
 
@@ -204,7 +250,12 @@ fn reply_error(protocol: Protocol, f: Failure) -> Response {
                 message: f.message,
                 details: Vec::new(),
             };
-            (f.status, [(header::CONTENT_TYPE, PROTOBUF)], st.encode_to_vec()).into_response()
+            (
+                f.status,
+                [(header::CONTENT_TYPE, PROTOBUF)],
+                st.encode_to_vec(),
+            )
+                .into_response()
         }
     }
 }

@@ -10,7 +10,9 @@ pub mod http;
 
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceRequest};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest,
+};
 
 pub use decode::{Decoded, Decoder, Reject};
 
@@ -93,12 +95,23 @@ impl Ingest {
         });
         let accepted = decoded.accepted as u64;
         if let Err(e) = self.shards.submit(decoded.batches) {
-            t.refused_spans.get_or_create(&ProtocolLabels { protocol: p }).inc_by(accepted);
+            t.refused_spans
+                .get_or_create(&ProtocolLabels { protocol: p })
+                .inc_by(accepted);
             self.count(protocol, Outcome::Refused);
             return Err(e);
         }
-        t.accepted_spans.get_or_create(&ProtocolLabels { protocol: p }).inc_by(accepted);
-        self.count(protocol, if partial.is_some() { Outcome::Partial } else { Outcome::Ok });
+        t.accepted_spans
+            .get_or_create(&ProtocolLabels { protocol: p })
+            .inc_by(accepted);
+        self.count(
+            protocol,
+            if partial.is_some() {
+                Outcome::Partial
+            } else {
+                Outcome::Ok
+            },
+        );
         Ok(partial)
     }
 

@@ -135,11 +135,20 @@ pub struct Policy {
 impl Policy {
     pub fn new(cfg: &crate::config::VerifyConfig, sym: &crate::intern::Symbols) -> Self {
         Policy {
-            allowed: cfg.allowed_stages.iter().map(|s| sym.values.intern(s)).collect(),
+            allowed: cfg
+                .allowed_stages
+                .iter()
+                .map(|s| sym.values.intern(s))
+                .collect(),
             exempt_roots: cfg
                 .exempt_roots
                 .iter()
-                .map(|(svc, span)| (sym.services.intern(svc), span.as_deref().map(|n| sym.names.intern(n))))
+                .map(|(svc, span)| {
+                    (
+                        sym.services.intern(svc),
+                        span.as_deref().map(|n| sym.names.intern(n)),
+                    )
+                })
                 .collect(),
         }
     }

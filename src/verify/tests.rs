@@ -4,12 +4,22 @@ use crate::model::{SpanKind, TraceId};
 use crate::testkit::Kit;
 
 trait FinaliseExt {
-    fn finalise(&self, spans: &[SpanRecord], policy: &Policy, live: &[(&str, &str)]) -> TraceOutcome;
+    fn finalise(
+        &self,
+        spans: &[SpanRecord],
+        policy: &Policy,
+        live: &[(&str, &str)],
+    ) -> TraceOutcome;
 }
 
 impl FinaliseExt for Kit {
     /// Builds the graph the way the assembler does and finalises it.
-    fn finalise(&self, spans: &[SpanRecord], policy: &Policy, live: &[(&str, &str)]) -> TraceOutcome {
+    fn finalise(
+        &self,
+        spans: &[SpanRecord],
+        policy: &Policy,
+        live: &[(&str, &str)],
+    ) -> TraceOutcome {
         let mut g = TraceGraph::default();
         let idx: Vec<_> = spans.iter().map(|s| g.add_node(*s)).collect();
         for (ci, c) in spans.iter().enumerate() {
@@ -50,7 +60,11 @@ fn edge_verdict_table() {
     typo.near_miss_key = Some(k.v("x-release-stag"));
     typo.near_miss_value = Some(k.v("canary"));
     assert_eq!(judge_edge(&canary(a), &typo, &p), Verdict::KeyMismatch);
-    assert_eq!(judge_edge(&a, &typo, &p), Verdict::Absent, "a near miss with nothing sent is not a finding");
+    assert_eq!(
+        judge_edge(&a, &typo, &p),
+        Verdict::Absent,
+        "a near miss with nothing sent is not a finding"
+    );
 
     let strict = Policy {
         allowed: [k.v("stable"), k.v("canary")].into_iter().collect(),
@@ -59,7 +73,11 @@ fn edge_verdict_table() {
     let bad = k.stage(b, "canry");
     assert_eq!(judge_edge(&canary(a), &bad, &strict), Verdict::InvalidValue);
     assert_eq!(judge_edge(&a, &bad, &strict), Verdict::InvalidValue);
-    assert_eq!(judge_edge(&canary(a), &bad, &p), Verdict::Changed, "no allowed list: any value");
+    assert_eq!(
+        judge_edge(&canary(a), &bad, &p),
+        Verdict::Changed,
+        "no allowed list: any value"
+    );
 }
 
 #[test]
@@ -68,17 +86,31 @@ fn misrouted_only_when_the_sent_stage_was_live_for_the_callee() {
     let p = Policy::default();
     let gw = k.stage(k.span(1, None, "gateway", SpanKind::Server), "canary");
     let call = k.stage(k.span(2, Some(1), "gateway", SpanKind::Client), "canary");
-    let orders = k.instance(k.stage(k.span(3, Some(2), "orders", SpanKind::Server), "canary"), "stable");
+    let orders = k.instance(
+        k.stage(k.span(3, Some(2), "orders", SpanKind::Server), "canary"),
+        "stable",
+    );
     let spans = [gw, call, orders];
 
     let out = k.finalise(&spans, &p, &[("orders", "canary"), ("orders", "stable")]);
     assert_eq!(out.findings.len(), 1);
     let f = &out.findings[0];
-    assert_eq!((f.kind, f.scope, f.first_break), (Verdict::Misrouted, Scope::CrossService, true));
-    assert!(f.detail(&k.sym).contains("routed to a stable instance of orders"), "{}", f.detail(&k.sym));
+    assert_eq!(
+        (f.kind, f.scope, f.first_break),
+        (Verdict::Misrouted, Scope::CrossService, true)
+    );
+    assert!(
+        f.detail(&k.sym)
+            .contains("routed to a stable instance of orders"),
+        "{}",
+        f.detail(&k.sym)
+    );
 
     let out = k.finalise(&spans, &p, &[("orders", "stable")]);
-    assert!(out.findings.is_empty(), "no canary orders instance: stable is the only place to go");
+    assert!(
+        out.findings.is_empty(),
+        "no canary orders instance: stable is the only place to go"
+    );
 
     // The stage never reached orders: the loss is the cause, not routing.
     let mut lost = orders;
@@ -97,7 +129,11 @@ fn first_break_and_consequences() {
     let s3 = k.stage(k.span(3, Some(2), "orders", SpanKind::Server), "stable");
     let s4 = k.stage(k.span(4, Some(3), "orders", SpanKind::Client), "stable");
     let out = k.finalise(&[s4, s3, s2, s1], &p, &[]);
-    let mut f: Vec<_> = out.findings.iter().map(|f| (f.kind, f.scope, f.first_break)).collect();
+    let mut f: Vec<_> = out
+        .findings
+        .iter()
+        .map(|f| (f.kind, f.scope, f.first_break))
+        .collect();
     f.sort_by_key(|x| x.0);
     assert_eq!(
         f,
@@ -106,10 +142,21 @@ fn first_break_and_consequences() {
             (Verdict::Appeared, Scope::CrossService, false),
         ]
     );
-    let missing = out.findings.iter().find(|f| f.kind == Verdict::Missing).unwrap();
+    let missing = out
+        .findings
+        .iter()
+        .find(|f| f.kind == Verdict::Missing)
+        .unwrap();
     // An in-process loss on an outgoing span is counted on the call's hop.
-    assert_eq!(missing.hop.callee, NodeKey::Service(k.sym.services.intern("orders")));
-    assert!(missing.detail(&k.sym).starts_with("users made an outgoing call without the request's context"));
+    assert_eq!(
+        missing.hop.callee,
+        NodeKey::Service(k.sym.services.intern("orders"))
+    );
+    assert!(
+        missing
+            .detail(&k.sym)
+            .starts_with("users made an outgoing call without the request's context")
+    );
     assert_eq!(out.stage, Some(k.v("canary")));
     assert_eq!(out.edges.iter().filter(|e| e.first_break).count(), 1);
     assert_eq!(out.edges.iter().filter(|e| e.call).count(), 1);
@@ -137,10 +184,17 @@ fn broken_traces() {
     let orphan = k.stage(k.span(5, Some(99), "payments", SpanKind::Server), "canary");
     let child = k.span(6, Some(5), "payments", SpanKind::Internal);
     let out = k.finalise(&[orphan, child], &p, &[]);
-    let kinds: Vec<_> = out.findings.iter().map(|f| (f.kind, f.first_break, f.caller.is_none())).collect();
+    let kinds: Vec<_> = out
+        .findings
+        .iter()
+        .map(|f| (f.kind, f.first_break, f.caller.is_none()))
+        .collect();
     assert_eq!(
         kinds,
-        vec![(Verdict::BrokenTrace, true, true), (Verdict::Missing, false, false)]
+        vec![
+            (Verdict::BrokenTrace, true, true),
+            (Verdict::Missing, false, false)
+        ]
     );
     assert!(out.findings[0].detail(&k.sym).contains("never arrived"));
 
@@ -151,8 +205,14 @@ fn broken_traces() {
     assert_eq!(out.findings.len(), 1);
     let f = &out.findings[0];
     assert_eq!((f.kind, f.scope), (Verdict::BrokenTrace, Scope::InProcess));
-    assert_eq!(f.hop.caller, Some(NodeKey::Service(k.sym.services.intern("orders"))));
-    assert_eq!(f.hop.callee, NodeKey::Service(k.sym.services.intern("inventory")));
+    assert_eq!(
+        f.hop.caller,
+        Some(NodeKey::Service(k.sym.services.intern("orders")))
+    );
+    assert_eq!(
+        f.hop.callee,
+        NodeKey::Service(k.sym.services.intern("inventory"))
+    );
 
     // ... unless the service is a known job.
     let exempt = Policy {
@@ -199,8 +259,15 @@ fn a_very_deep_chain_does_not_overflow_the_stack() {
         observed_at_ms: 0,
     };
     let out = finalise(TraceId(1), &mut g, &cx);
-    let kinds: Vec<_> = out.findings.iter().map(|f| (f.kind, f.first_break)).collect();
-    assert_eq!(kinds, vec![(Verdict::Missing, true), (Verdict::Appeared, false)]);
+    let kinds: Vec<_> = out
+        .findings
+        .iter()
+        .map(|f| (f.kind, f.first_break))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![(Verdict::Missing, true), (Verdict::Appeared, false)]
+    );
     assert_eq!(out.edges.len(), 99_999);
 }
 
@@ -213,6 +280,9 @@ fn uninstrumented_callees_become_virtual_calls() {
     let out = k.finalise(&[root, call], &Policy::default(), &[]);
     let virt: Vec<_> = out.edges.iter().filter(|e| e.verdict.is_none()).collect();
     assert_eq!(virt.len(), 1);
-    assert_eq!(virt[0].hop.callee, NodeKey::Virtual(k.v("db.internal:5432")));
+    assert_eq!(
+        virt[0].hop.callee,
+        NodeKey::Virtual(k.v("db.internal:5432"))
+    );
     assert!(virt[0].call);
 }

@@ -89,7 +89,10 @@ pub fn finalise(trace_id: TraceId, g: &mut TraceGraph, cx: &FinaliseContext<'_>)
     for v in g.node_indices() {
         if !visited[v.index()] {
             let member = cycle_member(g, v);
-            let parent = g.edges_directed(member, Incoming).next().map(|e| e.source());
+            let parent = g
+                .edges_directed(member, Incoming)
+                .next()
+                .map(|e| e.source());
             node_finding[member.index()] = Some((Verdict::BrokenTrace, parent));
             stack.push((member, false));
             walk(g, &mut stack, &node_finding, &mut visited, &mut first_break);
@@ -114,7 +117,9 @@ pub fn finalise(trace_id: TraceId, g: &mut TraceGraph, cx: &FinaliseContext<'_>)
         let s = &g[v];
         if s.kind.is_outgoing()
             && let Some(peer) = s.peer
-            && !g.neighbors_directed(v, Outgoing).any(|c| g[c].service != s.service)
+            && !g
+                .neighbors_directed(v, Outgoing)
+                .any(|c| g[c].service != s.service)
         {
             edges.push(EdgeOutcome {
                 hop: Hop {
@@ -138,7 +143,10 @@ pub fn finalise(trace_id: TraceId, g: &mut TraceGraph, cx: &FinaliseContext<'_>)
         let callee = g[v];
         let caller = parent.map(|p| g[p]);
         let (scope, hop) = match caller {
-            Some(p) => (Scope::of(&p, &callee), hop_of(g, parent.expect("caller has an index"), v)),
+            Some(p) => (
+                Scope::of(&p, &callee),
+                hop_of(g, parent.expect("caller has an index"), v),
+            ),
             None if callee.parent.is_none() && callee.kind.is_outgoing() => (
                 Scope::InProcess,
                 Hop {

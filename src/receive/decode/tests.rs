@@ -12,13 +12,19 @@ fn decoder() -> Decoder {
         Arc::new(Symbols::new(&SymbolLimits::default())),
         Arc::new(Instances::new([], 60_000)),
         Clock::new(),
-        &["x-release-stage".into(), "http.request.header.x-release-stage".into()],
+        &[
+            "x-release-stage".into(),
+            "http.request.header.x-release-stage".into(),
+        ],
         "deployment.stage",
     )
 }
 
 fn only(d: &Decoded) -> Vec<(TraceId, SpanRecord)> {
-    d.batches.iter().flat_map(|b| b.spans.iter().copied()).collect()
+    d.batches
+        .iter()
+        .flat_map(|b| b.spans.iter().copied())
+        .collect()
 }
 
 #[test]
@@ -26,20 +32,42 @@ fn records_carry_stage_instance_kind_and_peer() {
     let dec = decoder();
     let req = RequestBuilder::new()
         .resource("orders", Some("canary"))
-        .span(7, 1, None, "GET /orders", SpanKind::Server, &[("x-release-stage", "canary")])
+        .span(
+            7,
+            1,
+            None,
+            "GET /orders",
+            SpanKind::Server,
+            &[("x-release-stage", "canary")],
+        )
         .span(
             7,
             2,
             Some(1),
             "POST /pay",
             SpanKind::Client,
-            &[("http.request.header.x-release-stage", "stable"), ("x-release-stage", "canary"), ("server.address", "payments.local")],
+            &[
+                ("http.request.header.x-release-stage", "stable"),
+                ("x-release-stage", "canary"),
+                ("server.address", "payments.local"),
+            ],
         )
-        .span(7, 3, Some(1), "load", SpanKind::Internal, &[("X_Release_Stage", "canary"), ("server.address", "ignored")])
+        .span(
+            7,
+            3,
+            Some(1),
+            "load",
+            SpanKind::Internal,
+            &[("X_Release_Stage", "canary"), ("server.address", "ignored")],
+        )
         .build();
     let d = dec.decode(&req, 2);
     assert_eq!((d.accepted, d.rejected), (3, 0));
-    assert_eq!(d.batches[1].spans.len(), 3, "trace 7 shards to worker 1 of 2");
+    assert_eq!(
+        d.batches[1].spans.len(),
+        3,
+        "trace 7 shards to worker 1 of 2"
+    );
     let spans = only(&d);
     let sym = &dec.symbols;
     let (t, server) = spans[0];
@@ -47,22 +75,53 @@ fn records_carry_stage_instance_kind_and_peer() {
     assert_eq!(&*sym.services.resolve(server.service), "orders");
     assert_eq!(&*sym.names.resolve(server.name), "GET /orders");
     assert_eq!(server.kind, SpanKind::Server);
-    assert_eq!(server.stage.map(|s| sym.values.resolve(s)).as_deref(), Some("canary"));
-    assert_eq!(server.instance_stage.map(|s| sym.values.resolve(s)).as_deref(), Some("canary"));
+    assert_eq!(
+        server.stage.map(|s| sym.values.resolve(s)).as_deref(),
+        Some("canary")
+    );
+    assert_eq!(
+        server
+            .instance_stage
+            .map(|s| sym.values.resolve(s))
+            .as_deref(),
+        Some("canary")
+    );
     assert_eq!(server.parent, None);
 
     let client = spans[1].1;
-    assert_eq!(client.stage.map(|s| sym.values.resolve(s)).as_deref(), Some("canary"), "first configured key wins");
-    assert_eq!(client.peer.map(|s| sym.values.resolve(s)).as_deref(), Some("payments.local"));
+    assert_eq!(
+        client.stage.map(|s| sym.values.resolve(s)).as_deref(),
+        Some("canary"),
+        "first configured key wins"
+    );
+    assert_eq!(
+        client.peer.map(|s| sym.values.resolve(s)).as_deref(),
+        Some("payments.local")
+    );
 
     let internal = spans[2].1;
     assert_eq!(internal.stage, None);
-    assert_eq!(internal.near_miss_key.map(|s| sym.values.resolve(s)).as_deref(), Some("X_Release_Stage"));
-    assert_eq!(internal.near_miss_value.map(|s| sym.values.resolve(s)).as_deref(), Some("canary"));
+    assert_eq!(
+        internal
+            .near_miss_key
+            .map(|s| sym.values.resolve(s))
+            .as_deref(),
+        Some("X_Release_Stage")
+    );
+    assert_eq!(
+        internal
+            .near_miss_value
+            .map(|s| sym.values.resolve(s))
+            .as_deref(),
+        Some("canary")
+    );
     assert_eq!(internal.peer, None, "only outgoing spans name a peer");
 
     let svc = sym.services.intern("orders");
-    assert!(dec.instances.is_live(svc, sym.values.intern("canary"), dec.clock.now_ms()));
+    assert!(
+        dec.instances
+            .is_live(svc, sym.values.intern("canary"), dec.clock.now_ms())
+    );
 }
 
 #[test]
@@ -92,8 +151,14 @@ fn array_values_take_their_first_element() {
     };
     let d = dec.decode(&RequestBuilder::new().push(span).build(), 1);
     let rec = only(&d)[0].1;
-    assert_eq!(rec.stage.map(|s| dec.symbols.values.resolve(s)).as_deref(), Some("canary"));
-    assert_eq!(&*dec.symbols.services.resolve(rec.service), "unknown_service");
+    assert_eq!(
+        rec.stage.map(|s| dec.symbols.values.resolve(s)).as_deref(),
+        Some("canary")
+    );
+    assert_eq!(
+        &*dec.symbols.services.resolve(rec.service),
+        "unknown_service"
+    );
 }
 
 #[test]
@@ -105,26 +170,59 @@ fn invalid_spans_are_rejected_one_by_one_with_reasons() {
         ..Default::default()
     };
     let bad = [
-        Span { trace_id: vec![], ..good.clone() },
-        Span { trace_id: vec![0; 16], ..good.clone() },
-        Span { span_id: vec![1; 4], ..good.clone() },
-        Span { parent_span_id: vec![1; 3], ..good.clone() },
-        Span { parent_span_id: vec![2; 8], ..good.clone() },
-        Span { span_id: vec![0; 8], ..good.clone() },
+        Span {
+            trace_id: vec![],
+            ..good.clone()
+        },
+        Span {
+            trace_id: vec![0; 16],
+            ..good.clone()
+        },
+        Span {
+            span_id: vec![1; 4],
+            ..good.clone()
+        },
+        Span {
+            parent_span_id: vec![1; 3],
+            ..good.clone()
+        },
+        Span {
+            parent_span_id: vec![2; 8],
+            ..good.clone()
+        },
+        Span {
+            span_id: vec![0; 8],
+            ..good.clone()
+        },
     ];
-    let mut b = RequestBuilder::new().resource("svc", None).push(good.clone());
+    let mut b = RequestBuilder::new()
+        .resource("svc", None)
+        .push(good.clone());
     for s in bad {
         b = b.push(s);
     }
-    let zero_parent = Span { parent_span_id: vec![0; 8], span_id: vec![3; 8], ..good };
+    let zero_parent = Span {
+        parent_span_id: vec![0; 8],
+        span_id: vec![3; 8],
+        ..good
+    };
     let d = dec.decode(&b.push(zero_parent).build(), 4);
     assert_eq!((d.accepted, d.rejected), (2, 6));
-    assert_eq!(only(&d)[1].1.parent, None, "an all-zero parent means no parent");
+    assert_eq!(
+        only(&d)[1].1.parent,
+        None,
+        "an all-zero parent means no parent"
+    );
     let m = d.error_message();
     assert!(m.starts_with("rejected 6 of 8 spans: resource_spans[0].scope_spans[0].spans[1]: trace_id must be 16 bytes"), "{m}");
     assert!(m.contains("span is its own parent"), "{m}");
     assert!(m.ends_with("; and 1 more"), "{m}");
-    let count = |r| d.reasons.iter().find(|(x, _)| *x == r).map_or(0, |(_, n)| *n);
+    let count = |r| {
+        d.reasons
+            .iter()
+            .find(|(x, _)| *x == r)
+            .map_or(0, |(_, n)| *n)
+    };
     assert_eq!(count(Reject::TraceId), 2);
     assert_eq!(count(Reject::SpanId), 2);
     assert_eq!(count(Reject::ParentId), 1);
@@ -137,11 +235,23 @@ fn huge_strings_are_cut_before_interning() {
     let huge = "é".repeat(1 << 20);
     let req = RequestBuilder::new()
         .resource(&huge, Some(&huge))
-        .span(7, 1, None, &huge, SpanKind::Server, &[("x-release-stage", &huge)])
+        .span(
+            7,
+            1,
+            None,
+            &huge,
+            SpanKind::Server,
+            &[("x-release-stage", &huge)],
+        )
         .build();
     let rec = only(&dec.decode(&req, 1))[0].1;
     assert!(dec.symbols.services.resolve(rec.service).len() <= MAX_SERVICE_LEN);
     assert!(dec.symbols.names.resolve(rec.name).len() <= MAX_NAME_LEN);
     assert!(dec.symbols.values.resolve(rec.stage.unwrap()).len() <= MAX_VALUE_LEN);
-    assert!(dec.symbols.values.resolve(rec.stage.unwrap()).starts_with("éé"));
+    assert!(
+        dec.symbols
+            .values
+            .resolve(rec.stage.unwrap())
+            .starts_with("éé")
+    );
 }
