@@ -120,10 +120,11 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
     let receivers_stop = CancellationToken::new();
     let api_stop = CancellationToken::new();
 
+    let grpc_telemetry = telemetry.clone();
     let grpc = tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(
-            receive::grpc::size_limit_status::<tonic::body::Body>,
-        ))
+        .layer(tower::util::MapResponseLayer::new(move |r| {
+            receive::grpc::otlp_status::<tonic::body::Body>(&grpc_telemetry, r)
+        }))
         .add_service(receive::grpc::service(
             ingest.clone(),
             cfg.max_request_bytes,

@@ -52,6 +52,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Verify OTLP/JSON files offline; exits 1 when there are findings (for CI).
     Check(CheckArgs),
+    /// Send pre-built OTLP traffic with seeded faults to a collector and measure throughput.
+    Loadgen(crate::loadgen::LoadgenArgs),
 }
 
 /// A duration written like `500ms`, `10s`, `15m`.

@@ -32,6 +32,7 @@ pub mod check;
 pub mod config;
 pub mod instances;
 pub mod intern;
+pub mod loadgen;
 pub mod model;
 pub mod receive;
 pub mod shard;

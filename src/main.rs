@@ -34,6 +34,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(args) => grayscope::check::run(args).map(ExitCode::from),
+        Command::Loadgen(args) => grayscope::loadgen::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -14,8 +14,9 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{Ingest, Protocol, RETRY_AFTER_SECS};
+use super::{Ingest, Outcome, Protocol, RETRY_AFTER_SECS};
 use crate::shard::SubmitError;
+use crate::telemetry::{RequestLabels, Telemetry};
 
 pub struct GrpcReceiver {
     ingest: Arc<Ingest>,
@@ -50,19 +51,39 @@ impl TraceService for GrpcReceiver {
     }
 }
 
-/// tonic answers a message over the size limit with OUT_OF_RANGE; OTLP senders expect
-/// RESOURCE_EXHAUSTED (without RetryInfo: not retryable), as tonic already answers for a
-/// decompressed message over the limit. This rewrites the one case, on the way out.
-pub fn size_limit_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
-    let h = resp.headers();
-    let too_large = h.get("grpc-status").is_some_and(|v| v == "11")
-        && h.get("grpc-message").is_some_and(|m| {
-            m.as_bytes()
-                .starts_with(b"Error,%20decoded%20message%20length%20too%20large")
-        });
-    if too_large {
-        resp.headers_mut()
-            .insert("grpc-status", http::HeaderValue::from_static("8"));
-    }
+/// tonic rejects some requests before grayscope sees them, with codes that OTLP senders would
+/// misread: a message over the size limit as OUT_OF_RANGE (which OTLP clients retry: forever, for
+/// a message that can never fit), and an undecodable or corrupt-gzip message as INTERNAL. This maps
+/// them, on the way out, to what the OTLP specification asks for, and counts them:
+/// RESOURCE_EXHAUSTED without RetryInfo (not retryable), and INVALID_ARGUMENT.
+pub fn otlp_status<B>(telemetry: &Telemetry, mut resp: http::Response<B>) -> http::Response<B> {
+    let Some(status) = Status::from_header_map(resp.headers()) else {
+        return resp;
+    };
+    let msg = status.message();
+    let (code, outcome) = match status.code() {
+        Code::OutOfRange if msg.starts_with("Error, decoded message length too large") => {
+            (Code::ResourceExhausted, Outcome::TooLarge)
+        }
+        Code::ResourceExhausted if msg.starts_with("Error decompressing: size limit") => {
+            (Code::ResourceExhausted, Outcome::TooLarge)
+        }
+        Code::Internal
+            if msg.starts_with("failed to decode Protobuf message")
+                || msg.starts_with("Error decompressing") =>
+        {
+            (Code::InvalidArgument, Outcome::Invalid)
+        }
+        _ => return resp,
+    };
+    telemetry
+        .requests
+        .get_or_create(&RequestLabels {
+            protocol: Protocol::Grpc.as_str(),
+            outcome: outcome.as_str(),
+        })
+        .inc();
+    resp.headers_mut()
+        .insert("grpc-status", http::HeaderValue::from(code as i32));
     resp
 }

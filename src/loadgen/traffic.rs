@@ -1,0 +1,313 @@
+//! Pre-built OTLP requests with seeded faults.
+//!
+//! Each trace crosses a small mesh: gateway -> users -> orders (a stable and a canary instance) ->
+//! payments, and orders -> inventory; 9 spans, shaped like an HTTP service's SDK spans. A faulty trace
+//! carries exactly one bug, which must produce exactly one first-break finding on exactly one hop.
+//!
+//! A template is encoded once with a unique 16-byte marker as each trace id; every send copies it and
+//! writes fresh trace ids over the markers, so the collector sees new traces at the cost of a memcpy.
+
+use std::collections::HashMap;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use prost::Message;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use serde::Serialize;
+
+use super::client::Wire;
+use crate::model::SpanKind;
+use crate::testkit::otlp::kv;
+
+pub const SPANS_PER_TRACE: usize = 9;
+
+/// The bugs the generator injects; each is one real propagation bug on one hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// payments did not extract the baggage.
+    MissingCrossService,
+    /// users made its call to orders without the request's context.
+    MissingInProcess,
+    /// users rewrote the stage to `stable` on its call to orders.
+    Changed,
+    /// users applied the `stable` default although it is not an entry service.
+    Appeared,
+    /// orders sent the key `x-release-stag` to inventory.
+    KeyMismatch,
+    /// a canary request was routed to the stable orders instance.
+    Misrouted,
+    /// users' CLIENT span was never exported: orders' span is an orphan.
+    Orphan,
+    /// orders called inventory from a detached task: a new trace with a root CLIENT span.
+    LostContext,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 8] = [
+        Fault::MissingCrossService,
+        Fault::MissingInProcess,
+        Fault::Changed,
+        Fault::Appeared,
+        Fault::KeyMismatch,
+        Fault::Misrouted,
+        Fault::Orphan,
+        Fault::LostContext,
+    ];
+
+    /// The first-break finding it must produce: (kind, edge caller, edge callee).
+    pub fn expected(self) -> (&'static str, Option<&'static str>, &'static str) {
+        match self {
+            Fault::MissingCrossService => ("missing", Some("orders"), "payments"),
+            Fault::MissingInProcess => ("missing", Some("users"), "orders"),
+            Fault::Changed => ("changed", Some("users"), "orders"),
+            Fault::Appeared => ("appeared", Some("gateway"), "users"),
+            Fault::KeyMismatch => ("key_mismatch", Some("orders"), "inventory"),
+            Fault::Misrouted => ("misrouted", Some("users"), "orders"),
+            Fault::Orphan => ("broken_trace", None, "orders"),
+            Fault::LostContext => ("broken_trace", Some("orders"), "inventory"),
+        }
+    }
+}
+
+/// One finding the collector must report, for `--faults-out`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExpectedFinding {
+    pub trace_id: String,
+    pub kind: &'static str,
+    pub caller: Option<&'static str>,
+    pub callee: &'static str,
+}
+
+/// Service instances of the mesh: (service, instance stage).
+const INSTANCES: [(&str, &str); 6] = [
+    ("gateway", "stable"),
+    ("users", "stable"),
+    ("orders", "stable"),
+    ("orders", "canary"),
+    ("payments", "stable"),
+    ("inventory", "stable"),
+];
+
+/// A trace id position in a template.
+struct Slot {
+    marker: u128,
+    offsets: Vec<usize>,
+    fault: Option<Fault>,
+}
+
+pub struct Template {
+    bytes: Vec<u8>,
+    slots: Vec<Slot>,
+    pub spans: usize,
+    wire: Wire,
+}
+
+impl Template {
+    /// A request of about `spans` spans (whole traces), with faults drawn from `rng`.
+    pub fn build(spans: usize, fault_rate: f64, wire: Wire, rng: &mut SmallRng) -> Template {
+        let traces = spans.div_ceil(SPANS_PER_TRACE).max(1);
+        let mut by_instance: HashMap<usize, Vec<Span>> = HashMap::new();
+        let mut slots = Vec::new();
+        let mut total = 0;
+        for _ in 0..traces {
+            let fault = (rng.random::<f64>() < fault_rate).then(|| Fault::ALL[rng.random_range(0..Fault::ALL.len())]);
+            let stage = if fault.is_some() || rng.random::<f64>() < 0.3 { "canary" } else { "stable" };
+            let main = unique_marker(rng, &slots);
+            slots.push(Slot {
+                marker: main,
+                offsets: Vec::new(),
+                fault: fault.filter(|f| *f != Fault::LostContext),
+            });
+            let detached = (fault == Some(Fault::LostContext)).then(|| {
+                let m = unique_marker(rng, &slots);
+                slots.push(Slot {
+                    marker: m,
+                    offsets: Vec::new(),
+                    fault: Some(Fault::LostContext),
+                });
+                m
+            });
+            for (instance, span) in trace_spans(main, detached, stage, fault, rng) {
+                by_instance.entry(instance).or_default().push(span);
+                total += 1;
+            }
+        }
+        let mut req = ExportTraceServiceRequest::default();
+        for (i, (service, stage)) in INSTANCES.iter().enumerate() {
+            let Some(mut spans) = by_instance.remove(&i) else { continue };
+            // Exporters send spans as they end: children first.
+            spans.reverse();
+            req.resource_spans.push(ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv("service.name", service),
+                        kv("deployment.stage", stage),
+                        kv("service.instance.id", &format!("{service}-{stage}-1")),
+                        kv("telemetry.sdk.language", "rust"),
+                    ],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: None,
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            });
+        }
+        let bytes = match wire {
+            Wire::HttpJson => serde_json::to_vec(&req).expect("requests serialise"),
+            _ => req.encode_to_vec(),
+        };
+        let mut t = Template {
+            bytes,
+            slots,
+            spans: total,
+            wire,
+        };
+        t.locate_markers();
+        t
+    }
+
+    fn locate_markers(&mut self) {
+        for slot in &mut self.slots {
+            let needle = match self.wire {
+                Wire::HttpJson => format!("{:032x}", slot.marker).into_bytes(),
+                _ => slot.marker.to_be_bytes().to_vec(),
+            };
+            slot.offsets = memchr::memmem::find_iter(&self.bytes, &needle).collect();
+            assert!(!slot.offsets.is_empty(), "every trace id marker is in the encoded request");
+        }
+    }
+
+    /// The request with fresh trace ids for send number `n`, and the findings it must produce.
+    pub fn instance(&self, nonce: u64, n: u64, expected: Option<&mut Vec<ExpectedFinding>>) -> Vec<u8> {
+        let mut bytes = self.bytes.clone();
+        let mut ids = SmallRng::seed_from_u64(nonce ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut out = expected;
+        for slot in &self.slots {
+            let id: u128 = ids.random::<u128>() | 1;
+            match self.wire {
+                Wire::HttpJson => {
+                    let hex = format!("{id:032x}");
+                    for &o in &slot.offsets {
+                        bytes[o..o + 32].copy_from_slice(hex.as_bytes());
+                    }
+                }
+                _ => {
+                    for &o in &slot.offsets {
+                        bytes[o..o + 16].copy_from_slice(&id.to_be_bytes());
+                    }
+                }
+            }
+            if let (Some(fault), Some(out)) = (slot.fault, out.as_deref_mut()) {
+                let (kind, caller, callee) = fault.expected();
+                out.push(ExpectedFinding {
+                    trace_id: format!("{id:032x}"),
+                    kind,
+                    caller,
+                    callee,
+                });
+            }
+        }
+        bytes
+    }
+
+    pub fn faults(&self) -> impl Iterator<Item = Fault> + '_ {
+        self.slots.iter().filter_map(|s| s.fault)
+    }
+}
+
+fn unique_marker(rng: &mut SmallRng, slots: &[Slot]) -> u128 {
+    loop {
+        let m: u128 = rng.random();
+        if m != 0 && slots.iter().all(|s| s.marker != m) {
+            return m;
+        }
+    }
+}
+
+/// The spans of one trace, each with the index of the instance that exports it.
+fn trace_spans(main: u128, detached: Option<u128>, stage: &str, fault: Option<Fault>, rng: &mut SmallRng) -> Vec<(usize, Span)> {
+    let base = 1_700_000_000_000_000_000u64 + rng.random_range(0..1_000_000_000_000u64);
+    let id = |n: u64| (rng_free_id(main, n)).to_be_bytes().to_vec();
+    // Which orders instance serves the request: the one of its stage, unless routing is the bug.
+    let orders = match fault {
+        Some(Fault::Misrouted) | Some(Fault::Appeared) => 2,
+        _ if stage == "stable" => 2,
+        _ => 3,
+    };
+    // The stage each span (numbered as in `plan`) carries, given the trace's one bug.
+    let stage_of = |n: u64| -> Option<&str> {
+        match fault {
+            Some(Fault::MissingCrossService) if n == 7 => None,
+            Some(Fault::MissingInProcess) if n >= 4 => None,
+            Some(Fault::Changed) if n >= 5 => Some("stable"),
+            Some(Fault::Appeared) if n <= 2 => None,
+            Some(Fault::Appeared) => Some("stable"),
+            Some(Fault::LostContext) if n >= 8 => None,
+            _ => Some(stage),
+        }
+    };
+    // (instance, span number, parent number, name, kind, callee named by a CLIENT span)
+    let plan: [(usize, u64, Option<u64>, &str, SpanKind, &str); 9] = [
+        (0, 1, None, "GET /checkout", SpanKind::Server, ""),
+        (0, 2, Some(1), "GET /users/me", SpanKind::Client, "users"),
+        (1, 3, Some(2), "GET /users/me", SpanKind::Server, ""),
+        (1, 4, Some(3), "POST /orders", SpanKind::Client, "orders"),
+        (orders, 5, Some(4), "POST /orders", SpanKind::Server, ""),
+        (orders, 6, Some(5), "POST /pay", SpanKind::Client, "payments"),
+        (4, 7, Some(6), "POST /pay", SpanKind::Server, ""),
+        (orders, 8, Some(5), "GET /stock", SpanKind::Client, "inventory"),
+        (5, 9, Some(8), "GET /stock", SpanKind::Server, ""),
+    ];
+    let mut out = Vec::with_capacity(9);
+    for (instance, n, parent, name, kind, peer) in plan {
+        if fault == Some(Fault::Orphan) && n == 4 {
+            continue;
+        }
+        let lost = fault == Some(Fault::LostContext) && n >= 8;
+        let trace = if lost { detached.expect("lost-context traces have a second id") } else { main };
+        let parent = if lost && n == 8 { None } else { parent };
+        let mut attributes: Vec<KeyValue> = vec![
+            kv("http.request.method", name.split(' ').next().unwrap_or("GET")),
+            kv("url.path", name.split(' ').nth(1).unwrap_or("/")),
+            kv("network.protocol.version", "1.1"),
+        ];
+        if !peer.is_empty() {
+            attributes.push(kv("server.address", peer));
+        }
+        if let Some(s) = stage_of(n) {
+            let key = if fault == Some(Fault::KeyMismatch) && n == 9 { "x-release-stag" } else { "x-release-stage" };
+            attributes.push(kv(key, s));
+        }
+        let start = base + n * 1_000;
+        out.push((
+            instance,
+            Span {
+                trace_id: trace.to_be_bytes().to_vec(),
+                span_id: id(n),
+                parent_span_id: parent.map(id).unwrap_or_default(),
+                name: name.to_string(),
+                kind: kind as i32,
+                start_time_unix_nano: start,
+                end_time_unix_nano: start + 500_000 - n * 10_000,
+                attributes,
+                status: Some(Status::default()),
+                flags: 0x100,
+                ..Default::default()
+            },
+        ));
+    }
+    out
+}
+
+/// Span ids that differ per trace and per position, without another draw from the fault RNG.
+fn rng_free_id(trace_marker: u128, n: u64) -> u64 {
+    let x = (trace_marker as u64) ^ ((trace_marker >> 64) as u64) ^ n.wrapping_mul(0xA24B_AED4_963E_E407);
+    x.rotate_left(17) | 1
+}
