@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -120,24 +121,13 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
     let receivers_stop = CancellationToken::new();
     let api_stop = CancellationToken::new();
 
-    let grpc_telemetry = telemetry.clone();
-    let grpc = tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(move |r| {
-            receive::grpc::otlp_status::<tonic::body::Body>(&grpc_telemetry, r)
-        }))
-        .add_service(receive::grpc::service(
-            ingest.clone(),
-            cfg.max_request_bytes,
-        ))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listeners.otlp_grpc),
-            receivers_stop.clone().cancelled_owned(),
-        );
-    let http = axum::serve(
+    let receivers = serve_receivers(
+        ingest,
+        listeners.otlp_grpc,
         listeners.otlp_http,
-        receive::http::router(ingest, cfg.max_request_bytes),
-    )
-    .with_graceful_shutdown(receivers_stop.clone().cancelled_owned());
+        cfg.max_request_bytes,
+        receivers_stop.clone(),
+    );
     let api = axum::serve(
         listeners.http,
         api::router(ApiState {
@@ -158,13 +148,48 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         shards,
         receivers_stop,
         api_stop,
-        receivers: vec![
-            tokio::spawn(async move { grpc.await.context("OTLP/gRPC server failed") }),
-            tokio::spawn(async move { http.await.context("OTLP/HTTP server failed") }),
-        ],
+        receivers,
         workers,
         api: tokio::spawn(async move { api.await.context("API server failed") }),
     })
+}
+
+/// Serves OTLP/gRPC and OTLP/HTTP into `ingest` until `stop` is cancelled; each handle ends once
+/// its server has finished its in-flight requests.
+pub fn serve_receivers(
+    ingest: Arc<Ingest>,
+    grpc: TcpListener,
+    http: TcpListener,
+    max_request_bytes: usize,
+    stop: CancellationToken,
+) -> Vec<JoinHandle<anyhow::Result<()>>> {
+    let telemetry = ingest.telemetry.clone();
+    let grpc = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(move |r| {
+            receive::grpc::otlp_status::<tonic::body::Body>(&telemetry, r)
+        }))
+        .add_service(receive::grpc::service(ingest.clone(), max_request_bytes))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            stop.clone().cancelled_owned(),
+        );
+    let http = axum::serve(
+        http.tap_io(no_delay),
+        receive::http::router(ingest, max_request_bytes),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned());
+    vec![
+        tokio::spawn(async move { grpc.await.context("OTLP/gRPC server failed") }),
+        tokio::spawn(async move { http.await.context("OTLP/HTTP server failed") }),
+    ]
+}
+
+/// Responses are small and latency matters more than packet count: without TCP_NODELAY, a response
+/// can wait ~40 ms for the sender's delayed ACK.
+fn no_delay(s: &mut tokio::net::TcpStream) {
+    if let Err(e) = s.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY: {e}");
+    }
 }
 
 impl Collector {

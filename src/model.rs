@@ -31,10 +31,11 @@ impl TraceId {
             .map(TraceId)
     }
 
-    /// Which worker owns this trace. Trace ids are random, so the low bits are a fair hash;
-    /// a skewed sender only skews load, never correctness.
+    /// Which worker owns this trace. All 128 bits are mixed: W3C ids are random, but not every
+    /// generator is (some put a timestamp first, some fix bits), and a skew would idle workers.
     pub fn shard(self, shards: usize) -> usize {
-        (self.0 as u64 % shards as u64) as usize
+        let x = (self.0 as u64) ^ ((self.0 >> 64) as u64);
+        ((x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % shards as u64) as usize
     }
 }
 
@@ -193,6 +194,16 @@ mod tests {
         assert_eq!(std::mem::size_of::<SpanRecord>(), 64);
         assert_eq!(std::mem::size_of::<Option<SpanId>>(), 8);
         assert_eq!(std::mem::size_of::<Option<Sym>>(), 4);
+    }
+
+    #[test]
+    fn shards_spread_structured_ids() {
+        let mut counts = [0usize; 4];
+        for i in 0..4000u128 {
+            // Odd ids with a constant high half: the shape that once sent all traffic to one worker.
+            counts[TraceId((7u128 << 64) | (i * 2 + 1)).shard(4)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
     }
 
     #[test]

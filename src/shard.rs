@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -77,9 +78,7 @@ impl Shards {
             );
             let w = Worker {
                 index: i,
-                labels: WorkerLabels {
-                    worker: i.to_string(),
-                },
+                gauges: WorkerGauges::new(&setup.telemetry, i),
                 asm,
                 aggregate: setup.aggregate.clone(),
                 telemetry: setup.telemetry.clone(),
@@ -88,6 +87,7 @@ impl Shards {
                 capacity: setup.queue_spans,
             };
             handles.push(tokio::spawn(w.run(rx, setup.tick)));
+
             lanes.push(Lane {
                 tx,
                 room,
@@ -99,6 +99,28 @@ impl Shards {
                 lanes: lanes.into(),
             },
             handles,
+        )
+    }
+
+    /// Lanes with no workers behind them: the caller takes the batches, and room in a lane is freed
+    /// as it does. For tests of admission, and for consumers other than grayscope's workers.
+    pub fn unattended(lanes: usize, queue_spans: usize) -> (Shards, Vec<LaneReceiver>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..lanes)
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let lane = Lane {
+                    tx,
+                    room: Arc::new(Semaphore::new(queue_spans)),
+                    capacity: queue_spans,
+                };
+                (lane, LaneReceiver { rx })
+            })
+            .unzip();
+        (
+            Shards {
+                lanes: senders.into(),
+            },
+            receivers,
         )
     }
 
@@ -170,9 +192,54 @@ impl Shards {
     }
 }
 
+/// The receiving end of an [`Shards::unattended`] lane.
+pub struct LaneReceiver {
+    rx: mpsc::UnboundedReceiver<Msg>,
+}
+
+impl LaneReceiver {
+    /// The next queued batch; its room in the lane is freed when this returns.
+    pub async fn next_batch(&mut self) -> Option<SpanBatch> {
+        loop {
+            match self.rx.recv().await? {
+                Msg::Spans(batch, _permit) => return Some(batch),
+                Msg::Snapshot(_, reply) => {
+                    let _ = reply.send(None);
+                }
+                Msg::Flush(reply) => {
+                    let _ = reply.send(());
+                }
+                Msg::Stop => return None,
+            }
+        }
+    }
+}
+
+/// A worker's own gauges, looked up once.
+struct WorkerGauges {
+    spans: Gauge,
+    traces: Gauge,
+    bytes: Gauge,
+    queued: Gauge,
+}
+
+impl WorkerGauges {
+    fn new(t: &Telemetry, worker: usize) -> Self {
+        let l = WorkerLabels {
+            worker: worker.to_string(),
+        };
+        WorkerGauges {
+            spans: t.buffered_spans.get_or_create(&l).clone(),
+            traces: t.buffered_traces.get_or_create(&l).clone(),
+            bytes: t.buffered_bytes.get_or_create(&l).clone(),
+            queued: t.queued_spans.get_or_create(&l).clone(),
+        }
+    }
+}
+
 struct Worker {
     index: usize,
-    labels: WorkerLabels,
+    gauges: WorkerGauges,
     asm: Assembler,
     aggregate: Arc<Aggregate>,
     telemetry: Arc<Telemetry>,
@@ -187,6 +254,8 @@ impl Worker {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut out = Vec::new();
         let mut published = AssembleStats::default();
+        // Walking every trace to size it is not free: once a second is plenty for a gauge.
+        let mut sized_at = tokio::time::Instant::now();
         loop {
             let stop = tokio::select! {
                 msg = rx.recv() => match msg {
@@ -209,6 +278,10 @@ impl Worker {
                 },
                 _ = ticker.tick() => {
                     self.asm.expire(self.clock.now_ms(), crate::wall_ms(), &mut out);
+                    if sized_at.elapsed() >= Duration::from_secs(1) {
+                        sized_at = tokio::time::Instant::now();
+                        self.gauges.bytes.set(self.asm.memory_bytes() as i64);
+                    }
                     false
                 }
             };
@@ -229,16 +302,58 @@ impl Worker {
         let now = self.asm.stats();
         self.telemetry.add_assembly(published, &now);
         *published = now;
-        let t = &self.telemetry;
-        t.buffered_spans
-            .get_or_create(&self.labels)
-            .set(self.asm.buffered_spans() as i64);
-        t.buffered_traces
-            .get_or_create(&self.labels)
-            .set(self.asm.buffered_traces() as i64);
-        let queued = self.capacity.saturating_sub(self.room.available_permits());
-        t.queued_spans
-            .get_or_create(&self.labels)
-            .set(queued as i64);
+        let g = &self.gauges;
+        g.spans.set(self.asm.buffered_spans() as i64);
+        g.traces.set(self.asm.buffered_traces() as i64);
+        g.queued
+            .set(self.capacity.saturating_sub(self.room.available_permits()) as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::Kit;
+
+    fn batch(k: &Kit, n: usize) -> SpanBatch {
+        let s = k.span(1, None, "a", crate::model::SpanKind::Server);
+        SpanBatch {
+            spans: (0..n).map(|i| (TraceId(i as u128 + 1), s)).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn admission_is_all_or_nothing_and_room_returns_as_batches_are_taken() {
+        let k = Kit::new();
+        let (shards, mut lanes) = Shards::unattended(2, 10);
+        shards.submit(vec![batch(&k, 6), batch(&k, 6)]).unwrap();
+        // Lane 0 has room for 4, lane 1 has room for 4: a request needing 5 on lane 1 is refused
+        // whole, so lane 0's room is untouched.
+        assert_eq!(
+            shards.submit(vec![batch(&k, 4), batch(&k, 5)]),
+            Err(SubmitError::Full { worker: 1 })
+        );
+        shards
+            .submit(vec![batch(&k, 4), SpanBatch::default()])
+            .unwrap();
+        assert_eq!(
+            shards.submit(vec![batch(&k, 1), SpanBatch::default()]),
+            Err(SubmitError::Full { worker: 0 })
+        );
+        assert_eq!(lanes[0].next_batch().await.unwrap().spans.len(), 6);
+        shards
+            .submit(vec![batch(&k, 6), SpanBatch::default()])
+            .unwrap();
+        // A batch larger than a whole lane waits for an empty lane instead of never fitting.
+        assert_eq!(lanes[1].next_batch().await.unwrap().spans.len(), 6);
+        shards
+            .submit(vec![SpanBatch::default(), batch(&k, 50)])
+            .unwrap();
+        assert_eq!(lanes[1].next_batch().await.unwrap().spans.len(), 50);
+        shards.stop();
+        assert_eq!(
+            shards.submit(vec![batch(&k, 1), SpanBatch::default()]),
+            Err(SubmitError::Closed)
+        );
     }
 }

@@ -56,6 +56,7 @@ pub struct Telemetry {
     pub refused_spans: Family<ProtocolLabels, Counter>,
     pub buffered_spans: Family<WorkerLabels, Gauge>,
     pub buffered_traces: Family<WorkerLabels, Gauge>,
+    pub buffered_bytes: Family<WorkerLabels, Gauge>,
     pub queued_spans: Family<WorkerLabels, Gauge>,
     pub traces_finalised: Family<ReasonLabels, Counter>,
     pub duplicate_spans: Counter,
@@ -73,6 +74,7 @@ impl Telemetry {
             refused_spans: Family::default(),
             buffered_spans: Family::default(),
             buffered_traces: Family::default(),
+            buffered_bytes: Family::default(),
             queued_spans: Family::default(),
             traces_finalised: Family::default(),
             duplicate_spans: Counter::default(),
@@ -110,6 +112,11 @@ impl Telemetry {
             "buffered_traces",
             "Traces being assembled",
             t.buffered_traces.clone(),
+        );
+        r.register(
+            "buffered_bytes",
+            "Heap bytes held for traces being assembled (estimated from capacities)",
+            t.buffered_bytes.clone(),
         );
         r.register(
             "queued_spans",

@@ -16,10 +16,15 @@ use crate::verify::{Policy, TraceGraph, judge_edge};
 /// Past this many spans (or waiting children), lookups use a hash map.
 const SMALL: usize = 16;
 
+#[allow(
+    clippy::box_collection,
+    reason = "boxed so that the many small traces, which have none, stay small"
+)]
 pub(super) struct TraceBuffer {
     pub trace_id: TraceId,
     pub graph: TraceGraph,
-    index: Option<HashMap<SpanId, NodeIndex, RandomState>>,
+    /// Boxed: only large traces have one, and the buffer of every small trace stays small.
+    index: Option<Box<HashMap<SpanId, NodeIndex, RandomState>>>,
     waiting: Waiting,
     pub last_touch_ms: u64,
     /// Matches this trace's newest entry in the assembler's idle queue.
@@ -27,9 +32,13 @@ pub(super) struct TraceBuffer {
 }
 
 /// Children whose parent has not arrived yet, by parent id.
+#[allow(
+    clippy::box_collection,
+    reason = "boxed so that the many small traces, which have none, stay small"
+)]
 enum Waiting {
     Few(Vec<(SpanId, NodeIndex)>),
-    Many(HashMap<SpanId, Vec<NodeIndex>, RandomState>),
+    Many(Box<HashMap<SpanId, Vec<NodeIndex>, RandomState>>),
 }
 
 pub(super) enum Insert {
@@ -54,6 +63,27 @@ impl TraceBuffer {
 
     pub fn len(&self) -> usize {
         self.graph.node_count()
+    }
+
+    /// Heap bytes this trace holds, from capacities.
+    pub fn heap_bytes(&self) -> usize {
+        let (nodes, edges) = self.graph.capacity();
+        let index = self.index.as_ref().map_or(0, |m| m.capacity() * 13 + 48);
+        let waiting = match &self.waiting {
+            Waiting::Few(v) => v.capacity() * std::mem::size_of::<(SpanId, NodeIndex)>(),
+            Waiting::Many(m) => m.capacity() * 40 + 48,
+        };
+        nodes * std::mem::size_of::<petgraph::graph::Node<SpanRecord, u32>>()
+            + edges * std::mem::size_of::<petgraph::graph::Edge<crate::verify::Verdict, u32>>()
+            + index
+            + waiting
+    }
+
+    /// Makes room for exactly `spans` more spans (and their parent edges). Capacity is most of a
+    /// buffered span's cost, so it grows by what each batch brings, not by doubling.
+    pub fn reserve(&mut self, spans: usize) {
+        self.graph.reserve_exact_nodes(spans);
+        self.graph.reserve_exact_edges(spans);
     }
 
     fn find(&self, id: SpanId) -> Option<NodeIndex> {
@@ -83,7 +113,9 @@ impl TraceBuffer {
             }
             None if self.graph.node_count() > SMALL => {
                 let g = &self.graph;
-                self.index = Some(g.node_indices().map(|n| (g[n].span_id, n)).collect());
+                self.index = Some(Box::new(
+                    g.node_indices().map(|n| (g[n].span_id, n)).collect(),
+                ));
             }
             None => {}
         }
@@ -112,7 +144,7 @@ impl TraceBuffer {
                 for (p, c) in v.drain(..).chain(std::iter::once((parent, child))) {
                     m.entry(p).or_default().push(c);
                 }
-                self.waiting = Waiting::Many(m);
+                self.waiting = Waiting::Many(Box::new(m));
             }
             Waiting::Many(m) => m.entry(parent).or_default().push(child),
         }
@@ -133,6 +165,9 @@ impl TraceBuffer {
                         true
                     }
                 });
+                if v.is_empty() {
+                    *v = Vec::new();
+                }
                 out
             }
             Waiting::Many(m) => m.remove(&parent).unwrap_or_default(),

@@ -86,6 +86,8 @@ pub struct Assembler {
     buffered: usize,
     finished: Tombstones,
     stats: AssembleStats,
+    /// Spans per trace in the batch being inserted (kept to reuse its memory).
+    per_trace: HashMap<TraceId, u32, RandomState>,
 }
 
 impl Assembler {
@@ -102,6 +104,7 @@ impl Assembler {
             stamp: 0,
             buffered: 0,
             stats: AssembleStats::default(),
+            per_trace: HashMap::default(),
         }
     }
 
@@ -111,6 +114,16 @@ impl Assembler {
 
     pub fn buffered_traces(&self) -> usize {
         self.ids.len()
+    }
+
+    /// Heap bytes held for buffered traces, estimated from capacities (what `--max-buffered-spans`
+    /// costs).
+    pub fn memory_bytes(&self) -> usize {
+        let per_trace: usize = self.slots.iter().flatten().map(|b| b.heap_bytes()).sum();
+        per_trace
+            + self.slots.capacity() * std::mem::size_of::<Option<TraceBuffer>>()
+            + self.ids.capacity() * (std::mem::size_of::<(TraceId, u32)>() + 1)
+            + self.idle_queue.capacity() * 8
     }
 
     pub fn stats(&self) -> AssembleStats {
@@ -128,6 +141,10 @@ impl Assembler {
     ) {
         self.stamp = self.stamp.wrapping_add(1);
         let stamp = self.stamp;
+        self.per_trace.clear();
+        for (t, _) in &batch.spans {
+            *self.per_trace.entry(*t).or_default() += 1;
+        }
         let mut last: Option<(TraceId, u32)> = None;
         for (trace_id, span) in batch.spans {
             let slot = match last {
@@ -147,6 +164,7 @@ impl Assembler {
             if buf.stamp != stamp {
                 buf.stamp = stamp;
                 buf.last_touch_ms = now_ms;
+                buf.reserve(self.per_trace.get(&trace_id).copied().unwrap_or(1) as usize);
                 self.idle_queue.push_back((slot, stamp));
             }
             match buf.insert(span, &self.policy) {

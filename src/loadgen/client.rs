@@ -81,7 +81,9 @@ impl RawClient {
         RawClient {
             client: b.build(connector),
             wire,
-            uri: format!("http://{addr}{path}").parse().expect("a socket address makes a valid URI"),
+            uri: format!("http://{addr}{path}")
+                .parse()
+                .expect("a socket address makes a valid URI"),
         }
     }
 
@@ -96,7 +98,11 @@ impl RawClient {
                 .header("grpc-encoding", if gzip { "gzip" } else { "identity" })
                 .body(Full::new(grpc_frame(&body, gzip)))?,
             Wire::Http | Wire::HttpJson => {
-                let ct = if self.wire == Wire::Http { "application/x-protobuf" } else { "application/json" };
+                let ct = if self.wire == Wire::Http {
+                    "application/x-protobuf"
+                } else {
+                    "application/json"
+                };
                 let mut b = Request::post(self.uri.clone()).header(header::CONTENT_TYPE, ct);
                 if gzip {
                     b = b.header(header::CONTENT_ENCODING, "gzip");
@@ -129,7 +135,11 @@ impl RawClient {
                 }
                 (
                     grpc("grpc-status").and_then(|s| s.parse().ok()),
-                    grpc("grpc-message").map(|m| percent_encoding::percent_decode_str(&m).decode_utf8_lossy().into_owned()),
+                    grpc("grpc-message").map(|m| {
+                        percent_encoding::percent_decode_str(&m)
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    }),
                 )
             }
             _ => (None, None),

@@ -103,11 +103,21 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
 /// Sends the traffic and returns the summary; the expected findings go to `--faults-out`.
 pub async fn generate(args: LoadgenArgs) -> anyhow::Result<Summary> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
-    anyhow::ensure!((0.0..=1.0).contains(&args.fault_rate), "--fault-rate must be between 0 and 1");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.fault_rate),
+        "--fault-rate must be between 0 and 1"
+    );
     let mut rng = SmallRng::seed_from_u64(args.seed);
     let templates: Arc<Vec<Template>> = Arc::new(
         (0..args.templates.max(1))
-            .map(|_| Template::build(args.spans_per_request, args.fault_rate, args.protocol, &mut rng))
+            .map(|_| {
+                Template::build(
+                    args.spans_per_request,
+                    args.fault_rate,
+                    args.protocol,
+                    &mut rng,
+                )
+            })
             .collect(),
     );
     let addr = match args.protocol {
@@ -159,7 +169,10 @@ pub async fn generate(args: LoadgenArgs) -> anyhow::Result<Summary> {
                         }
                         Ok(r) => {
                             w.errors += 1;
-                            w.last_error = Some(format!("{} {:?} {:?}", r.http, r.grpc_status, r.grpc_message));
+                            w.last_error = Some(format!(
+                                "{} {:?} {:?}",
+                                r.http, r.grpc_status, r.grpc_message
+                            ));
                             break;
                         }
                         Err(e) => {
@@ -259,7 +272,10 @@ impl Summary {
             self.p99_ms,
             self.faults
         );
-        if let (Some(cpu), Some(per)) = (self.server_cpu_seconds, self.server_cpu_seconds_per_million_spans) {
+        if let (Some(cpu), Some(per)) = (
+            self.server_cpu_seconds,
+            self.server_cpu_seconds_per_million_spans,
+        ) {
             s += &format!("  server: {cpu:.2} CPU s, {per:.2} CPU s per million spans");
             if let Some(rss) = self.server_peak_rss_bytes {
                 s += &format!(", peak RSS {:.1} MiB", rss as f64 / (1 << 20) as f64);

@@ -114,8 +114,13 @@ impl Template {
         let mut slots = Vec::new();
         let mut total = 0;
         for _ in 0..traces {
-            let fault = (rng.random::<f64>() < fault_rate).then(|| Fault::ALL[rng.random_range(0..Fault::ALL.len())]);
-            let stage = if fault.is_some() || rng.random::<f64>() < 0.3 { "canary" } else { "stable" };
+            let fault = (rng.random::<f64>() < fault_rate)
+                .then(|| Fault::ALL[rng.random_range(0..Fault::ALL.len())]);
+            let stage = if fault.is_some() || rng.random::<f64>() < 0.3 {
+                "canary"
+            } else {
+                "stable"
+            };
             let main = unique_marker(rng, &slots);
             slots.push(Slot {
                 marker: main,
@@ -138,7 +143,9 @@ impl Template {
         }
         let mut req = ExportTraceServiceRequest::default();
         for (i, (service, stage)) in INSTANCES.iter().enumerate() {
-            let Some(mut spans) = by_instance.remove(&i) else { continue };
+            let Some(mut spans) = by_instance.remove(&i) else {
+                continue;
+            };
             // Exporters send spans as they end: children first.
             spans.reverse();
             req.resource_spans.push(ResourceSpans {
@@ -180,17 +187,25 @@ impl Template {
                 _ => slot.marker.to_be_bytes().to_vec(),
             };
             slot.offsets = memchr::memmem::find_iter(&self.bytes, &needle).collect();
-            assert!(!slot.offsets.is_empty(), "every trace id marker is in the encoded request");
+            assert!(
+                !slot.offsets.is_empty(),
+                "every trace id marker is in the encoded request"
+            );
         }
     }
 
     /// The request with fresh trace ids for send number `n`, and the findings it must produce.
-    pub fn instance(&self, nonce: u64, n: u64, expected: Option<&mut Vec<ExpectedFinding>>) -> Vec<u8> {
+    pub fn instance(
+        &self,
+        nonce: u64,
+        n: u64,
+        expected: Option<&mut Vec<ExpectedFinding>>,
+    ) -> Vec<u8> {
         let mut bytes = self.bytes.clone();
         let mut ids = SmallRng::seed_from_u64(nonce ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut out = expected;
         for slot in &self.slots {
-            let id: u128 = ids.random::<u128>() | 1;
+            let id: u128 = ids.random::<u128>().max(1);
             match self.wire {
                 Wire::HttpJson => {
                     let hex = format!("{id:032x}");
@@ -232,7 +247,13 @@ fn unique_marker(rng: &mut SmallRng, slots: &[Slot]) -> u128 {
 }
 
 /// The spans of one trace, each with the index of the instance that exports it.
-fn trace_spans(main: u128, detached: Option<u128>, stage: &str, fault: Option<Fault>, rng: &mut SmallRng) -> Vec<(usize, Span)> {
+fn trace_spans(
+    main: u128,
+    detached: Option<u128>,
+    stage: &str,
+    fault: Option<Fault>,
+    rng: &mut SmallRng,
+) -> Vec<(usize, Span)> {
     let base = 1_700_000_000_000_000_000u64 + rng.random_range(0..1_000_000_000_000u64);
     let id = |n: u64| (rng_free_id(main, n)).to_be_bytes().to_vec();
     // Which orders instance serves the request: the one of its stage, unless routing is the bug.
@@ -253,28 +274,64 @@ fn trace_spans(main: u128, detached: Option<u128>, stage: &str, fault: Option<Fa
             _ => Some(stage),
         }
     };
-    // (instance, span number, parent number, name, kind, callee named by a CLIENT span)
-    let plan: [(usize, u64, Option<u64>, &str, SpanKind, &str); 9] = [
-        (0, 1, None, "GET /checkout", SpanKind::Server, ""),
-        (0, 2, Some(1), "GET /users/me", SpanKind::Client, "users"),
-        (1, 3, Some(2), "GET /users/me", SpanKind::Server, ""),
-        (1, 4, Some(3), "POST /orders", SpanKind::Client, "orders"),
-        (orders, 5, Some(4), "POST /orders", SpanKind::Server, ""),
-        (orders, 6, Some(5), "POST /pay", SpanKind::Client, "payments"),
-        (4, 7, Some(6), "POST /pay", SpanKind::Server, ""),
-        (orders, 8, Some(5), "GET /stock", SpanKind::Client, "inventory"),
-        (5, 9, Some(8), "GET /stock", SpanKind::Server, ""),
+    let step = |instance, n, parent, name, kind, peer| Step {
+        instance,
+        n,
+        parent,
+        name,
+        kind,
+        peer,
+    };
+    let plan = [
+        step(0, 1, None, "GET /checkout", SpanKind::Server, ""),
+        step(0, 2, Some(1), "GET /users/me", SpanKind::Client, "users"),
+        step(1, 3, Some(2), "GET /users/me", SpanKind::Server, ""),
+        step(1, 4, Some(3), "POST /orders", SpanKind::Client, "orders"),
+        step(orders, 5, Some(4), "POST /orders", SpanKind::Server, ""),
+        step(
+            orders,
+            6,
+            Some(5),
+            "POST /pay",
+            SpanKind::Client,
+            "payments",
+        ),
+        step(4, 7, Some(6), "POST /pay", SpanKind::Server, ""),
+        step(
+            orders,
+            8,
+            Some(5),
+            "GET /stock",
+            SpanKind::Client,
+            "inventory",
+        ),
+        step(5, 9, Some(8), "GET /stock", SpanKind::Server, ""),
     ];
     let mut out = Vec::with_capacity(9);
-    for (instance, n, parent, name, kind, peer) in plan {
+    for Step {
+        instance,
+        n,
+        parent,
+        name,
+        kind,
+        peer,
+    } in plan
+    {
         if fault == Some(Fault::Orphan) && n == 4 {
             continue;
         }
         let lost = fault == Some(Fault::LostContext) && n >= 8;
-        let trace = if lost { detached.expect("lost-context traces have a second id") } else { main };
+        let trace = if lost {
+            detached.expect("lost-context traces have a second id")
+        } else {
+            main
+        };
         let parent = if lost && n == 8 { None } else { parent };
         let mut attributes: Vec<KeyValue> = vec![
-            kv("http.request.method", name.split(' ').next().unwrap_or("GET")),
+            kv(
+                "http.request.method",
+                name.split(' ').next().unwrap_or("GET"),
+            ),
             kv("url.path", name.split(' ').nth(1).unwrap_or("/")),
             kv("network.protocol.version", "1.1"),
         ];
@@ -282,7 +339,11 @@ fn trace_spans(main: u128, detached: Option<u128>, stage: &str, fault: Option<Fa
             attributes.push(kv("server.address", peer));
         }
         if let Some(s) = stage_of(n) {
-            let key = if fault == Some(Fault::KeyMismatch) && n == 9 { "x-release-stag" } else { "x-release-stage" };
+            let key = if fault == Some(Fault::KeyMismatch) && n == 9 {
+                "x-release-stag"
+            } else {
+                "x-release-stage"
+            };
             attributes.push(kv(key, s));
         }
         let start = base + n * 1_000;
@@ -306,8 +367,23 @@ fn trace_spans(main: u128, detached: Option<u128>, stage: &str, fault: Option<Fa
     out
 }
 
+/// One span of the mesh's trace shape.
+struct Step {
+    /// Index into [`INSTANCES`].
+    instance: usize,
+    /// Span number, 1-9.
+    n: u64,
+    parent: Option<u64>,
+    name: &'static str,
+    kind: SpanKind,
+    /// The callee a CLIENT span names (`server.address`).
+    peer: &'static str,
+}
+
 /// Span ids that differ per trace and per position, without another draw from the fault RNG.
 fn rng_free_id(trace_marker: u128, n: u64) -> u64 {
-    let x = (trace_marker as u64) ^ ((trace_marker >> 64) as u64) ^ n.wrapping_mul(0xA24B_AED4_963E_E407);
+    let x = (trace_marker as u64)
+        ^ ((trace_marker >> 64) as u64)
+        ^ n.wrapping_mul(0xA24B_AED4_963E_E407);
     x.rotate_left(17) | 1
 }

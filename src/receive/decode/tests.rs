@@ -63,11 +63,13 @@ fn records_carry_stage_instance_kind_and_peer() {
         .build();
     let d = dec.decode(&req, 2);
     assert_eq!((d.accepted, d.rejected), (3, 0));
+    let w = TraceId(7).shard(2);
     assert_eq!(
-        d.batches[1].spans.len(),
+        d.batches[w].spans.len(),
         3,
-        "trace 7 shards to worker 1 of 2"
+        "a trace's spans go to its worker"
     );
+    assert!(d.batches[1 - w].spans.is_empty());
     let spans = only(&d);
     let sym = &dec.symbols;
     let (t, server) = spans[0];

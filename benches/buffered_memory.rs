@@ -1,0 +1,133 @@
+//! Heap bytes per buffered span: the memory behind `--max-buffered-spans`.
+//!
+//! Feeds the assembler the load generator's traffic (decoded by the real decoder), with no trace
+//! finalised, and counts the heap bytes the assembler holds with a counting allocator. Also reports
+//! the time per span for decode and insert on one core.
+//!
+//! `cargo bench --bench buffered_memory [-- SPANS]`
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Instant;
+
+use grayscope::assemble::{Assembler, AssemblerConfig};
+use grayscope::instances::{Clock, Instances};
+use grayscope::intern::{SymbolLimits, Symbols};
+use grayscope::loadgen::{Template, Wire};
+use grayscope::receive::Decoder;
+use grayscope::verify::Policy;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use rand::SeedableRng;
+
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+static BLOCKS: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        BLOCKS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        BLOCKS.fetch_sub(1, Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+fn main() {
+    let spans: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(2_000_000);
+    let symbols = Arc::new(Symbols::new(&SymbolLimits::default()));
+    let instances = Arc::new(Instances::new([], u64::MAX / 2));
+    let clock = Clock::new();
+    let decoder = Decoder::new(
+        symbols,
+        instances.clone(),
+        clock,
+        &[
+            "x-release-stage".into(),
+            "http.request.header.x-release-stage".into(),
+        ],
+        "deployment.stage",
+    );
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+    let templates: Vec<Template> = (0..16)
+        .map(|_| Template::build(1000, 0.01, Wire::Http, &mut rng))
+        .collect();
+    let requests = spans.div_ceil(templates[0].spans);
+    let bodies: Vec<Vec<u8>> = (0..requests as u64)
+        .map(|n| templates[n as usize % templates.len()].instance(7, n, None))
+        .collect();
+
+    let mut asm = Assembler::new(
+        AssemblerConfig {
+            idle_ms: u64::MAX / 2,
+            max_spans: usize::MAX,
+            tombstones: 0,
+            tombstone_ms: 0,
+        },
+        Arc::new(Policy::default()),
+        instances,
+    );
+    let mut out = Vec::new();
+    let before = LIVE.load(Ordering::Relaxed);
+    let blocks_before = BLOCKS.load(Ordering::Relaxed);
+    let (mut decode_ns, mut insert_ns) = (0u128, 0u128);
+    for body in &bodies {
+        let t = Instant::now();
+        let req = ExportTraceServiceRequest::decode(&body[..]).expect("template decodes");
+        let decoded = decoder.decode(&req, 1);
+        drop(req);
+        let t2 = Instant::now();
+        decode_ns += (t2 - t).as_nanos();
+        for batch in decoded.batches {
+            asm.insert(batch, 0, 0, &mut out);
+        }
+        insert_ns += t2.elapsed().as_nanos();
+    }
+    let held = LIVE.load(Ordering::Relaxed) - before;
+    let n = asm.buffered_spans();
+    assert!(out.is_empty(), "nothing finalised");
+    println!("buffered spans:            {n}");
+    println!("buffered traces:           {}", asm.buffered_traces());
+    println!("heap bytes per span:       {:.1}", held as f64 / n as f64);
+    println!(
+        "  by capacity estimate:    {:.1}",
+        asm.memory_bytes() as f64 / n as f64
+    );
+    println!(
+        "heap blocks per trace:     {:.2}",
+        (BLOCKS.load(Ordering::Relaxed) - blocks_before) as f64 / asm.buffered_traces() as f64
+    );
+    println!(
+        "decode ns per span:        {:.0}",
+        decode_ns as f64 / n as f64
+    );
+    println!(
+        "assemble ns per span:      {:.0}",
+        insert_ns as f64 / n as f64
+    );
+    let t = Instant::now();
+    asm.drain(0, 0, &mut out);
+    println!(
+        "finalise ns per span:      {:.0}",
+        t.elapsed().as_nanos() as f64 / n as f64
+    );
+    println!(
+        "findings:                  {}",
+        out.iter().map(|f| f.outcome.findings.len()).sum::<usize>()
+    );
+}
