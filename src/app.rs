@@ -224,8 +224,15 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     );
     shutdown_signal().await;
     tracing::info!("shutting down: finalising buffered traces");
+    let before = collector.aggregate.lock().totals.clone();
+    let aggregate = collector.aggregate.clone();
     collector.shutdown().await?;
-    tracing::info!("stopped");
+    let after = aggregate.lock().totals.clone();
+    tracing::info!(
+        "finalised at shutdown: {} traces, {} findings; stopped",
+        after.trace_count() - before.trace_count(),
+        after.findings - before.findings
+    );
     Ok(())
 }
 

@@ -194,36 +194,54 @@ impl Report {
         if !self.findings.is_empty() {
             out.push('\n');
         }
+        let verdict = if self.findings.is_empty() {
+            "stage propagation is consistent on every edge".to_string()
+        } else {
+            format!(
+                "{} ({} {}) in {}",
+                plural(self.findings.len(), "finding"),
+                breaks,
+                if breaks == 1 {
+                    "first break"
+                } else {
+                    "first breaks"
+                },
+                plural(broken.len(), "trace")
+            )
+        };
         let _ = writeln!(
             out,
-            "{} traces, {} spans: {}",
-            self.traces,
-            self.spans,
-            if self.findings.is_empty() {
-                "stage propagation is consistent on every edge".to_string()
-            } else {
-                format!(
-                    "{} findings ({} first breaks) in {} traces",
-                    self.findings.len(),
-                    breaks,
-                    broken.len()
-                )
-            }
+            "{}, {}: {verdict}",
+            plural(self.traces, "trace"),
+            plural(self.spans, "span")
         );
         out
     }
 
     pub fn json(&self) -> String {
-        let findings: Vec<FindingView> = self
-            .findings
-            .iter()
-            .map(|f| FindingView::of(f, &self.symbols))
-            .collect();
-        serde_json::json!({
-            "traces": self.traces,
-            "spans": self.spans,
-            "findings": findings,
-        })
-        .to_string()
+        #[derive(serde::Serialize)]
+        struct JsonReport {
+            traces: usize,
+            spans: usize,
+            findings: Vec<FindingView>,
+        }
+        let report = JsonReport {
+            traces: self.traces,
+            spans: self.spans,
+            findings: self
+                .findings
+                .iter()
+                .map(|f| FindingView::of(f, &self.symbols))
+                .collect(),
+        };
+        serde_json::to_string(&report).expect("reports serialise")
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
     }
 }

@@ -94,9 +94,9 @@ impl Serialize for SpanId {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct Sym(pub NonZeroU32);
 
-/// OTLP span kind, as the integer enum of the spec.
+/// OTLP span kind, as the integer enum of the spec; shown as the spec names it (`SERVER`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[repr(u8)]
 pub enum SpanKind {
     Unspecified,
@@ -136,9 +136,9 @@ impl SpanKind {
     }
 }
 
-/// OTLP status code.
+/// OTLP status code; shown as the spec names it (`ERROR`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[repr(u8)]
 pub enum StatusCode {
     Unset,

@@ -41,6 +41,13 @@ pub struct Totals {
     /// Finalised traces by (root request stage, broken).
     pub traces: HashMap<(Option<Sym>, bool), u64, RandomState>,
     pub spans: u64,
+    pub findings: u64,
+}
+
+impl Totals {
+    pub fn trace_count(&self) -> u64 {
+        self.traces.values().sum()
+    }
 }
 
 pub struct Aggregate {
@@ -107,6 +114,7 @@ impl Aggregate {
                 .entry((o.stage, o.is_broken()))
                 .or_default() += 1;
             st.totals.spans += o.spans as u64;
+            st.totals.findings += o.findings.len() as u64;
             for finding in &o.findings {
                 if st.findings.len() >= self.cfg.max_findings {
                     st.findings.pop_front();

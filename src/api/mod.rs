@@ -145,7 +145,7 @@ async fn findings(State(st): State<ApiState>, q: Params) -> Result<Response, Api
         .iter()
         .map(|f| FindingView::of(f, sym))
         .collect();
-    Ok(axum::Json(json!({ "findings": found })).into_response())
+    Ok(axum::Json(views::FindingsPage { findings: found }).into_response())
 }
 
 async fn graph(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {

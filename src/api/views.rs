@@ -40,6 +40,12 @@ impl SpanRef {
     }
 }
 
+/// The body of `GET /api/v1/findings`.
+#[derive(Serialize, Debug)]
+pub struct FindingsPage {
+    pub findings: Vec<FindingView>,
+}
+
 #[derive(Serialize, Debug)]
 pub struct HopView {
     pub caller: Option<Arc<str>>,

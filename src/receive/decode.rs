@@ -52,15 +52,16 @@ impl Reject {
     }
 
     fn explain(self, span: &Span) -> String {
+        let id = |name: &str, got: &[u8], want: usize| {
+            if got.len() == want {
+                format!("{name} is all zeroes")
+            } else {
+                format!("{name} must be {want} bytes, got {}", got.len())
+            }
+        };
         match self {
-            Reject::TraceId => format!(
-                "trace_id must be 16 bytes and not all zero, got {} bytes",
-                span.trace_id.len()
-            ),
-            Reject::SpanId => format!(
-                "span_id must be 8 bytes and not all zero, got {} bytes",
-                span.span_id.len()
-            ),
+            Reject::TraceId => id("trace_id", &span.trace_id, 16),
+            Reject::SpanId => id("span_id", &span.span_id, 8),
             Reject::ParentId => format!(
                 "parent_span_id must be empty or 8 bytes, got {} bytes",
                 span.parent_span_id.len()

@@ -216,7 +216,12 @@ fn invalid_spans_are_rejected_one_by_one_with_reasons() {
         "an all-zero parent means no parent"
     );
     let m = d.error_message();
-    assert!(m.starts_with("rejected 6 of 8 spans: resource_spans[0].scope_spans[0].spans[1]: trace_id must be 16 bytes"), "{m}");
+    assert!(m.starts_with("rejected 6 of 8 spans: resource_spans[0].scope_spans[0].spans[1]: trace_id must be 16 bytes, got 0"), "{m}");
+    assert!(m.contains("spans[2]: trace_id is all zeroes"), "{m}");
+    assert!(
+        m.contains("spans[3]: span_id must be 8 bytes, got 4"),
+        "{m}"
+    );
     assert!(m.contains("span is its own parent"), "{m}");
     assert!(m.ends_with("; and 1 more"), "{m}");
     let count = |r| {

@@ -1,0 +1,208 @@
+//! The JSON API over HTTP: traces live and finalised, filters, and errors that name what is wrong.
+
+mod common;
+
+use common::*;
+use grayscope::app::Collector;
+use grayscope::loadgen::{RawClient, Wire};
+use grayscope::model::SpanKind;
+use grayscope::testkit::RequestBuilder;
+use prost::Message;
+
+const BROKEN: u128 = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736;
+const CLEAN: u128 = 0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c;
+
+/// users SERVER (canary) -> users CLIENT (no stage) -> orders SERVER, and a clean twin.
+async fn send(c: &Collector) {
+    let req = RequestBuilder::new()
+        .resource("users", Some("stable"))
+        .span(
+            BROKEN,
+            1,
+            None,
+            "GET /u",
+            SpanKind::Server,
+            &[(STAGE, "canary")],
+        )
+        .span(BROKEN, 2, Some(1), "call orders", SpanKind::Client, &[])
+        .span(
+            CLEAN,
+            1,
+            None,
+            "GET /u",
+            SpanKind::Server,
+            &[(STAGE, "canary")],
+        )
+        .span(
+            CLEAN,
+            2,
+            Some(1),
+            "call orders",
+            SpanKind::Client,
+            &[(STAGE, "canary")],
+        )
+        .resource("orders", Some("canary"))
+        .span(BROKEN, 3, Some(2), "GET /o", SpanKind::Server, &[])
+        .span(
+            CLEAN,
+            3,
+            Some(2),
+            "GET /o",
+            SpanKind::Server,
+            &[(STAGE, "canary")],
+        )
+        .build();
+    let r = RawClient::new(Wire::Http, c.otlp_http)
+        .send(req.encode_to_vec().into(), false)
+        .await
+        .unwrap();
+    assert!(r.is_ok(), "{r:?}");
+}
+
+async fn get(c: &Collector, path: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("http://{}{}", c.http, path))
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    assert_eq!(r.headers()["content-type"], "application/json", "{path}");
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trace_is_readable_while_assembled_and_after_finalisation() {
+    let mut args = test_args();
+    args.trace_idle = Some("10m".parse().unwrap());
+    let c = spawn_collector(args).await;
+    send(&c).await;
+    let id = format!("{BROKEN:032x}");
+
+    let (status, live) = get(&c, &format!("/api/v1/traces/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(live["finalised"], false);
+    assert_eq!(live["spans"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        live["findings"].as_array().unwrap().len(),
+        0,
+        "first breaks are judged at finalisation"
+    );
+
+    c.flush().await;
+    let (status, t) = get(&c, &format!("/api/v1/traces/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(t["trace_id"], id);
+    assert_eq!(t["finalised"], true);
+    let spans = t["spans"].as_array().unwrap();
+    assert_eq!(spans[0]["service"], "users");
+    assert_eq!(spans[0]["kind"], "SERVER");
+    assert_eq!(spans[0]["stage"], "canary");
+    assert_eq!(spans[0]["parent_span_id"], serde_json::Value::Null);
+    assert_eq!(spans[2]["instance_stage"], "canary");
+    assert_eq!(spans[2]["parent_span_id"], "0000000000000002");
+    let mut verdicts: Vec<_> = t["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["verdict"].as_str().unwrap(), e["scope"].as_str().unwrap()))
+        .collect();
+    verdicts.sort();
+    assert_eq!(
+        verdicts,
+        vec![("absent", "cross_service"), ("missing", "in_process")]
+    );
+    assert_eq!(t["findings"][0]["kind"], "missing");
+
+    // A clean trace is not kept once finalised.
+    let (status, e) = get(&c, &format!("/api/v1/traces/{CLEAN:032x}")).await;
+    assert_eq!(status, 404);
+    assert!(e["error"].as_str().unwrap().contains("is not in memory"));
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filters_narrow_the_findings() {
+    let c = spawn_collector(test_args()).await;
+    send(&c).await;
+    c.flush().await;
+    let count = |v: &serde_json::Value| v["findings"].as_array().unwrap().len();
+    for (query, n) in [
+        ("", 1),
+        ("?kind=missing", 1),
+        ("?kind=changed", 0),
+        ("?caller=users&callee=orders", 1),
+        ("?callee=users", 0),
+        ("?stage=canary&scope=in_process&first_break=true", 1),
+        ("?stage=stable", 0),
+        ("?stage=none", 0),
+        ("?first_break=false", 0),
+        (&format!("?trace_id={BROKEN:032X}"), 1),
+        (&format!("?trace_id={CLEAN:032x}"), 0),
+        ("?limit=1", 1),
+    ] {
+        let (status, v) = get(&c, &format!("/api/v1/findings{query}")).await;
+        assert_eq!((status, count(&v)), (200, n), "{query}");
+    }
+    let (_, g) = get(&c, "/api/v1/graph?stage=canary").await;
+    assert_eq!(g["stage"], "canary");
+    assert_eq!(g["edges"][0]["first_breaks"]["missing"], 1);
+    let (_, g) = get(&c, "/api/v1/graph?stage=purple").await;
+    assert_eq!(g["edges"].as_array().unwrap().len(), 0);
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_are_json_and_name_the_parameter() {
+    let c = spawn_collector(test_args()).await;
+    for (path, status, needle) in [
+        (
+            "/api/v1/findings?kind=ok",
+            400,
+            "invalid parameter 'kind': 'ok' is not one of missing, changed",
+        ),
+        (
+            "/api/v1/findings?limit=5000",
+            400,
+            "invalid parameter 'limit': '5000' is not a number from 1 to 1000",
+        ),
+        ("/api/v1/findings?limit=0", 400, "'limit'"),
+        (
+            "/api/v1/findings?first_break=yes",
+            400,
+            "'first_break': 'yes' is not true or false",
+        ),
+        ("/api/v1/findings?scope=galaxy", 400, "'scope'"),
+        (
+            "/api/v1/findings?trace_id=xyz",
+            400,
+            "'trace_id': 'xyz' is not a 32-digit hex trace id",
+        ),
+        (
+            "/api/v1/findings?colour=red",
+            400,
+            "unknown parameter 'colour'",
+        ),
+        ("/api/v1/traces/xyz", 400, "'trace_id'"),
+        (
+            "/api/v1/traces/00000000000000000000000000000001",
+            404,
+            "not in memory",
+        ),
+        ("/api/v1/nothing", 404, "no such endpoint"),
+    ] {
+        let (s, v) = get(&c, path).await;
+        assert_eq!(s, status, "{path}");
+        assert!(v["error"].as_str().unwrap().contains(needle), "{path}: {v}");
+    }
+    let (s, v) = get(&c, "/healthz").await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
+    let m = reqwest::get(format!("http://{}/metrics", c.http))
+        .await
+        .unwrap();
+    assert!(
+        m.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    assert!(m.text().await.unwrap().ends_with("# EOF\n"));
+    c.shutdown().await.unwrap();
+}

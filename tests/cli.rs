@@ -1,0 +1,286 @@
+//! The `grayscope` binary as users run it: `check` on the files in `tests/data/` (written for this
+//! project), configuration precedence through real environment variables, and `serve` shutting down
+//! on SIGTERM without losing what it accepted.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn grayscope(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_grayscope"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("GRAYSCOPE_CONFIG")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn check_passes_a_consistent_trace() {
+    let o = grayscope(&["check", "tests/data/clean.json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stdout),
+        "1 trace, 5 spans: stage propagation is consistent on every edge\n"
+    );
+}
+
+#[test]
+fn check_reports_the_hop_and_exits_1() {
+    let o = grayscope(&["check", "tests/data/missing-in-process.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = text(&o.stdout);
+    assert!(
+        out.starts_with("trace 0af7651916cd43dd8448eb211c80319c\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FIRST BREAK missing       users -> orders  (in_process)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("users made an outgoing call without the request's context"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("1 trace, 5 spans: 1 finding (1 first break) in 1 trace\n"),
+        "{out}"
+    );
+
+    let o = grayscope(&[
+        "check",
+        "--format",
+        "json",
+        "tests/data/missing-in-process.json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["traces"], 1);
+    let f = &v["findings"][0];
+    assert_eq!(f["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(f["kind"], "missing");
+    assert_eq!(f["scope"], "in_process");
+    assert_eq!(f["first_break"], true);
+    assert_eq!(f["caller"]["span_id"], "a000000000000003");
+    assert_eq!(f["callee"]["span_name"], "POST /orders");
+    assert_eq!(f["callee"]["stage"], serde_json::Value::Null);
+    assert_eq!(
+        (f["edge"]["caller"].as_str(), f["edge"]["callee"].as_str()),
+        (Some("users"), Some("orders"))
+    );
+}
+
+#[test]
+fn check_joins_traces_split_across_json_lines_files() {
+    let o = grayscope(&[
+        "check",
+        "tests/data/split-a.jsonl",
+        "tests/data/split-b.jsonl",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("trace 4bf92f3577b34da6a3ce929d0e0e4736\n  FIRST BREAK changed       users -> orders  (cross_service)"), "{out}");
+    assert!(out.contains("trace 7d2b9c11e04f4a6b9f3e2a1c5d6e7f80\n  FIRST BREAK misrouted     users -> orders  (cross_service)"), "{out}");
+    assert!(
+        out.ends_with("3 traces, 15 spans: 2 findings (2 first breaks) in 2 traces\n"),
+        "{out}"
+    );
+    // Either file alone leaves the trace incomplete: its other half is a broken trace.
+    let o = grayscope(&["check", "tests/data/split-a.jsonl"]);
+    assert!(
+        text(&o.stdout).contains("broken_trace"),
+        "{}",
+        text(&o.stdout)
+    );
+}
+
+#[test]
+fn check_applies_verification_flags() {
+    let o = grayscope(&["check", "tests/data/invalid-value.json"]);
+    assert_eq!(o.status.code(), Some(0), "any value is allowed by default");
+    let o = grayscope(&[
+        "check",
+        "--allowed-stages",
+        "stable,canary",
+        "tests/data/invalid-value.json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("FIRST BREAK invalid_value (unknown caller) -> gateway"),
+        "{out}"
+    );
+    assert!(
+        out.contains("carries stage 'canry', which is not an allowed value"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_exits_2_naming_the_file_and_the_problem() {
+    for (file, message) in [
+        (
+            "tests/data/not-json.json",
+            "tests/data/not-json.json: invalid OTLP/JSON ExportTraceServiceRequest: EOF while parsing",
+        ),
+        (
+            "tests/data/bad-line.jsonl",
+            "tests/data/bad-line.jsonl:2: invalid OTLP/JSON ExportTraceServiceRequest: invalid type",
+        ),
+        (
+            "tests/data/zero-trace-id.json",
+            "tests/data/zero-trace-id.json: rejected 5 of 5 spans: resource_spans[0].scope_spans[0].spans[0]: trace_id is all zeroes",
+        ),
+        (
+            "tests/data/nonexistent.json",
+            "tests/data/nonexistent.json: cannot read: No such file or directory",
+        ),
+    ] {
+        let o = grayscope(&["check", "tests/data/clean.json", file]);
+        assert_eq!(o.status.code(), Some(2), "{file}");
+        assert!(
+            text(&o.stderr).contains(message),
+            "{file}: {}",
+            text(&o.stderr)
+        );
+        assert!(o.stdout.is_empty(), "no report for unreadable input");
+    }
+}
+
+#[test]
+fn config_precedence_is_flag_then_environment_then_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("grayscope.toml");
+    std::fs::write(
+        &file,
+        "trace-idle = \"3s\"\nworkers = 3\nmax-findings = 7\nstage-keys = [\"from-file\"]\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_grayscope"))
+        .args(["serve", "--print-config", "--workers", "5"])
+        .env("GRAYSCOPE_CONFIG", &file)
+        .env("GRAYSCOPE_WORKERS", "4")
+        .env("GRAYSCOPE_TRACE_IDLE", "2s")
+        .env("GRAYSCOPE_STAGE_KEYS", "a,b")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let cfg: toml::Table = toml::from_str(&text(&o.stdout)).unwrap();
+    assert_eq!(
+        cfg["workers"].as_integer(),
+        Some(5),
+        "flag beats environment"
+    );
+    assert_eq!(
+        cfg["trace-idle"].as_str(),
+        Some("2s"),
+        "environment beats file"
+    );
+    assert_eq!(
+        cfg["max-findings"].as_integer(),
+        Some(7),
+        "file beats default"
+    );
+    assert_eq!(cfg["stage-keys"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        cfg["otlp-grpc"].as_str(),
+        Some("127.0.0.1:4317"),
+        "defaults fill the rest"
+    );
+
+    let o = Command::new(env!("CARGO_BIN_EXE_grayscope"))
+        .args(["serve", "--print-config"])
+        .env("GRAYSCOPE_TRACE_IDLE", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("'soon' is not a duration"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn serve_finalises_everything_it_accepted_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_grayscope"))
+        .args([
+            "serve",
+            "--otlp-grpc",
+            "127.0.0.1:0",
+            "--otlp-http",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .args(["--trace-idle", "10m", "--log", "info"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    // "grayscope: OTLP/gRPC on A, OTLP/HTTP on B, API and metrics on http://C"
+    let addr = |after: &str| -> String {
+        let rest = &line[line.find(after).unwrap() + after.len()..];
+        rest.split([',', '\n']).next().unwrap().trim().to_string()
+    };
+    let http = addr("OTLP/HTTP on ");
+    let api = addr("metrics on http://");
+    assert!(!http.ends_with(":0") && !api.ends_with(":0"), "{line}");
+
+    let body = serde_json::json!({"resourceSpans": [{
+    "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "users"}}]},
+    "scopeSpans": [{"spans": [
+        {"traceId": "4bf92f3577b34da6a3ce929d0e0e4736", "spanId": "00f067aa0ba902b7", "name": "GET /u", "kind": 2,
+         "attributes": [{"key": "x-release-stage", "value": {"stringValue": "canary"}}]},
+        {"traceId": "4bf92f3577b34da6a3ce929d0e0e4736", "spanId": "00f067aa0ba902b8", "parentSpanId": "00f067aa0ba902b7",
+         "name": "call orders", "kind": 3}
+    ]}]}]});
+    let status = Command::new("curl")
+        .args([
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+        ])
+        .arg(body.to_string())
+        .arg(format!("http://{http}/v1/traces"))
+        .status()
+        .expect("curl is installed (.ci/run installs it)");
+    assert!(status.success());
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(
+        log.contains("finalised at shutdown: 1 traces, 1 findings"),
+        "{log}"
+    );
+}
