@@ -73,12 +73,7 @@ fn main() {
         .collect();
 
     let mut asm = Assembler::new(
-        AssemblerConfig {
-            idle_ms: u64::MAX / 2,
-            max_spans: usize::MAX,
-            tombstones: 0,
-            tombstone_ms: 0,
-        },
+        AssemblerConfig::offline(),
         Arc::new(Policy::default()),
         instances,
     );

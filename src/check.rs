@@ -82,12 +82,7 @@ pub fn check(files: &[PathBuf], verify: crate::config::VerifyConfig) -> Result<R
         &verify.instance_stage_key,
     );
     let mut asm = Assembler::new(
-        AssemblerConfig {
-            idle_ms: u64::MAX / 2,
-            max_spans: usize::MAX,
-            tombstones: 0,
-            tombstone_ms: 0,
-        },
+        AssemblerConfig::offline(),
         Arc::new(Policy::new(&verify, &symbols)),
         instances,
     );

@@ -60,6 +60,19 @@ pub struct AssemblerConfig {
     pub tombstone_ms: u64,
 }
 
+impl AssemblerConfig {
+    /// Never finalises a trace on its own (no idle time, no memory bound, nothing remembered):
+    /// the caller drains when all input is in. For `check` and benchmarks.
+    pub fn offline() -> Self {
+        AssemblerConfig {
+            idle_ms: u64::MAX / 2,
+            max_spans: usize::MAX,
+            tombstones: 0,
+            tombstone_ms: 0,
+        }
+    }
+}
+
 /// Plain counters; the worker publishes them as metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AssembleStats {
@@ -270,6 +283,7 @@ impl Assembler {
             policy: &self.policy,
             is_live: &is_live,
             observed_at_ms: wall_ms,
+            early: reason == Reason::Early,
         };
         let outcome = verify::finalise(buf.trace_id, &mut buf.graph, &cx);
         let snapshot = outcome

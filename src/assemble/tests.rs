@@ -171,3 +171,33 @@ fn live_snapshot_of_a_buffered_trace() {
     assert_eq!(snap.edges.len(), 2);
     assert!(asm.snapshot(TraceId(5)).is_none());
 }
+
+#[test]
+fn an_early_finalised_trace_does_not_call_a_late_parent_broken() {
+    let k = Kit::new();
+    let spans = chain(&k, false);
+    let mut asm = assembler(2);
+    let mut out = Vec::new();
+    // Children first; the memory bound finalises the trace before its root arrives.
+    asm.insert(batch(1, &spans[1..]), 0, 0, &mut out);
+    asm.insert(batch(2, &spans[..1]), 1, 0, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].reason, Reason::Early);
+    assert!(
+        out[0].outcome.findings.is_empty(),
+        "{:?}",
+        out[0].outcome.findings
+    );
+    assert_eq!(
+        out[0].outcome.edges.len(),
+        1,
+        "the edge that was there is judged"
+    );
+    // The same orphan finalised when idle is a broken trace.
+    let mut asm = assembler(10);
+    let mut out = Vec::new();
+    asm.insert(batch(1, &spans[1..]), 0, 0, &mut out);
+    asm.expire(1000, 0, &mut out);
+    assert_eq!(out[0].outcome.findings.len(), 1);
+    assert_eq!(out[0].outcome.findings[0].kind, Verdict::BrokenTrace);
+}

@@ -38,6 +38,7 @@ impl FinaliseExt for Kit {
             policy,
             is_live: &is_live,
             observed_at_ms: 0,
+            early: false,
         };
         finalise(TraceId(7), &mut g, &cx)
     }
@@ -257,6 +258,7 @@ fn a_very_deep_chain_does_not_overflow_the_stack() {
         policy: &p,
         is_live: &|_, _| false,
         observed_at_ms: 0,
+        early: false,
     };
     let out = finalise(TraceId(1), &mut g, &cx);
     let kinds: Vec<_> = out

@@ -54,6 +54,9 @@ pub struct FinaliseContext<'a> {
     /// Whether a (service, stage) instance is live: see [`crate::instances::Instances::is_live`].
     pub is_live: &'a dyn Fn(Sym, Sym) -> bool,
     pub observed_at_ms: u64,
+    /// Finalised before it went idle (memory bound): a span whose parent has not arrived may only
+    /// be early, so it is not reported as a broken trace.
+    pub early: bool,
 }
 
 /// Judges what needs the whole trace and returns the trace's outcome. Edge weights are updated in
@@ -74,7 +77,8 @@ pub fn finalise(trace_id: TraceId, g: &mut TraceGraph, cx: &FinaliseContext<'_>)
             }
             None => {
                 roots.push(v);
-                node_finding[v.index()] = root_finding(&g[v], cx.policy).map(|k| (k, None));
+                node_finding[v.index()] =
+                    root_finding(&g[v], cx.policy, cx.early).map(|k| (k, None));
             }
         }
     }
@@ -207,9 +211,9 @@ fn judge_routing(g: &mut TraceGraph, cx: &FinaliseContext<'_>) {
 
 /// A span with no parent edge: an orphan, an outgoing call with no inbound context, or a root whose
 /// stage is not an allowed value.
-fn root_finding(span: &SpanRecord, policy: &Policy) -> Option<Verdict> {
+fn root_finding(span: &SpanRecord, policy: &Policy, early: bool) -> Option<Verdict> {
     if span.parent.is_some() {
-        return Some(Verdict::BrokenTrace);
+        return (!early).then_some(Verdict::BrokenTrace);
     }
     if span.kind.is_outgoing() && !policy.exempt(span) {
         return Some(Verdict::BrokenTrace);
