@@ -242,29 +242,24 @@ fn serve_finalises_everything_it_accepted_on_sigterm() {
         {"traceId": "4bf92f3577b34da6a3ce929d0e0e4736", "spanId": "00f067aa0ba902b8", "parentSpanId": "00f067aa0ba902b7",
          "name": "call orders", "kind": 3}
     ]}]}]});
-    let status = Command::new("curl")
-        .args([
-            "-sf",
-            "-o",
-            "/dev/null",
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-        ])
-        .arg(body.to_string())
-        .arg(format!("http://{http}/v1/traces"))
-        .status()
-        .expect("curl is installed (.ci/run installs it)");
-    assert!(status.success());
-
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://{http}/v1/traces"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
             .unwrap()
-            .success()
-    );
+            .status()
+    });
+    assert_eq!(status, 200);
+
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped yet.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     let code = loop {
         if let Some(s) = child.try_wait().unwrap() {
