@@ -55,6 +55,7 @@ pub struct Collector {
     pub aggregate: Arc<Aggregate>,
     pub telemetry: Arc<Telemetry>,
     shards: Shards,
+    shutdown_grace: Duration,
     receivers_stop: CancellationToken,
     api_stop: CancellationToken,
     receivers: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -146,6 +147,7 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         aggregate,
         telemetry,
         shards,
+        shutdown_grace: cfg.shutdown_grace.0,
         receivers_stop,
         api_stop,
         receivers,
@@ -199,10 +201,24 @@ impl Collector {
     }
 
     /// Stops in stages; returns once every acknowledged span has been judged.
+    ///
+    /// Receivers get `--shutdown-grace` to finish their in-flight requests (a client that never
+    /// finishes its body must not hold the process); what they had acknowledged is queued already and
+    /// is finalised either way.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.receivers_stop.cancel();
-        for r in self.receivers {
-            r.await??;
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
+        for mut r in self.receivers {
+            match tokio::time::timeout_at(deadline, &mut r).await {
+                Ok(done) => done??,
+                Err(_) => {
+                    tracing::warn!(
+                        "a receiver still had requests in flight after {:?}; closing it",
+                        self.shutdown_grace
+                    );
+                    r.abort();
+                }
+            }
         }
         self.shards.stop();
         for w in self.workers {

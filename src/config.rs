@@ -166,6 +166,9 @@ pub struct ServeArgs {
     /// Findings kept in memory for the API [default: 100000]
     #[arg(long, env = "GRAYSCOPE_MAX_FINDINGS", value_name = "N")]
     pub max_findings: Option<usize>,
+    /// At shutdown, how long receivers may take to finish in-flight requests [default: 10s]
+    #[arg(long, env = "GRAYSCOPE_SHUTDOWN_GRACE", value_name = "DURATION")]
+    pub shutdown_grace: Option<Dur>,
     /// Log filter, as RUST_LOG [default: info]
     #[arg(long, env = "GRAYSCOPE_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -219,6 +222,7 @@ pub struct ServeConfig {
     pub workers: usize,
     pub queue_spans: usize,
     pub max_findings: usize,
+    pub shutdown_grace: Dur,
     pub log: String,
     #[serde(flatten)]
     pub verify: VerifyConfig,
@@ -327,6 +331,7 @@ impl ServeArgs {
             workers: positive("workers", a.workers.unwrap_or(cpus))?,
             queue_spans: positive("queue-spans", a.queue_spans.unwrap_or(262_144))?,
             max_findings: a.max_findings.unwrap_or(100_000),
+            shutdown_grace: a.shutdown_grace.unwrap_or(Dur(Duration::from_secs(10))),
             log: a.log.unwrap_or_else(|| "info".into()),
             verify: a.verify.resolve()?,
         })
@@ -346,6 +351,7 @@ impl ServeArgs {
             workers: self.workers.or(file.workers),
             queue_spans: self.queue_spans.or(file.queue_spans),
             max_findings: self.max_findings.or(file.max_findings),
+            shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
             log: self.log.or(file.log),
             verify: self.verify.or(file.verify),
         }

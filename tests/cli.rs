@@ -217,7 +217,14 @@ fn serve_finalises_everything_it_accepted_on_sigterm() {
             "--http",
             "127.0.0.1:0",
         ])
-        .args(["--trace-idle", "10m", "--log", "info"])
+        .args([
+            "--trace-idle",
+            "10m",
+            "--shutdown-grace",
+            "300ms",
+            "--log",
+            "info",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -258,24 +265,35 @@ fn serve_finalises_everything_it_accepted_on_sigterm() {
     });
     assert_eq!(status, 200);
 
+    // A client that sends half a request and never the rest must not hold the shutdown.
+    let mut stalled = std::net::TcpStream::connect(&http).unwrap();
+    std::io::Write::write_all(
+        &mut stalled,
+        b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"resou",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
     // SAFETY: kill(2) on the pid of a child this test started and has not reaped yet.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(5);
     let code = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s.code();
         }
-        assert!(
-            Instant::now() < deadline,
-            "still running 10 s after SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "still running 5 s after SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(code, Some(0));
     let mut log = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
     assert!(
+        log.contains("still had requests in flight after 300ms; closing it"),
+        "{log}"
+    );
+    assert!(
         log.contains("finalised at shutdown: 1 traces, 1 findings"),
         "{log}"
     );
+    drop(stalled);
 }

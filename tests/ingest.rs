@@ -320,6 +320,14 @@ async fn unsupported_content_types_and_encodings_are_415() {
             .1
             .contains("unsupported Content-Encoding \"br\"")
     );
+    assert_eq!(
+        metric(
+            &c,
+            "grayscope_receiver_requests_total{protocol=\"http_other\",outcome=\"unsupported\"}"
+        )
+        .await,
+        3.0
+    );
     // Parameters and case do not matter.
     let r = http
         .send_request(post(

@@ -71,7 +71,7 @@ async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) 
         Some(PROTOBUF) => Protocol::HttpProtobuf,
         Some(JSON) => Protocol::HttpJson,
         other => {
-            rx.ingest.count(Protocol::HttpJson, Outcome::Unsupported);
+            rx.ingest.count(Protocol::HttpOther, Outcome::Unsupported);
             let f = Failure::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 Code::InvalidArgument,

@@ -27,6 +27,8 @@ pub enum Protocol {
     Grpc,
     HttpProtobuf,
     HttpJson,
+    /// OTLP/HTTP with a content type grayscope does not accept.
+    HttpOther,
 }
 
 impl Protocol {
@@ -35,6 +37,7 @@ impl Protocol {
             Protocol::Grpc => "grpc",
             Protocol::HttpProtobuf => "http_protobuf",
             Protocol::HttpJson => "http_json",
+            Protocol::HttpOther => "http_other",
         }
     }
 }
