@@ -95,6 +95,7 @@ impl Interner {
             .len()
     }
 
+    /// Never: [`OTHER`] is always there.
     pub fn is_empty(&self) -> bool {
         false
     }

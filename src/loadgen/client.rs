@@ -152,10 +152,6 @@ impl RawClient {
             body,
         })
     }
-
-    pub fn uri(&self) -> &http::Uri {
-        &self.uri
-    }
 }
 
 /// The gRPC length-prefixed message frame.

@@ -302,11 +302,6 @@ pub fn proc_peak_rss(pid: u32) -> Option<u64> {
     proc_status_kib(pid, "VmHWM:").map(|k| k * 1024)
 }
 
-/// Current resident set size of a process (`VmRSS`), in bytes.
-pub fn proc_rss(pid: u32) -> Option<u64> {
-    proc_status_kib(pid, "VmRSS:").map(|k| k * 1024)
-}
-
 fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
