@@ -18,6 +18,7 @@ use crate::aggregate::{Aggregate, AggregateConfig};
 use crate::api::{self, ApiState};
 use crate::assemble::AssemblerConfig;
 use crate::config::ServeConfig;
+use crate::demo;
 use crate::instances::{Clock, Instances};
 use crate::intern::{SymbolLimits, Symbols};
 use crate::receive::{self, Decoder, Ingest};
@@ -231,14 +232,43 @@ impl Collector {
 }
 
 /// `grayscope serve`: run until SIGINT or SIGTERM.
-pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+/// The demo mesh `serve --demo` runs against the collector itself.
+#[derive(Clone, Debug)]
+pub struct ServeDemo {
+    pub faults: Vec<demo::Fault>,
+    pub rate: f64,
+}
+
+pub async fn serve(cfg: ServeConfig, demo: Option<ServeDemo>) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&cfg).await?;
     let collector = start(&cfg, listeners)?;
     println!(
         "grayscope: OTLP/gRPC on {}, OTLP/HTTP on {}, API and metrics on http://{}",
         collector.otlp_grpc, collector.otlp_http, collector.http
     );
+    let demo = match demo {
+        Some(d) => {
+            let export = demo::Export::new(
+                demo::Protocol::Grpc,
+                Some(&format!("http://{}", collector.otlp_grpc)),
+            )?;
+            let mut options = demo::DemoOptions::new(export, d.faults);
+            options.rate = d.rate;
+            let demo = demo::Demo::start(options).await?;
+            print!("{}", demo.describe());
+            println!(
+                "grayscope: findings at http://{0}/api/v1/findings?first_break=true, service graph at http://{0}/api/v1/graph",
+                collector.http
+            );
+            Some(demo)
+        }
+        None => None,
+    };
     shutdown_signal().await;
+    if let Some(demo) = demo {
+        let progress = demo.stop().await;
+        tracing::info!("demo stopped: {progress}");
+    }
     tracing::info!("shutting down: finalising buffered traces");
     let before = collector.aggregate.lock().totals.clone();
     let aggregate = collector.aggregate.clone();

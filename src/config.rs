@@ -49,12 +49,43 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the collector: OTLP in, verdicts out (JSON API, metrics).
-    Serve(Box<ServeArgs>),
+    Serve(Box<ServeCommand>),
     /// Verify OTLP/JSON files offline; exits 1 when there are findings (for CI).
     Check(CheckArgs),
     /// Send pre-built OTLP traffic with seeded faults to a collector and measure throughput.
     Loadgen(crate::loadgen::LoadgenArgs),
+    /// Run a small instrumented service mesh that sends real traffic, with chosen propagation
+    /// faults, to any OTLP endpoint.
+    Demo(crate::demo::DemoArgs),
 }
+
+/// `grayscope serve`: the collector's options, and the demo mesh it can run alongside.
+#[derive(Args, Debug)]
+pub struct ServeCommand {
+    #[command(flatten)]
+    pub args: ServeArgs,
+    #[command(flatten)]
+    pub demo: ServeDemoArgs,
+}
+
+/// Flags of `serve --demo`; not config-file keys, since they describe a run, not a deployment.
+#[derive(Args, Debug, Default)]
+pub struct ServeDemoArgs {
+    /// Also run the demo mesh, exporting to this collector (trace-idle defaults to 2s, so that
+    /// findings show within seconds)
+    #[arg(long)]
+    pub demo: bool,
+    /// Fault for the demo mesh, KIND@CALLER->CALLEE, repeatable; `none` for a clean mesh
+    /// [default: missing@orders->payments]
+    #[arg(long = "fault", value_name = "SPEC", requires = "demo")]
+    pub faults: Vec<String>,
+    /// Requests per second the demo sends
+    #[arg(long, value_name = "N", requires = "demo", default_value_t = 20.0)]
+    pub demo_rate: f64,
+}
+
+/// Flags of `serve` that are not keys of the config file.
+const NOT_FILE_KEYS: [&str; 5] = ["config", "print-config", "demo", "fault", "demo-rate"];
 
 /// A duration written like `500ms`, `10s`, `15m`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -371,9 +402,9 @@ fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
     let cmd = Cli::command();
     let serve = cmd.find_subcommand("serve").expect("serve is a subcommand");
     for key in table.keys() {
-        let known = serve.get_arguments().any(|a| {
-            a.get_long() == Some(key.as_str()) && !matches!(key.as_str(), "config" | "print-config")
-        });
+        let known = serve
+            .get_arguments()
+            .any(|a| a.get_long() == Some(key.as_str()) && !NOT_FILE_KEYS.contains(&key.as_str()));
         if !known {
             return Err(ConfigError::UnknownKey {
                 path: path.to_path_buf(),
@@ -395,7 +426,7 @@ mod tests {
         let mut full = vec!["grayscope", "serve"];
         full.extend_from_slice(args);
         match Cli::try_parse_from(full).unwrap().command {
-            Command::Serve(s) => *s,
+            Command::Serve(s) => s.args,
             other => panic!("{other:?}"),
         }
     }
@@ -406,7 +437,7 @@ mod tests {
         let serve = cmd.find_subcommand("serve").unwrap();
         for arg in serve.get_arguments() {
             let Some(long) = arg.get_long() else { continue };
-            if matches!(long, "help" | "print-config") {
+            if long == "help" || NOT_FILE_KEYS.contains(&long) && long != "config" {
                 continue;
             }
             let want = format!("GRAYSCOPE_{}", long.to_uppercase().replace('-', "_"));

@@ -19,6 +19,8 @@
 //! - [`aggregate`]: the service graph, recent findings, totals.
 //! - [`api`]: the JSON API, `/healthz`, `/metrics`; [`check`]: the same pipeline, offline.
 //! - [`app`] wires `serve`; [`config`] reads flags, environment and TOML.
+//! - [`propagation`]: the Rust side of gray release (read, keep, forward and record the stage), and
+//!   [`demo`], a mesh of services built with it that sends real traffic with chosen faults.
 //!
 //! Shared below them: [`model`] (grayscope's own span types), [`intern`] (bounded string tables),
 //! [`stage`] (which attribute carries the stage), [`instances`] (which stages each service runs),
@@ -30,10 +32,12 @@ pub mod app;
 pub mod assemble;
 pub mod check;
 pub mod config;
+pub mod demo;
 pub mod instances;
 pub mod intern;
 pub mod loadgen;
 pub mod model;
+pub mod propagation;
 pub mod receive;
 pub mod shard;
 pub mod stage;

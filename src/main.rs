@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use grayscope::config::{Cli, Command};
+use grayscope::config::{Cli, Command, ServeCommand};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -19,23 +19,55 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve(args) => {
+        Command::Serve(cmd) => {
+            let ServeCommand { mut args, demo } = *cmd;
             let print = args.print_config;
-            let cfg = (*args).resolve()?;
+            let demo = if demo.demo {
+                if args.trace_idle.is_none() {
+                    args.trace_idle = Some("2s".parse().expect("a valid duration"));
+                }
+                let faults = if demo.faults.is_empty() {
+                    vec![DEFAULT_DEMO_FAULT.to_string()]
+                } else {
+                    demo.faults
+                };
+                Some(grayscope::app::ServeDemo {
+                    faults: grayscope::demo::parse_faults(&faults)?,
+                    rate: demo.demo_rate,
+                })
+            } else {
+                None
+            };
+            let cfg = args.resolve()?;
             if print {
                 print!("{}", toml::to_string(&cfg)?);
                 return Ok(ExitCode::SUCCESS);
             }
             init_logging(&cfg.log);
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(grayscope::app::serve(cfg))?;
+            runtime()?.block_on(grayscope::app::serve(cfg, demo))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(args) => grayscope::check::run(args).map(ExitCode::from),
         Command::Loadgen(args) => grayscope::loadgen::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Demo(args) => {
+            init_logging("info");
+            let progress = runtime()?.block_on(grayscope::demo::run(args))?;
+            Ok(if progress.failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
     }
+}
+
+/// The fault `serve --demo` shows when none is given: a newcomer sees one red hop.
+const DEFAULT_DEMO_FAULT: &str = "missing@orders->payments";
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 fn init_logging(filter: &str) {

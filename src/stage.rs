@@ -22,6 +22,7 @@ pub enum KeyClass {
     Unrelated,
 }
 
+#[derive(Debug)]
 pub struct StageKeys {
     keys: Vec<String>,
     normalized: Vec<String>,

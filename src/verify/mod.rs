@@ -181,15 +181,17 @@ pub fn judge_edge(parent: &SpanRecord, child: &SpanRecord, policy: &Policy) -> V
 /// True if the caller sent a stage, the callee was served by an instance of another stage, and the
 /// callee service had a live instance of the sent stage: routing ignored the tag.
 ///
-/// Only `ok` and `changed` edges can become `misrouted`: when the stage never reached the callee
-/// (`missing`, `key_mismatch`), the router most likely never saw it either, and that loss is the cause.
+/// Only an `ok` edge can become `misrouted`: the callee received exactly the stage the caller sent
+/// and was still served by another stage's instance. When the stage arrived changed, routing most
+/// likely followed the changed value; when it never arrived (`missing`, `key_mismatch`), the router
+/// never saw it either. Either way that change or loss is the cause, and is what is reported.
 pub fn is_misrouted(
     parent: &SpanRecord,
     child: &SpanRecord,
     verdict: Verdict,
     is_live: impl Fn(Sym, Sym) -> bool,
 ) -> bool {
-    if !matches!(verdict, Verdict::Ok | Verdict::Changed) || parent.service == child.service {
+    if verdict != Verdict::Ok || parent.service == child.service {
         return false;
     }
     match (parent.stage, child.instance_stage) {

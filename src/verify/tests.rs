@@ -118,6 +118,12 @@ fn misrouted_only_when_the_sent_stage_was_live_for_the_callee() {
     lost.stage = None;
     let out = k.finalise(&[gw, call, lost], &p, &[("orders", "canary")]);
     assert_eq!(out.findings[0].kind, Verdict::Missing);
+
+    // The caller rewrote the stage and routing followed the rewritten value: changed, not misrouted.
+    let rewritten = k.stage(orders, "stable");
+    let out = k.finalise(&[gw, call, rewritten], &p, &[("orders", "canary")]);
+    assert_eq!(out.findings.len(), 1);
+    assert_eq!(out.findings[0].kind, Verdict::Changed);
 }
 
 #[test]

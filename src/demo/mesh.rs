@@ -1,0 +1,670 @@
+//! The demo's services: real axum and tonic servers on loopback, each with its own tracer provider,
+//! calling each other through [`crate::propagation`] clients. A fault changes exactly one call.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::BaggagePropagator;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+use super::{DemoError, DemoOptions, Export, FaultKind, Protocol, Svc};
+use crate::propagation::{
+    self, BaggageSpanProcessor, ForwardLayer, ForwardService, STAGE_HEADER, STAGE_KEY, StageLayer,
+};
+
+use super::proto as pb;
+
+use pb::inventory_client::InventoryClient;
+use pb::inventory_server::{Inventory, InventoryServer};
+use pb::orders_client::OrdersClient;
+use pb::orders_server::{Orders, OrdersServer};
+
+/// The stage the gateway gives untagged requests.
+const DEFAULT_STAGE: &str = "stable";
+const CANARY: &str = "canary";
+/// The misspelt baggage key of the `typo` fault.
+const TYPO_KEY: &str = "x-release-stag";
+
+type HttpTransport = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = ForwardService<FaultService<HttpTransport>>;
+type GrpcChannel = ForwardService<FaultService<tonic::transport::Channel>>;
+
+/// A failed call between two services of the mesh.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct CallError(String);
+
+impl From<tonic::Status> for CallError {
+    fn from(s: tonic::Status) -> Self {
+        CallError(format!("gRPC {}: {}", s.code(), s.message()))
+    }
+}
+
+impl From<CallError> for tonic::Status {
+    fn from(e: CallError) -> Self {
+        tonic::Status::unavailable(e.0)
+    }
+}
+
+fn bad_gateway(e: CallError) -> (StatusCode, String) {
+    (StatusCode::BAD_GATEWAY, e.0)
+}
+
+/// An HTTP service instance and a client for it.
+#[derive(Clone)]
+struct HttpTarget {
+    client: HttpClient,
+    base: Arc<str>,
+}
+
+impl HttpTarget {
+    async fn post(self, path: String, body: Value) -> Result<Value, CallError> {
+        let req = Request::post(format!("{}{path}", self.base))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| CallError(e.to_string()))?;
+        let res = self
+            .client
+            .oneshot(req)
+            .await
+            .map_err(|e| CallError(e.to_string()))?;
+        let status = res.status();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| CallError(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(CallError(format!(
+                "{path}: HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        serde_json::from_slice(&body).map_err(|e| CallError(e.to_string()))
+    }
+}
+
+/// One caller->callee call of the mesh: a client per instance of the callee, and the fault (if
+/// any) that breaks this call. Routing by stage happens here, as a service's client-side load
+/// balancer would do it.
+#[derive(Clone)]
+struct Edge<C> {
+    stable: C,
+    canary: Option<C>,
+    fault: Option<FaultKind>,
+}
+
+impl<C: Clone> Edge<C> {
+    /// The instance for the current request: canary requests go to a canary instance when the
+    /// callee has one (unless the fault is a misroute).
+    fn route(&self) -> C {
+        let canary = propagation::current_stage().is_some_and(|s| s.as_str() == CANARY);
+        match &self.canary {
+            Some(c) if canary && self.fault != Some(FaultKind::Misroute) => c.clone(),
+            _ => self.stable.clone(),
+        }
+    }
+
+    /// Makes the call `f` builds, the way the fault says: with the request's context (the
+    /// default), without its baggage (`missing`), or from a detached task (`lost-context`).
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, CallError>
+    where
+        F: FnOnce(C) -> Fut,
+        Fut: Future<Output = Result<T, CallError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let call = f(self.route());
+        match self.fault {
+            Some(FaultKind::Missing) => {
+                call.with_context(Context::current().with_cleared_baggage())
+                    .await
+            }
+            // The bug as it is written in real services: a spawned task starts with an empty
+            // context, so its call starts a new trace.
+            Some(FaultKind::LostContext) => tokio::spawn(call)
+                .await
+                .map_err(|e| CallError(format!("task failed: {e}")))?,
+            _ => call.await,
+        }
+    }
+}
+
+/// Rewrites the outgoing headers of one call after the caller's client has injected them: the
+/// `changed` and `typo` faults live on the wire, below the CLIENT span, as a buggy middleware would.
+#[derive(Clone)]
+struct FaultService<S> {
+    inner: S,
+    fault: Option<FaultKind>,
+}
+
+impl<S, B> tower::Service<Request<B>> for FaultService<S>
+where
+    S: tower::Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        match self.fault {
+            Some(FaultKind::Changed) => {
+                let headers = req.headers_mut();
+                edit_baggage(headers, |cx| propagation::with_stage(cx, DEFAULT_STAGE));
+                headers.insert(STAGE_HEADER, http::HeaderValue::from_static(DEFAULT_STAGE));
+            }
+            Some(FaultKind::Typo) => {
+                let headers = req.headers_mut();
+                edit_baggage(headers, |cx| {
+                    let mut baggage = propagation::copy_baggage(cx);
+                    if let Some((value, _)) = baggage.remove(STAGE_KEY) {
+                        let _ = baggage.insert(TYPO_KEY, value);
+                    }
+                    cx.with_baggage(baggage)
+                });
+                headers.remove(STAGE_HEADER);
+            }
+            _ => {}
+        }
+        self.inner.call(req)
+    }
+}
+
+fn edit_baggage(headers: &mut HeaderMap, edit: impl FnOnce(&Context) -> Context) {
+    let bp = BaggagePropagator::new();
+    let cx = edit(&bp.extract(&HeaderExtractor(headers)));
+    headers.remove("baggage");
+    bp.inject_context(&cx, &mut HeaderInjector(headers));
+}
+
+/// A service's OpenTelemetry setup: its own resource and exporter, as in production.
+fn provider(
+    options: &DemoOptions,
+    service: Svc,
+    stage: &str,
+) -> Result<SdkTracerProvider, DemoError> {
+    let Export { protocol, url } = &options.export;
+    let exporter = match protocol {
+        Protocol::Grpc => SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(url.clone())
+            .build(),
+        Protocol::Http => SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(url.clone())
+            .build(),
+    }
+    .map_err(|e| DemoError::Exporter {
+        service: service.to_string(),
+        message: e.to_string(),
+    })?;
+    let batch = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_scheduled_delay(options.batch_delay)
+                .build(),
+        )
+        .build();
+    let resource = Resource::builder()
+        .with_service_name(service.name())
+        .with_attributes([
+            KeyValue::new("deployment.stage", stage.to_string()),
+            KeyValue::new("service.instance.id", format!("{service}-{stage}")),
+            KeyValue::new("service.namespace", "grayscope-demo"),
+        ])
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(BaggageSpanProcessor::new())
+        .with_span_processor(batch)
+        .with_resource(resource)
+        .build())
+}
+
+async fn bind(service: &'static str) -> Result<TcpListener, DemoError> {
+    TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|source| DemoError::Bind { service, source })
+}
+
+/// The running services.
+pub(super) struct Mesh {
+    providers: Vec<SdkTracerProvider>,
+    servers: Vec<JoinHandle<()>>,
+    stop: CancellationToken,
+    gateway: SocketAddr,
+    layout: String,
+}
+
+/// Builds clients for calls made by one service (with its tracer) under the faults of the run.
+struct Caller<'a> {
+    service: Svc,
+    tracer: SdkTracer,
+    options: &'a DemoOptions,
+    http: HttpTransport,
+}
+
+impl Caller<'_> {
+    fn fault(&self, callee: Svc) -> Option<FaultKind> {
+        self.options
+            .faults
+            .iter()
+            .find(|f| (f.caller, f.callee) == (self.service, callee))
+            .map(|f| f.kind)
+    }
+
+    fn layer(&self, callee: Svc) -> ForwardLayer {
+        ForwardLayer::new()
+            .trace_with(self.tracer.clone())
+            .peer_service(callee.name())
+    }
+
+    fn http(&self, callee: Svc, addr: SocketAddr) -> Edge<HttpTarget> {
+        let fault = self.fault(callee);
+        let client = tower::ServiceBuilder::new()
+            .layer(self.layer(callee))
+            .service(FaultService {
+                inner: self.http.clone(),
+                fault,
+            });
+        Edge {
+            stable: HttpTarget {
+                client,
+                base: Arc::from(format!("http://{addr}")),
+            },
+            canary: None,
+            fault,
+        }
+    }
+
+    fn grpc(
+        &self,
+        callee: Svc,
+        stable: SocketAddr,
+        canary: Option<SocketAddr>,
+    ) -> Edge<GrpcChannel> {
+        let fault = self.fault(callee);
+        let channel = |addr: SocketAddr| {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("a socket address is a valid URI")
+                .connect_timeout(Duration::from_secs(2))
+                .connect_lazy();
+            tower::ServiceBuilder::new()
+                .layer(self.layer(callee))
+                .service(FaultService {
+                    inner: channel,
+                    fault,
+                })
+        };
+        Edge {
+            stable: channel(stable),
+            canary: canary.map(channel),
+            fault,
+        }
+    }
+}
+
+impl Mesh {
+    pub(super) async fn start(options: &DemoOptions) -> Result<Mesh, DemoError> {
+        let mut mesh = Mesh {
+            providers: Vec::new(),
+            servers: Vec::new(),
+            stop: CancellationToken::new(),
+            gateway: ([127, 0, 0, 1], 0).into(),
+            layout: String::new(),
+        };
+        let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let caller = |m: &mut Mesh, service: Svc, stage: &str| {
+            let p = provider(options, service, stage)?;
+            let tracer = p.tracer("grayscope-demo");
+            m.providers.push(p);
+            Ok::<_, DemoError>(Caller {
+                service,
+                tracer,
+                options,
+                http: http.clone(),
+            })
+        };
+
+        // Leaves first: every caller needs its callees' addresses.
+        let payments = caller(&mut mesh, Svc::Payments, DEFAULT_STAGE)?;
+        let payments_addr = mesh.serve_http(
+            bind("payments").await?,
+            axum::Router::new()
+                .route("/charge", axum::routing::post(charge))
+                .layer(StageLayer::downstream().trace_with(payments.tracer.clone())),
+        );
+
+        let inventory = caller(&mut mesh, Svc::Inventory, DEFAULT_STAGE)?;
+        let inventory_addr = mesh.serve_grpc(
+            bind("inventory").await?,
+            StageLayer::downstream().trace_with(inventory.tracer.clone()),
+            InventoryServer::new(InventoryService),
+        );
+
+        let mut orders_addrs = Vec::new();
+        for stage in [DEFAULT_STAGE, CANARY] {
+            let c = caller(&mut mesh, Svc::Orders, stage)?;
+            let svc = OrdersService {
+                stage: stage.to_string(),
+                next_order: Arc::new(AtomicU64::new(1)),
+                payments: c.http(Svc::Payments, payments_addr),
+                inventory: c
+                    .grpc(Svc::Inventory, inventory_addr, None)
+                    .map(InventoryClient::new),
+            };
+            orders_addrs.push(mesh.serve_grpc(
+                bind("orders").await?,
+                StageLayer::downstream().trace_with(c.tracer.clone()),
+                OrdersServer::new(svc),
+            ));
+        }
+        let (orders_stable, orders_canary) = (orders_addrs[0], orders_addrs[1]);
+
+        let users = caller(&mut mesh, Svc::Users, DEFAULT_STAGE)?;
+        let users_state = Arc::new(UsersService {
+            orders: users
+                .grpc(Svc::Orders, orders_stable, Some(orders_canary))
+                .map(OrdersClient::new),
+        });
+        let users_addr = mesh.serve_http(
+            bind("users").await?,
+            axum::Router::new()
+                .route("/users/{user}/orders", axum::routing::post(place_order))
+                .with_state(users_state)
+                .layer(StageLayer::downstream().trace_with(users.tracer.clone())),
+        );
+
+        let gateway = caller(&mut mesh, Svc::Gateway, DEFAULT_STAGE)?;
+        let gateway_state = Arc::new(GatewayService {
+            users: gateway.http(Svc::Users, users_addr),
+            orders: gateway
+                .grpc(Svc::Orders, orders_stable, Some(orders_canary))
+                .map(OrdersClient::new),
+        });
+        mesh.gateway = mesh.serve_http(
+            bind("gateway").await?,
+            axum::Router::new()
+                .route("/checkout", axum::routing::get(checkout))
+                .with_state(gateway_state)
+                .layer(StageLayer::entry(DEFAULT_STAGE).trace_with(gateway.tracer.clone())),
+        );
+
+        mesh.layout = format!(
+            "  gateway    HTTP http://{}  (entry: untagged requests get stage '{DEFAULT_STAGE}')\n\
+             \x20 users      HTTP http://{users_addr}\n\
+             \x20 orders     gRPC {orders_stable} (stable), {orders_canary} (canary)\n\
+             \x20 payments   HTTP http://{payments_addr}\n\
+             \x20 inventory  gRPC {inventory_addr}\n\
+             \x20 calls: gateway->users->orders->{{payments, inventory}}, gateway->orders\n",
+            mesh.gateway
+        );
+        Ok(mesh)
+    }
+
+    pub(super) fn gateway_url(&self) -> String {
+        format!("http://{}", self.gateway)
+    }
+
+    pub(super) fn describe(&self) -> String {
+        self.layout.clone()
+    }
+
+    fn serve_http(&mut self, listener: TcpListener, router: axum::Router) -> SocketAddr {
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let stop = self.stop.clone();
+        self.servers.push(tokio::spawn(async move {
+            let serve =
+                axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::warn!("demo service on {addr} failed: {e}");
+            }
+        }));
+        addr
+    }
+
+    fn serve_grpc<S>(&mut self, listener: TcpListener, layer: StageLayer, svc: S) -> SocketAddr
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let stop = self.stop.clone();
+        self.servers.push(tokio::spawn(async move {
+            let serve = tonic::transport::Server::builder()
+                .layer(layer)
+                .add_service(svc)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    stop.cancelled_owned(),
+                );
+            if let Err(e) = serve.await {
+                tracing::warn!("demo service on {addr} failed: {e}");
+            }
+        }));
+        addr
+    }
+
+    /// Stops the servers, then flushes and shuts down every tracer provider (so that nothing a
+    /// service recorded is lost).
+    pub(super) async fn stop(self) {
+        self.stop.cancel();
+        for server in self.servers {
+            let abort = server.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), server)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        let providers = self.providers;
+        let flushed = tokio::task::spawn_blocking(move || {
+            for p in providers {
+                if let Err(e) = p.shutdown() {
+                    tracing::warn!("demo: flushing spans failed: {e}");
+                }
+            }
+        })
+        .await;
+        if let Err(e) = flushed {
+            tracing::warn!("demo: flushing spans failed: {e}");
+        }
+    }
+}
+
+impl<C> Edge<C> {
+    fn map<D>(self, f: impl Fn(C) -> D) -> Edge<D> {
+        Edge {
+            stable: f(self.stable),
+            canary: self.canary.map(&f),
+            fault: self.fault,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct CheckoutQuery {
+    user: String,
+    item: String,
+}
+
+struct GatewayService {
+    users: Edge<HttpTarget>,
+    orders: Edge<OrdersClient<GrpcChannel>>,
+}
+
+/// The gateway: places the order through users, then shows the user's recent orders.
+async fn checkout(
+    State(gw): State<Arc<GatewayService>>,
+    Query(q): Query<CheckoutQuery>,
+) -> Result<Json<Value>, (StatusCode, String)> {
+    let path = format!("/users/{}/orders", q.user);
+    let body = json!({ "item": q.item });
+    let placed = gw
+        .users
+        .call(move |t| t.post(path, body))
+        .await
+        .map_err(bad_gateway)?;
+    let user = q.user.clone();
+    let recent = gw
+        .orders
+        .call(move |mut c| async move {
+            Ok(c.list_orders(pb::ListOrdersRequest { user })
+                .await?
+                .into_inner())
+        })
+        .await
+        .map_err(bad_gateway)?;
+    Ok(Json(json!({
+        "stage": propagation::current_stage().map(|s| s.to_string()),
+        "order": placed,
+        "recent_orders_served_by": recent.served_by,
+    })))
+}
+
+struct UsersService {
+    orders: Edge<OrdersClient<GrpcChannel>>,
+}
+
+#[derive(Deserialize)]
+struct NewOrder {
+    item: String,
+}
+
+/// Users: places an order for a user with the orders service.
+async fn place_order(
+    State(users): State<Arc<UsersService>>,
+    Path(user): Path<String>,
+    Json(order): Json<NewOrder>,
+) -> Result<Json<Value>, (StatusCode, String)> {
+    let reply = users
+        .orders
+        .call(move |mut c| async move {
+            Ok(c.place_order(pb::PlaceOrderRequest {
+                user,
+                item: order.item,
+                quantity: 1,
+            })
+            .await?
+            .into_inner())
+        })
+        .await
+        .map_err(bad_gateway)?;
+    Ok(Json(
+        json!({ "order_id": reply.order_id, "served_by": reply.served_by }),
+    ))
+}
+
+#[derive(Clone)]
+struct OrdersService {
+    stage: String,
+    next_order: Arc<AtomicU64>,
+    payments: Edge<HttpTarget>,
+    inventory: Edge<InventoryClient<GrpcChannel>>,
+}
+
+#[tonic::async_trait]
+impl Orders for OrdersService {
+    async fn place_order(
+        &self,
+        req: tonic::Request<pb::PlaceOrderRequest>,
+    ) -> Result<tonic::Response<pb::PlaceOrderReply>, tonic::Status> {
+        let req = req.into_inner();
+        let order_id = format!(
+            "{}-{}",
+            self.stage,
+            self.next_order.fetch_add(1, Ordering::Relaxed)
+        );
+        let charge = json!({ "order_id": order_id, "user": req.user });
+        self.payments
+            .call(move |t| t.post("/charge".into(), charge))
+            .await?;
+        let (item, quantity) = (req.item, req.quantity);
+        self.inventory
+            .call(move |mut c| async move {
+                Ok(c.reserve(pb::ReserveRequest { item, quantity })
+                    .await?
+                    .into_inner())
+            })
+            .await?;
+        Ok(tonic::Response::new(pb::PlaceOrderReply {
+            order_id,
+            served_by: self.stage.clone(),
+        }))
+    }
+
+    async fn list_orders(
+        &self,
+        req: tonic::Request<pb::ListOrdersRequest>,
+    ) -> Result<tonic::Response<pb::ListOrdersReply>, tonic::Status> {
+        let user = req.into_inner().user;
+        Ok(tonic::Response::new(pb::ListOrdersReply {
+            order_ids: vec![format!("{user}-1")],
+            served_by: self.stage.clone(),
+        }))
+    }
+}
+
+#[derive(Clone)]
+struct InventoryService;
+
+#[tonic::async_trait]
+impl Inventory for InventoryService {
+    async fn reserve(
+        &self,
+        _: tonic::Request<pb::ReserveRequest>,
+    ) -> Result<tonic::Response<pb::ReserveReply>, tonic::Status> {
+        Ok(tonic::Response::new(pb::ReserveReply { reserved: true }))
+    }
+}
+
+/// Payments: the last hop of checkout.
+async fn charge(Json(_): Json<Value>) -> Json<Value> {
+    Json(json!({ "charged": true }))
+}

@@ -1,0 +1,406 @@
+//! The demo mesh end to end: real services on loopback, instrumented with the OpenTelemetry SDK,
+//! exporting over real OTLP to a real collector. Each fault must produce exactly its verdict on
+//! exactly its edge, once per affected request, and nothing else; a clean mesh must produce nothing.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use grayscope::app::Collector;
+use grayscope::demo::{Demo, DemoOptions, Export, Progress, Protocol, parse_faults};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::KeyValue as ProtoKeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use prost::Message;
+
+fn options(export: Export, faults: &[&str], requests: u64, rate: f64) -> DemoOptions {
+    let specs: Vec<String> = faults.iter().map(|s| s.to_string()).collect();
+    let mut o = DemoOptions::new(export, parse_faults(&specs).unwrap());
+    o.rate = rate;
+    o.requests = Some(requests);
+    o.batch_delay = Duration::from_millis(100);
+    o
+}
+
+/// Runs the demo until it has sent `o.requests` (all answered), flushes every service's spans and
+/// returns what it sent.
+async fn run(o: DemoOptions) -> Progress {
+    let requests = o.requests.unwrap();
+    let mut demo = Demo::start(o).await.expect("the demo starts");
+    tokio::time::timeout(Duration::from_secs(60), demo.finished())
+        .await
+        .expect("the demo sends its requests in time");
+    let p = demo.stop().await;
+    assert_eq!((p.sent, p.ok, p.failed), (requests, requests, 0), "{p}");
+    p
+}
+
+fn export_to(c: &Collector, protocol: Protocol) -> Export {
+    let url = match protocol {
+        Protocol::Grpc => format!("http://{}", c.otlp_grpc),
+        Protocol::Http => format!("http://{}", c.otlp_http),
+    };
+    Export::new(protocol, Some(&url)).unwrap()
+}
+
+/// The demo with one fault against a collector: the findings are exactly that fault's verdict on
+/// that fault's edge, each a first break, one per affected request.
+async fn fault_is_found(spec: &str, protocol: Protocol, expected: (&str, &str), canary_only: bool) {
+    let c = spawn_collector(test_args()).await;
+    let (kind, scope) = expected;
+    let (caller, callee) = spec.split_once('@').unwrap().1.split_once("->").unwrap();
+    let p = run(options(export_to(&c, protocol), &[spec], 20, 50.0)).await;
+    c.flush().await;
+    let found = findings(&c).await;
+    let kinds: BTreeSet<_> = found.iter().cloned().collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([f(kind, scope, caller, callee, true)]),
+        "{spec}"
+    );
+    let affected = if canary_only { p.canary } else { p.sent };
+    assert!(affected > 0);
+    assert_eq!(
+        found.len() as u64,
+        affected,
+        "{spec}: one per affected request"
+    );
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn missing_is_found_on_its_hop() {
+    fault_is_found(
+        "missing@orders->payments",
+        Protocol::Grpc,
+        ("missing", "in_process"),
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changed_is_found_on_its_hop() {
+    fault_is_found(
+        "changed@users->orders",
+        Protocol::Http,
+        ("changed", "cross_service"),
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn misroute_is_found_on_its_hop() {
+    fault_is_found(
+        "misroute@gateway->orders",
+        Protocol::Grpc,
+        ("misrouted", "cross_service"),
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn typo_is_found_on_its_hop() {
+    fault_is_found(
+        "typo@orders->inventory",
+        Protocol::Http,
+        ("key_mismatch", "cross_service"),
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_context_is_found_on_its_hop() {
+    fault_is_found(
+        "lost-context@orders->inventory",
+        Protocol::Grpc,
+        ("broken_trace", "in_process"),
+        false,
+    )
+    .await;
+}
+
+/// Thirty seconds of the clean mesh: every trace complete, every stage carried, no finding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clean_mesh_has_no_findings_over_30s() {
+    let c = spawn_collector(test_args()).await;
+    let p = run(options(export_to(&c, Protocol::Grpc), &[], 600, 20.0)).await;
+    c.flush().await;
+    assert_eq!(findings(&c).await, vec![]);
+    let totals = get_json(&c, "/api/v1/graph").await;
+    let edges = totals["edges"].as_array().unwrap();
+    let mut calls: Vec<(String, String, u64)> = edges
+        .iter()
+        .map(|e| {
+            (
+                e["caller"].as_str().unwrap().to_string(),
+                e["callee"].as_str().unwrap().to_string(),
+                e["calls"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    calls.sort();
+    let n = p.sent;
+    assert_eq!(
+        calls,
+        vec![
+            ("gateway".into(), "orders".into(), n),
+            ("gateway".into(), "users".into(), n),
+            ("orders".into(), "inventory".into(), n),
+            ("orders".into(), "payments".into(), n),
+            ("users".into(), "orders".into(), n),
+        ]
+    );
+    // Canary requests reached the canary orders instance, and only they did.
+    let users_orders = edges
+        .iter()
+        .find(|e| e["caller"] == "users" && e["callee"] == "orders")
+        .unwrap();
+    let routing = users_orders["routing"].as_array().unwrap();
+    let canary_calls: u64 = routing
+        .iter()
+        .filter(|r| r["stage"] == "canary")
+        .map(|r| {
+            assert_eq!(r["instance_stage"], "canary");
+            r["calls"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(canary_calls, p.canary);
+    c.shutdown().await.unwrap();
+}
+
+/// A minimal OTLP/HTTP receiver that keeps every request body as it arrived.
+async fn capture_server() -> (std::net::SocketAddr, Arc<Mutex<Vec<(String, Bytes)>>>) {
+    let bodies: Arc<Mutex<Vec<(String, Bytes)>>> = Arc::default();
+    let kept = bodies.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |headers: http::HeaderMap, body: Bytes| {
+            let kept = kept.clone();
+            async move {
+                let ct = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                kept.lock().unwrap().push((ct, body));
+                // An empty ExportTraceServiceResponse: full success.
+                (
+                    [("content-type", "application/x-protobuf")],
+                    Vec::<u8>::new(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, bodies)
+}
+
+fn attr<'a>(attrs: &'a [ProtoKeyValue], key: &str) -> Option<&'a str> {
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            AnyValue::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        }
+    })
+}
+
+/// The demo is an ordinary OTLP client: another receiver gets plain OTLP/HTTP protobuf with every
+/// service, both orders instances, and the stage on every span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_demo_speaks_plain_otlp_to_any_receiver() {
+    let (addr, bodies) = capture_server().await;
+    let export = Export::new(Protocol::Http, Some(&format!("http://{addr}"))).unwrap();
+    let p = run(options(export, &[], 10, 50.0)).await;
+
+    let bodies = bodies.lock().unwrap();
+    assert!(!bodies.is_empty());
+    let mut spans = Vec::new();
+    let mut instances = BTreeSet::new();
+    for (ct, body) in bodies.iter() {
+        assert_eq!(ct, "application/x-protobuf");
+        let req = ExportTraceServiceRequest::decode(body.clone()).expect("valid OTLP protobuf");
+        for rs in req.resource_spans {
+            let res = rs.resource.unwrap().attributes;
+            let service = attr(&res, "service.name").unwrap().to_string();
+            let stage = attr(&res, "deployment.stage").unwrap().to_string();
+            instances.insert((service.clone(), stage));
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    spans.push((service.clone(), s));
+                }
+            }
+        }
+    }
+    let want: BTreeSet<(String, String)> = [
+        ("gateway", "stable"),
+        ("inventory", "stable"),
+        ("orders", "canary"),
+        ("orders", "stable"),
+        ("payments", "stable"),
+        ("users", "stable"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(instances, want);
+    // 11 spans per request: 6 SERVER (one per service called) and 5 CLIENT.
+    assert_eq!(spans.len() as u64, 11 * p.sent);
+    let traces: BTreeSet<_> = spans.iter().map(|(_, s)| s.trace_id.clone()).collect();
+    assert_eq!(traces.len() as u64, p.sent);
+    for (service, s) in &spans {
+        let stage = attr(&s.attributes, "x-release-stage");
+        assert!(
+            matches!(stage, Some("stable" | "canary")),
+            "{service} '{}' has no stage",
+            s.name
+        );
+        // Kind 3 is CLIENT: every call names its callee.
+        if s.kind == 3 {
+            assert!(attr(&s.attributes, "peer.service").is_some(), "{}", s.name);
+        }
+    }
+    let canary_gateway_spans = spans
+        .iter()
+        .filter(|(svc, s)| {
+            svc == "gateway"
+                && s.kind == 2
+                && attr(&s.attributes, "x-release-stage") == Some("canary")
+        })
+        .count() as u64;
+    assert_eq!(canary_gateway_spans, p.canary);
+}
+
+/// `grayscope demo` as users run it, against a collector: it prints the mesh and its fault,
+/// sends what it was asked to, and the collector finds the fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_demo_command_prints_its_faults_and_feeds_a_collector() {
+    let c = spawn_collector(test_args()).await;
+    let endpoint = format!("http://{}", c.otlp_grpc);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_grayscope"))
+            .args(["demo", "--otlp-endpoint", &endpoint, "--requests", "10"])
+            .args(["--rate", "50", "--fault", "typo@orders->inventory"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("fault typo@orders->inventory: orders sends the stage to inventory as baggage 'x-release-stag'; expect key_mismatch (cross_service) on orders->inventory"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("orders     gRPC 127.0.0.1:"), "{stdout}");
+    assert!(
+        stdout.contains("sent 10 requests (3 canary, 7 stable): 10 ok, 0 failed"),
+        "{stdout}"
+    );
+    c.flush().await;
+    let found = findings(&c).await;
+    assert_eq!(found.len(), 10);
+    assert!(
+        found
+            .iter()
+            .all(|x| *x == f("key_mismatch", "cross_service", "orders", "inventory", true))
+    );
+    c.shutdown().await.unwrap();
+}
+
+#[test]
+fn bad_fault_specs_fail_with_the_allowed_calls() {
+    let out = Command::new(env!("CARGO_BIN_EXE_grayscope"))
+        .args(["demo", "--fault", "missing@payments->orders"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid fault 'missing@payments->orders': 'payments->orders' is not a call the mesh makes; calls are gateway->users, users->orders, orders->payments, orders->inventory, gateway->orders"),
+        "{err}"
+    );
+}
+
+/// The README's first command: `serve --demo` shows the default fault's finding within seconds.
+#[test]
+fn serve_demo_shows_a_finding_within_seconds() {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_grayscope"))
+        .args(["serve", "--demo"])
+        .args(["--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0", "--log", "warn"])
+        .env_remove("GRAYSCOPE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    let api = loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "{printed}");
+        printed.push_str(&line);
+        if let Some(rest) = line.strip_prefix("grayscope: findings at http://") {
+            break rest.split('/').next().unwrap().to_string();
+        }
+    };
+    assert!(
+        printed.contains("fault missing@orders->payments"),
+        "{printed}"
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let first = rt.block_on(async {
+        let url = format!("http://{api}/api/v1/findings?first_break=true&limit=1");
+        loop {
+            let v: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+            if let Some(f) = v["findings"].as_array().unwrap().first() {
+                return f.clone();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no finding after 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    assert_eq!(first["kind"], "missing");
+    assert_eq!(first["scope"], "in_process");
+    assert_eq!(first["edge"]["caller"], "orders");
+    assert_eq!(first["edge"]["callee"], "payments");
+
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped yet.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
+}
