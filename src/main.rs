@@ -50,9 +50,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => grayscope::check::run(args).map(ExitCode::from),
         Command::Loadgen(args) => grayscope::loadgen::run(args).map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => {
-            init_logging("info");
+            // The demo reports export failures itself, once, instead of once per batch.
+            init_logging("info,opentelemetry_sdk=off");
             let progress = runtime()?.block_on(grayscope::demo::run(args))?;
-            Ok(if progress.failed > 0 {
+            Ok(if progress.failed > 0 || progress.spans_failed > 0 {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS

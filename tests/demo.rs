@@ -38,6 +38,12 @@ async fn run(o: DemoOptions) -> Progress {
         .expect("the demo sends its requests in time");
     let p = demo.stop().await;
     assert_eq!((p.sent, p.ok, p.failed), (requests, requests, 0), "{p}");
+    // Every request records 11 spans, and every one reached the endpoint.
+    assert_eq!(
+        (p.spans_exported, p.spans_failed),
+        (11 * requests, 0),
+        "{p}"
+    );
     p
 }
 
@@ -310,7 +316,9 @@ async fn the_demo_command_prints_its_faults_and_feeds_a_collector() {
     );
     assert!(stdout.contains("orders     gRPC 127.0.0.1:"), "{stdout}");
     assert!(
-        stdout.contains("sent 10 requests (3 canary, 7 stable): 10 ok, 0 failed"),
+        stdout.contains(
+            "sent 10 requests (3 canary, 7 stable): 10 ok, 0 failed; 110 spans exported, 0 failed"
+        ),
         "{stdout}"
     );
     c.flush().await;
@@ -403,4 +411,30 @@ fn serve_demo_shows_a_finding_within_seconds() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(code, Some(0));
+}
+
+/// With nothing listening at the endpoint, the demo says so and exits 1 instead of pretending.
+#[test]
+fn the_demo_says_when_nothing_receives_its_spans() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let out = Command::new(env!("CARGO_BIN_EXE_grayscope"))
+        .args(["demo", "--otlp-endpoint", &endpoint])
+        .args(["--requests", "3", "--rate", "50"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("33 spans could not be exported to {endpoint}")),
+        "{err}"
+    );
+    assert!(
+        err.contains("is an OTLP receiver listening there?"),
+        "{err}"
+    );
 }

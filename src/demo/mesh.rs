@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use super::export::{Counted, Exports};
 use super::{DemoError, DemoOptions, Export, FaultKind, Protocol, Svc};
 use crate::propagation::{
     self, BaggageSpanProcessor, ForwardLayer, ForwardService, STAGE_HEADER, STAGE_KEY, StageLayer,
@@ -213,6 +214,7 @@ fn edit_baggage(headers: &mut HeaderMap, edit: impl FnOnce(&Context) -> Context)
 /// A service's OpenTelemetry setup: its own resource and exporter, as in production.
 fn provider(
     options: &DemoOptions,
+    exports: &Arc<Exports>,
     service: Svc,
     stage: &str,
 ) -> Result<SdkTracerProvider, DemoError> {
@@ -232,6 +234,10 @@ fn provider(
         service: service.to_string(),
         message: e.to_string(),
     })?;
+    let exporter = Counted {
+        inner: exporter,
+        exports: exports.clone(),
+    };
     let batch = BatchSpanProcessor::builder(exporter)
         .with_batch_config(
             BatchConfigBuilder::default()
@@ -338,7 +344,10 @@ impl Caller<'_> {
 }
 
 impl Mesh {
-    pub(super) async fn start(options: &DemoOptions) -> Result<Mesh, DemoError> {
+    pub(super) async fn start(
+        options: &DemoOptions,
+        exports: &Arc<Exports>,
+    ) -> Result<Mesh, DemoError> {
         let mut mesh = Mesh {
             providers: Vec::new(),
             servers: Vec::new(),
@@ -348,7 +357,7 @@ impl Mesh {
         };
         let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let caller = |m: &mut Mesh, service: Svc, stage: &str| {
-            let p = provider(options, service, stage)?;
+            let p = provider(options, exports, service, stage)?;
             let tracer = p.tracer("grayscope-demo");
             m.providers.push(p);
             Ok::<_, DemoError>(Caller {

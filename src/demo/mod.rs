@@ -12,6 +12,7 @@
 //! over OTLP itself, exactly as a production service would; the only thing special about the demo
 //! is that a fault can turn one hop into one of the bugs grayscope exists to find.
 
+mod export;
 mod mesh;
 mod traffic;
 
@@ -22,6 +23,7 @@ pub mod proto {
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Dur;
@@ -397,8 +399,9 @@ impl Demo {
     /// within a multi-threaded tokio runtime (the exporters' batch threads block on it).
     pub async fn start(options: DemoOptions) -> Result<Demo, DemoError> {
         options.validate()?;
-        let mesh = mesh::Mesh::start(&options).await?;
-        let traffic = traffic::Traffic::start(mesh.gateway_url(), &options);
+        let exports = Arc::new(export::Exports::default());
+        let mesh = mesh::Mesh::start(&options, &exports).await?;
+        let traffic = traffic::Traffic::start(mesh.gateway_url(), &options, exports.clone());
         Ok(Demo {
             mesh,
             traffic,
@@ -446,7 +449,7 @@ impl Demo {
     pub async fn stop(self) -> Progress {
         let progress = self.traffic.stop().await;
         self.mesh.stop().await;
-        progress
+        progress()
     }
 }
 
@@ -470,8 +473,16 @@ pub async fn run(args: DemoArgs) -> Result<Progress, DemoError> {
         _ = demo.finished() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+    let endpoint = demo.options.export.url.clone();
     let progress = demo.stop().await;
-    println!("{progress}; spans flushed");
+    println!("{progress}");
+    if progress.spans_failed > 0 {
+        eprintln!(
+            "grayscope demo: {} spans could not be exported to {endpoint} ({}): is an OTLP receiver listening there?",
+            progress.spans_failed,
+            progress.export_error.as_deref().unwrap_or("unknown error")
+        );
+    }
     Ok(progress)
 }
 

@@ -16,40 +16,49 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::DemoOptions;
+use super::export::Exports;
 use crate::propagation::STAGE_HEADER;
 
 /// Requests in flight at most; past it the rate drops instead of memory growing.
 const MAX_IN_FLIGHT: usize = 64;
 
-/// What the traffic has done so far.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What the demo has done so far: requests sent and answered, spans exported.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     pub sent: u64,
     pub canary: u64,
     pub ok: u64,
     pub failed: u64,
+    /// Spans the endpoint accepted.
+    pub spans_exported: u64,
+    /// Spans whose export failed.
+    pub spans_failed: u64,
+    /// The first export error.
+    pub export_error: Option<String>,
 }
 
 impl fmt::Display for Progress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "sent {} requests ({} canary, {} stable): {} ok, {} failed",
+            "sent {} requests ({} canary, {} stable): {} ok, {} failed; {} spans exported, {} failed",
             self.sent,
             self.canary,
             self.sent - self.canary,
             self.ok,
-            self.failed
+            self.failed,
+            self.spans_exported,
+            self.spans_failed
         )
     }
 }
 
-#[derive(Default)]
 struct Counters {
     sent: AtomicU64,
     canary: AtomicU64,
     ok: AtomicU64,
     failed: AtomicU64,
+    exports: Arc<Exports>,
 }
 
 impl Counters {
@@ -59,6 +68,9 @@ impl Counters {
             canary: self.canary.load(Ordering::Relaxed),
             ok: self.ok.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            spans_exported: self.exports.spans.load(Ordering::Relaxed),
+            spans_failed: self.exports.failed.load(Ordering::Relaxed),
+            export_error: self.exports.first_error(),
         }
     }
 }
@@ -84,8 +96,14 @@ pub(super) struct Traffic {
 }
 
 impl Traffic {
-    pub(super) fn start(gateway: String, options: &DemoOptions) -> Traffic {
-        let counters = Arc::new(Counters::default());
+    pub(super) fn start(gateway: String, options: &DemoOptions, exports: Arc<Exports>) -> Traffic {
+        let counters = Arc::new(Counters {
+            sent: AtomicU64::new(0),
+            canary: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            exports,
+        });
         let stop = CancellationToken::new();
         let (done_tx, done) = watch::channel(false);
         let task = tokio::spawn(drive(
@@ -113,13 +131,15 @@ impl Traffic {
         let _ = self.done.wait_for(|d| *d).await;
     }
 
-    /// Stops sending and waits for every request in flight to be answered.
-    pub(super) async fn stop(self) -> Progress {
+    /// Stops sending and waits for every request in flight to be answered; the returned
+    /// counters go on counting exports.
+    pub(super) async fn stop(self) -> impl Fn() -> Progress {
         self.stop.cancel();
         if let Err(e) = self.task.await {
             tracing::warn!("demo traffic stopped abnormally: {e}");
         }
-        self.counters.snapshot()
+        let counters = self.counters;
+        move || counters.snapshot()
     }
 }
 

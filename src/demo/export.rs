@@ -1,0 +1,70 @@
+//! Counts what the demo's services export, so that the demo can say how many spans reached the
+//! endpoint instead of claiming they did.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+
+/// Spans exported and refused, over every service of the mesh.
+#[derive(Debug, Default)]
+pub(super) struct Exports {
+    pub(super) spans: AtomicU64,
+    pub(super) failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Exports {
+    /// The first export error, which usually names the cause (connection refused, wrong path).
+    pub(super) fn first_error(&self) -> Option<String> {
+        self.first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn failed(&self, spans: u64, error: String) {
+        self.failed.fetch_add(spans, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            tracing::warn!("demo: exporting spans failed: {error}");
+            *first = Some(error);
+        }
+    }
+}
+
+/// An exporter that counts the outcome of every batch it passes on.
+#[derive(Debug)]
+pub(super) struct Counted<E> {
+    pub(super) inner: E,
+    pub(super) exports: std::sync::Arc<Exports>,
+}
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        match &result {
+            Ok(()) => {
+                self.exports.spans.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => self.exports.failed(n, e.to_string()),
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
