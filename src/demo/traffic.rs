@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -21,6 +22,8 @@ use crate::propagation::STAGE_HEADER;
 
 /// Requests in flight at most; past it the rate drops instead of memory growing.
 const MAX_IN_FLIGHT: usize = 64;
+/// A checkout that takes longer has failed; stopping never waits longer than this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the demo has done so far: requests sent and answered, spans exported.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -190,20 +193,14 @@ async fn drive(
         }
         let (client, counters) = (client.clone(), counters.clone());
         tokio::spawn(async move {
-            let ok = match client.request(req).await {
-                Ok(res) => {
-                    let status = res.status();
-                    let body = res.into_body().collect().await;
-                    if !status.is_success() {
-                        let text = body
-                            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-                            .unwrap_or_default();
-                        tracing::warn!("demo: checkout failed: HTTP {status}: {text}");
-                    }
-                    status.is_success()
-                }
-                Err(e) => {
+            let ok = match tokio::time::timeout(REQUEST_TIMEOUT, checkout(&client, req)).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
                     tracing::warn!("demo: checkout failed: {e}");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!("demo: checkout got no answer within {REQUEST_TIMEOUT:?}");
                     false
                 }
             };
@@ -216,6 +213,26 @@ async fn drive(
     // Every request sent is answered before the services stop.
     let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
     let _ = done.send(true);
+}
+
+/// One checkout, read to the end: `Err` says why it failed.
+async fn checkout(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    req: http::Request<Empty<Bytes>>,
+) -> Result<(), String> {
+    let res = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = res.status();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))
+    }
 }
 
 #[cfg(test)]
