@@ -23,6 +23,7 @@ use crate::instances::{Clock, Instances};
 use crate::intern::{SymbolLimits, Symbols};
 use crate::receive::{self, Decoder, Ingest};
 use crate::shard::{Shards, WorkerSetup};
+use crate::store::{Store, StoreConfig, StoreTask};
 use crate::telemetry::Telemetry;
 use crate::verify::Policy;
 
@@ -55,6 +56,8 @@ pub struct Collector {
     pub http: SocketAddr,
     pub aggregate: Arc<Aggregate>,
     pub telemetry: Arc<Telemetry>,
+    pub store: Store,
+    store_task: StoreTask,
     shards: Shards,
     shutdown_grace: Duration,
     receivers_stop: CancellationToken,
@@ -79,13 +82,17 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         cfg.instance_ttl.0.as_millis() as u64,
     ));
     let telemetry = Arc::new(Telemetry::new(symbols.clone()));
-    let aggregate = Arc::new(Aggregate::new(
-        symbols.clone(),
-        AggregateConfig {
-            max_findings: cfg.max_findings,
-            ..AggregateConfig::default()
+    let aggregate = Arc::new(Aggregate::new(symbols.clone(), AggregateConfig::default()));
+    let (store, store_task) = Store::open(
+        &StoreConfig {
+            dir: cfg.data.clone(),
+            flush_interval: cfg.flush_interval.0,
+            retention: cfg.retention.0,
+            max_bytes: cfg.max_store_bytes,
         },
-    ));
+        symbols.clone(),
+    )?;
+    tracing::info!("store: {}", store.path().display());
     let idle_ms = cfg.trace_idle.0.as_millis().max(1) as u64;
     let (shards, workers) = Shards::spawn(WorkerSetup {
         workers: cfg.workers,
@@ -95,10 +102,12 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
             max_spans: cfg.max_buffered_spans,
             tombstones: (cfg.max_buffered_spans / cfg.workers / 8).max(4096),
             tombstone_ms: idle_ms * 3,
+            sample_clean: cfg.sample_clean,
         },
         policy,
         instances: instances.clone(),
         aggregate: aggregate.clone(),
+        store: store.clone(),
         telemetry: telemetry.clone(),
         clock,
         tick: Duration::from_millis((idle_ms / 4).clamp(5, 250)),
@@ -135,6 +144,7 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         api::router(ApiState {
             aggregate: aggregate.clone(),
             shards: shards.clone(),
+            store: store.clone(),
             telemetry: telemetry.clone(),
         }),
     )
@@ -147,6 +157,8 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         http: addrs.2,
         aggregate,
         telemetry,
+        store,
+        store_task,
         shards,
         shutdown_grace: cfg.shutdown_grace.0,
         receivers_stop,
@@ -196,9 +208,12 @@ fn no_delay(s: &mut tokio::net::TcpStream) {
 }
 
 impl Collector {
-    /// Finalises every buffered trace now and waits until the aggregate has counted them.
+    /// Finalises every buffered trace now and waits until the store has written them.
     pub async fn flush(&self) {
         self.shards.flush().await;
+        if let Err(e) = self.store.flush().await {
+            tracing::error!("{e}");
+        }
     }
 
     /// Stops in stages; returns once every acknowledged span has been judged.
@@ -225,6 +240,7 @@ impl Collector {
         for w in self.workers {
             w.await?;
         }
+        self.store_task.stop(&self.store).await;
         self.api_stop.cancel();
         self.api.await??;
         Ok(())

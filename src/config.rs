@@ -194,9 +194,21 @@ pub struct ServeArgs {
     /// Spans queued per worker before senders are told to retry [default: 262144]
     #[arg(long, env = "GRAYSCOPE_QUEUE_SPANS", value_name = "N")]
     pub queue_spans: Option<usize>,
-    /// Findings kept in memory for the API [default: 100000]
-    #[arg(long, env = "GRAYSCOPE_MAX_FINDINGS", value_name = "N")]
-    pub max_findings: Option<usize>,
+    /// Directory of the store (findings, edge counters, traces) [default: ./grayscope-data]
+    #[arg(long, env = "GRAYSCOPE_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// A finding is written to the store within this long of being produced [default: 1s]
+    #[arg(long, env = "GRAYSCOPE_FLUSH_INTERVAL", value_name = "DURATION")]
+    pub flush_interval: Option<Dur>,
+    /// Stored data older than this is deleted [default: 7d]
+    #[arg(long, env = "GRAYSCOPE_RETENTION", value_name = "DURATION")]
+    pub retention: Option<Dur>,
+    /// Past this size the store deletes its oldest data first [default: 10GiB]
+    #[arg(long, env = "GRAYSCOPE_MAX_STORE_BYTES", value_name = "SIZE")]
+    pub max_store_bytes: Option<ByteSize>,
+    /// Share of clean traces whose spans are stored (traces with findings always are) [default: 0.01]
+    #[arg(long, env = "GRAYSCOPE_SAMPLE_CLEAN", value_name = "RATIO")]
+    pub sample_clean: Option<f64>,
     /// At shutdown, how long receivers may take to finish in-flight requests [default: 10s]
     #[arg(long, env = "GRAYSCOPE_SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<Dur>,
@@ -252,7 +264,11 @@ pub struct ServeConfig {
     pub instance_ttl: Dur,
     pub workers: usize,
     pub queue_spans: usize,
-    pub max_findings: usize,
+    pub data: PathBuf,
+    pub flush_interval: Dur,
+    pub retention: Dur,
+    pub max_store_bytes: u64,
+    pub sample_clean: f64,
     pub shutdown_grace: Dur,
     pub log: String,
     #[serde(flatten)]
@@ -337,6 +353,16 @@ impl ServeArgs {
                 Ok(v)
             }
         };
+        let nonzero = |option: &'static str, d: Dur| {
+            if d.0.is_zero() {
+                Err(ConfigError::Invalid {
+                    option,
+                    message: "must be longer than 0".into(),
+                })
+            } else {
+                Ok(d)
+            }
+        };
         let trace_idle = a.trace_idle.unwrap_or(Dur(Duration::from_secs(10)));
         if trace_idle.0.is_zero() {
             return Err(ConfigError::Invalid {
@@ -361,7 +387,29 @@ impl ServeArgs {
             instance_ttl: a.instance_ttl.unwrap_or(Dur(Duration::from_secs(15 * 60))),
             workers: positive("workers", a.workers.unwrap_or(cpus))?,
             queue_spans: positive("queue-spans", a.queue_spans.unwrap_or(262_144))?,
-            max_findings: a.max_findings.unwrap_or(100_000),
+            data: a.data.unwrap_or_else(|| PathBuf::from("grayscope-data")),
+            flush_interval: nonzero(
+                "flush-interval",
+                a.flush_interval.unwrap_or(Dur(Duration::from_secs(1))),
+            )?,
+            retention: nonzero(
+                "retention",
+                a.retention
+                    .unwrap_or(Dur(Duration::from_secs(7 * 24 * 3600))),
+            )?,
+            max_store_bytes: a
+                .max_store_bytes
+                .map_or(10 << 30, |b| b.as_u64())
+                .max(1 << 20),
+            sample_clean: match a.sample_clean.unwrap_or(0.01) {
+                r if (0.0..=1.0).contains(&r) => r,
+                r => {
+                    return Err(ConfigError::Invalid {
+                        option: "sample-clean",
+                        message: format!("{r} is not a ratio from 0 to 1"),
+                    });
+                }
+            },
             shutdown_grace: a.shutdown_grace.unwrap_or(Dur(Duration::from_secs(10))),
             log: a.log.unwrap_or_else(|| "info".into()),
             verify: a.verify.resolve()?,
@@ -381,7 +429,11 @@ impl ServeArgs {
             instance_ttl: self.instance_ttl.or(file.instance_ttl),
             workers: self.workers.or(file.workers),
             queue_spans: self.queue_spans.or(file.queue_spans),
-            max_findings: self.max_findings.or(file.max_findings),
+            data: self.data.or(file.data),
+            flush_interval: self.flush_interval.or(file.flush_interval),
+            retention: self.retention.or(file.retention),
+            max_store_bytes: self.max_store_bytes.or(file.max_store_bytes),
+            sample_clean: self.sample_clean.or(file.sample_clean),
             shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
             log: self.log.or(file.log),
             verify: self.verify.or(file.verify),

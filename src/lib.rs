@@ -41,6 +41,7 @@ pub mod propagation;
 pub mod receive;
 pub mod shard;
 pub mod stage;
+pub mod store;
 pub mod telemetry;
 pub mod testkit;
 pub mod verify;

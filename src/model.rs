@@ -31,6 +31,14 @@ impl TraceId {
             .map(TraceId)
     }
 
+    /// Whether this trace falls in a sample of `ratio` of all traces: the same answer for the same
+    /// id, everywhere, so that every instance samples the same traces.
+    pub fn sampled(self, ratio: f64) -> bool {
+        let x = (self.0 as u64) ^ ((self.0 >> 64) as u64);
+        let h = x.wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 11;
+        (h as f64) < ratio * (1u64 << 53) as f64
+    }
+
     /// Which worker owns this trace. All 128 bits are mixed: W3C ids are random, but not every
     /// generator is (some put a timestamp first, some fix bits), and a skew would idle workers.
     pub fn shard(self, shards: usize) -> usize {
@@ -65,6 +73,10 @@ impl SpanId {
     pub fn from_bytes(b: &[u8]) -> Option<Self> {
         let arr: [u8; 8] = b.try_into().ok()?;
         NonZeroU64::new(u64::from_be_bytes(arr)).map(SpanId)
+    }
+
+    pub fn new(v: u64) -> Option<Self> {
+        NonZeroU64::new(v).map(SpanId)
     }
 
     pub fn get(self) -> u64 {

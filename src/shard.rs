@@ -16,6 +16,7 @@ use crate::aggregate::Aggregate;
 use crate::assemble::{AssembleStats, Assembler, AssemblerConfig, TraceSnapshot};
 use crate::instances::{Clock, Instances};
 use crate::model::{SpanBatch, TraceId};
+use crate::store::Store;
 use crate::telemetry::{Telemetry, WorkerLabels};
 use crate::verify::Policy;
 
@@ -54,6 +55,7 @@ pub struct WorkerSetup {
     pub policy: Arc<Policy>,
     pub instances: Arc<Instances>,
     pub aggregate: Arc<Aggregate>,
+    pub store: Store,
     pub telemetry: Arc<Telemetry>,
     pub clock: Clock,
     pub tick: Duration,
@@ -81,6 +83,7 @@ impl Shards {
                 gauges: WorkerGauges::new(&setup.telemetry, i),
                 asm,
                 aggregate: setup.aggregate.clone(),
+                store: setup.store.clone(),
                 telemetry: setup.telemetry.clone(),
                 clock: setup.clock,
                 room: room.clone(),
@@ -242,6 +245,7 @@ struct Worker {
     gauges: WorkerGauges,
     asm: Assembler,
     aggregate: Arc<Aggregate>,
+    store: Store,
     telemetry: Arc<Telemetry>,
     clock: Clock,
     room: Arc<Semaphore>,
@@ -249,6 +253,18 @@ struct Worker {
 }
 
 impl Worker {
+    /// Passes finalised traces on: counted in memory, queued for the store. Waits while the store
+    /// is behind, which backs up this worker's queue and so tells senders to retry.
+    async fn hand_over(&self, out: &mut Vec<crate::assemble::Finalised>) {
+        if out.is_empty() {
+            return;
+        }
+        self.aggregate.absorb(out);
+        if let Err(e) = self.store.submit(std::mem::take(out)).await {
+            tracing::error!("worker {}: {e}", self.index);
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>, tick: Duration) {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -270,7 +286,7 @@ impl Worker {
                     }
                     Some(Msg::Flush(reply)) => {
                         self.asm.drain(self.clock.now_ms(), crate::wall_ms(), &mut out);
-                        self.aggregate.absorb(&mut out);
+                        self.hand_over(&mut out).await;
                         let _ = reply.send(());
                         false
                     }
@@ -289,7 +305,7 @@ impl Worker {
                 self.asm
                     .drain(self.clock.now_ms(), crate::wall_ms(), &mut out);
             }
-            self.aggregate.absorb(&mut out);
+            self.hand_over(&mut out).await;
             self.publish(&mut published);
             if stop {
                 tracing::debug!(worker = self.index, "worker stopped");

@@ -114,7 +114,7 @@ async fn a_trace_is_readable_while_assembled_and_after_finalisation() {
     // A clean trace is not kept once finalised.
     let (status, e) = get(&c, &format!("/api/v1/traces/{CLEAN:032x}")).await;
     assert_eq!(status, 404);
-    assert!(e["error"].as_str().unwrap().contains("is not in memory"));
+    assert!(e["error"].as_str().unwrap().contains("is unknown"));
     c.shutdown().await.unwrap();
 }
 
@@ -184,7 +184,7 @@ async fn errors_are_json_and_name_the_parameter() {
         (
             "/api/v1/traces/00000000000000000000000000000001",
             404,
-            "not in memory",
+            "is unknown",
         ),
         ("/api/v1/nothing", 404, "no such endpoint"),
     ] {

@@ -157,7 +157,7 @@ fn config_precedence_is_flag_then_environment_then_file() {
     let file = dir.path().join("grayscope.toml");
     std::fs::write(
         &file,
-        "trace-idle = \"3s\"\nworkers = 3\nmax-findings = 7\nstage-keys = [\"from-file\"]\n",
+        "trace-idle = \"3s\"\nworkers = 3\nsample-clean = 0.5\nstage-keys = [\"from-file\"]\n",
     )
     .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_grayscope"))
@@ -181,8 +181,8 @@ fn config_precedence_is_flag_then_environment_then_file() {
         "environment beats file"
     );
     assert_eq!(
-        cfg["max-findings"].as_integer(),
-        Some(7),
+        cfg["sample-clean"].as_float(),
+        Some(0.5),
         "file beats default"
     );
     assert_eq!(cfg["stage-keys"].as_array().unwrap().len(), 2);
@@ -207,6 +207,7 @@ fn config_precedence_is_flag_then_environment_then_file() {
 
 #[test]
 fn serve_finalises_everything_it_accepted_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_grayscope"))
         .args([
             "serve",
@@ -217,6 +218,8 @@ fn serve_finalises_everything_it_accepted_on_sigterm() {
             "--http",
             "127.0.0.1:0",
         ])
+        .arg("--data")
+        .arg(data.path())
         .args([
             "--trace-idle",
             "10m",

@@ -350,13 +350,16 @@ fn bad_fault_specs_fail_with_the_allowed_calls() {
 #[test]
 fn serve_demo_shows_a_finding_within_seconds() {
     let started = Instant::now();
+    let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_grayscope"))
         .args(["serve", "--demo"])
         .args(["--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0"])
         .args(["--http", "127.0.0.1:0", "--log", "warn"])
+        .arg("--data")
+        .arg(data.path())
         .env_remove("GRAYSCOPE_CONFIG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -410,7 +413,9 @@ fn serve_demo_shows_a_finding_within_seconds() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert_eq!(code, Some(0));
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert_eq!(code, Some(0), "{log}");
 }
 
 /// With nothing listening at the endpoint, the demo says so and exits 1 instead of pretending.

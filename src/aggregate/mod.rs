@@ -16,12 +16,10 @@ pub use graph::{EdgeStats, ServiceGraph, ServiceNode, StageStats};
 use crate::assemble::{Finalised, TraceSnapshot};
 use crate::intern::Symbols;
 use crate::model::{Sym, TraceId};
-use crate::verify::{Finding, NodeKey, Scope, Verdict};
+use crate::verify::Finding;
 
 #[derive(Clone, Debug)]
 pub struct AggregateConfig {
-    /// Findings kept in memory for the API, newest first.
-    pub max_findings: usize,
     /// Spans of finalised traces with findings kept for the trace API, in total.
     pub max_trace_spans: usize,
 }
@@ -29,7 +27,6 @@ pub struct AggregateConfig {
 impl Default for AggregateConfig {
     fn default() -> Self {
         AggregateConfig {
-            max_findings: 100_000,
             max_trace_spans: 500_000,
         }
     }
@@ -59,7 +56,6 @@ pub struct Aggregate {
 #[derive(Default)]
 pub struct State {
     pub graph: ServiceGraph,
-    findings: VecDeque<Finding>,
     traces: RecentTraces,
     pub totals: Totals,
 }
@@ -69,19 +65,6 @@ struct RecentTraces {
     by_id: HashMap<TraceId, TraceSnapshot, RandomState>,
     order: VecDeque<TraceId>,
     spans: usize,
-}
-
-/// Which findings to list; every field narrows.
-#[derive(Clone, Debug, Default)]
-pub struct FindingFilter {
-    pub kind: Option<Verdict>,
-    /// A stage value, or `none` for findings without one.
-    pub stage: Option<String>,
-    pub caller: Option<String>,
-    pub callee: Option<String>,
-    pub trace_id: Option<TraceId>,
-    pub scope: Option<Scope>,
-    pub first_break: Option<bool>,
 }
 
 impl Aggregate {
@@ -97,14 +80,14 @@ impl Aggregate {
         &self.symbols
     }
 
-    /// Takes the finalised traces out of `batch` and counts them.
-    pub fn absorb(&self, batch: &mut Vec<Finalised>) {
+    /// Counts finalised traces and keeps the ones worth opening (the store keeps them for good).
+    pub fn absorb(&self, batch: &[Finalised]) {
         if batch.is_empty() {
             return;
         }
         let other = self.symbols.values.other();
         let mut st = self.lock();
-        for f in batch.drain(..) {
+        for f in batch {
             let o = &f.outcome;
             for e in &o.edges {
                 st.graph.add(e, o.trace_id, o.finalised_at_ms, other);
@@ -115,31 +98,10 @@ impl Aggregate {
                 .or_default() += 1;
             st.totals.spans += o.spans as u64;
             st.totals.findings += o.findings.len() as u64;
-            for finding in &o.findings {
-                if st.findings.len() >= self.cfg.max_findings {
-                    st.findings.pop_front();
-                }
-                st.findings.push_back(finding.clone());
-            }
-            if let Some(snap) = f.snapshot {
-                st.traces.keep(snap, self.cfg.max_trace_spans);
+            if let Some(snap) = &f.snapshot {
+                st.traces.keep(snap.clone(), self.cfg.max_trace_spans);
             }
         }
-    }
-
-    /// Findings matching `filter`, newest first, at most `limit`.
-    pub fn findings(&self, filter: &FindingFilter, limit: usize) -> Vec<Finding> {
-        let Some(m) = Matcher::new(filter, &self.symbols) else {
-            return Vec::new();
-        };
-        let st = self.lock();
-        st.findings
-            .iter()
-            .rev()
-            .filter(|f| m.matches(f))
-            .take(limit)
-            .cloned()
-            .collect()
     }
 
     /// A finalised trace with findings, if it is still kept.
@@ -172,64 +134,6 @@ impl RecentTraces {
                 self.spans -= gone.spans.len();
             }
         }
-    }
-}
-
-/// A filter with its names turned into symbols once, so matching is integer comparison.
-struct Matcher {
-    kind: Option<Verdict>,
-    stage: Option<Option<Sym>>,
-    caller: Option<Vec<NodeKey>>,
-    callee: Option<Vec<NodeKey>>,
-    trace_id: Option<TraceId>,
-    scope: Option<Scope>,
-    first_break: Option<bool>,
-}
-
-impl Matcher {
-    /// `None` when a name in the filter was never seen: nothing can match.
-    fn new(f: &FindingFilter, sym: &Symbols) -> Option<Self> {
-        let node = |name: &Option<String>| -> Option<Option<Vec<NodeKey>>> {
-            let Some(name) = name else { return Some(None) };
-            let keys: Vec<NodeKey> = sym
-                .services
-                .get(name)
-                .map(NodeKey::Service)
-                .into_iter()
-                .chain(sym.values.get(name).map(NodeKey::Virtual))
-                .collect();
-            (!keys.is_empty()).then_some(Some(keys))
-        };
-        let stage = match f.stage.as_deref() {
-            None => None,
-            Some("none") => Some(None),
-            Some(s) => Some(Some(sym.values.get(s)?)),
-        };
-        Some(Matcher {
-            kind: f.kind,
-            stage,
-            caller: node(&f.caller)?,
-            callee: node(&f.callee)?,
-            trace_id: f.trace_id,
-            scope: f.scope,
-            first_break: f.first_break,
-        })
-    }
-
-    fn matches(&self, f: &Finding) -> bool {
-        self.kind.is_none_or(|k| k == f.kind)
-            && self.stage.is_none_or(|s| s == finding_stage(f))
-            && self
-                .caller
-                .as_ref()
-                .is_none_or(|c| f.hop.caller.is_some_and(|h| c.contains(&h)))
-            && self
-                .callee
-                .as_ref()
-                .is_none_or(|c| c.contains(&f.hop.callee))
-            && self.trace_id.is_none_or(|t| t == f.trace_id)
-            && self.scope.is_none_or(|s| s == f.scope)
-            && self.first_break.is_none_or(|b| b == f.first_break)
     }
 }
 

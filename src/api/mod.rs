@@ -15,12 +15,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::aggregate::{Aggregate, FindingFilter};
+use crate::aggregate::Aggregate;
 use crate::model::TraceId;
 use crate::shard::Shards;
+use crate::store::{FindingQuery, Store, StoreError};
 use crate::telemetry::{self, Telemetry};
 use crate::verify::{Scope, Verdict};
-use views::{FindingView, GraphView, TraceView};
+use views::{GraphView, TraceView};
 
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
@@ -29,6 +30,7 @@ pub const MAX_LIMIT: usize = 1000;
 pub struct ApiState {
     pub aggregate: Arc<Aggregate>,
     pub shards: Shards,
+    pub store: Store,
     pub telemetry: Arc<Telemetry>,
 }
 
@@ -50,6 +52,8 @@ pub enum ApiError {
     BadParam { name: &'static str, message: String },
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
 }
 
 impl IntoResponse for ApiError {
@@ -57,6 +61,10 @@ impl IntoResponse for ApiError {
         let status = match self {
             ApiError::BadParam { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Store(ref e) => {
+                tracing::error!("API: {e}");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         (status, axum::Json(json!({ "error": self.to_string() }))).into_response()
     }
@@ -84,7 +92,7 @@ fn parse<T>(
         .transpose()
 }
 
-const KNOWN_FINDING_PARAMS: [&str; 8] = [
+const KNOWN_FINDING_PARAMS: [&str; 11] = [
     "kind",
     "stage",
     "caller",
@@ -92,28 +100,44 @@ const KNOWN_FINDING_PARAMS: [&str; 8] = [
     "trace_id",
     "scope",
     "first_break",
+    "since",
+    "until",
     "limit",
+    "cursor",
 ];
 
-async fn findings(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
-    if let Some(unknown) = q
-        .keys()
-        .find(|k| !KNOWN_FINDING_PARAMS.contains(&k.as_str()))
-    {
-        return Err(ApiError::BadParam {
-            name: "query",
-            message: format!(
-                "unknown parameter '{unknown}'; known: {}",
-                KNOWN_FINDING_PARAMS.join(", ")
-            ),
-        });
+/// A point in time: RFC 3339 (`2026-11-24T10:00:00Z`), or a duration before now (`15m`, `2h`).
+pub fn parse_time(s: &str) -> Option<u64> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return t
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as u64);
     }
+    let ago = humantime::parse_duration(s).ok()?;
+    Some(crate::wall_ms().saturating_sub(ago.as_millis() as u64))
+}
+
+const TIME: &str = "an RFC 3339 time (2026-11-24T10:00:00Z) or a duration before now (15m)";
+
+fn check_params(q: &Params, known: &[&str]) -> Result<(), ApiError> {
+    match q.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(ApiError::BadParam {
+            name: "query",
+            message: format!("unknown parameter '{unknown}'; known: {}", known.join(", ")),
+        }),
+        None => Ok(()),
+    }
+}
+
+async fn findings(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
+    check_params(&q, &KNOWN_FINDING_PARAMS)?;
     let kinds: Vec<&str> = Verdict::ALL
         .iter()
         .filter(|v| v.is_finding())
         .map(|v| v.as_str())
         .collect();
-    let filter = FindingFilter {
+    let query = FindingQuery {
         kind: parse(
             &q,
             "kind",
@@ -126,26 +150,32 @@ async fn findings(State(st): State<ApiState>, q: Params) -> Result<Response, Api
         trace_id: parse(&q, "trace_id", TraceId::from_hex, "a 32-digit hex trace id")?,
         scope: parse(&q, "scope", Scope::parse, "cross_service or in_process")?,
         first_break: parse(&q, "first_break", |s| s.parse().ok(), "true or false")?,
+        since_ms: parse(&q, "since", parse_time, TIME)?,
+        until_ms: parse(&q, "until", parse_time, TIME)?,
+        before: parse(
+            &q,
+            "cursor",
+            |s| s.parse::<i64>().ok().filter(|n| *n > 0),
+            "a cursor from a previous page's 'next'",
+        )?,
+        limit: parse(
+            &q,
+            "limit",
+            |s| {
+                s.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+            },
+            "a number from 1 to 1000",
+        )?
+        .unwrap_or(DEFAULT_LIMIT),
     };
-    let limit = parse(
-        &q,
-        "limit",
-        |s| {
-            s.parse::<usize>()
-                .ok()
-                .filter(|n| (1..=MAX_LIMIT).contains(n))
-        },
-        "a number from 1 to 1000",
-    )?
-    .unwrap_or(DEFAULT_LIMIT);
-    let sym = st.aggregate.symbols();
-    let found: Vec<FindingView> = st
-        .aggregate
-        .findings(&filter, limit)
-        .iter()
-        .map(|f| FindingView::of(f, sym))
-        .collect();
-    Ok(axum::Json(views::FindingsPage { findings: found }).into_response())
+    let page = st.store.findings(query).await?;
+    Ok(axum::Json(views::FindingsPage {
+        findings: page.findings,
+        next: page.next.map(|n| n.to_string()),
+    })
+    .into_response())
 }
 
 async fn graph(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
@@ -180,10 +210,13 @@ async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Res
         Some(s) => Some(s),
         None => st.aggregate.trace(trace_id),
     };
-    match snap {
-        Some(s) => Ok(axum::Json(TraceView::of(&s, st.aggregate.symbols())).into_response()),
+    if let Some(s) = snap {
+        return Ok(axum::Json(TraceView::of(&s, st.aggregate.symbols())).into_response());
+    }
+    match st.store.trace(trace_id).await? {
+        Some(view) => Ok(axum::Json(view).into_response()),
         None => Err(ApiError::NotFound(format!(
-            "trace {trace_id} is not in memory: it was never received, or it was finalised without findings or evicted"
+            "trace {trace_id} is unknown: it was never received, or it had no findings and was not sampled (--sample-clean), or it is past --retention"
         ))),
     }
 }

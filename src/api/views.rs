@@ -44,6 +44,8 @@ impl SpanRef {
 #[derive(Serialize, Debug)]
 pub struct FindingsPage {
     pub findings: Vec<FindingView>,
+    /// Pass as `cursor` for the next (older) page; `null` on the last page.
+    pub next: Option<String>,
 }
 
 #[derive(Serialize, Debug)]

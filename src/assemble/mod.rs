@@ -47,7 +47,8 @@ impl Reason {
 pub struct Finalised {
     pub outcome: TraceOutcome,
     pub reason: Reason,
-    /// The trace itself, kept only for traces with findings (they are the ones users open).
+    /// The trace itself, kept for traces with findings (the ones users open) and a sample of clean
+    /// ones.
     pub snapshot: Option<TraceSnapshot>,
 }
 
@@ -58,6 +59,8 @@ pub struct AssemblerConfig {
     /// How many finalised trace ids to remember, and for how long.
     pub tombstones: usize,
     pub tombstone_ms: u64,
+    /// Share of clean traces to keep a snapshot of (traces with findings always get one).
+    pub sample_clean: f64,
 }
 
 impl AssemblerConfig {
@@ -69,6 +72,7 @@ impl AssemblerConfig {
             max_spans: usize::MAX,
             tombstones: 0,
             tombstone_ms: 0,
+            sample_clean: 0.0,
         }
     }
 }
@@ -286,8 +290,8 @@ impl Assembler {
             early: reason == Reason::Early,
         };
         let outcome = verify::finalise(buf.trace_id, &mut buf.graph, &cx);
-        let snapshot = outcome
-            .is_broken()
+        let keep = outcome.is_broken() || buf.trace_id.sampled(self.cfg.sample_clean);
+        let snapshot = keep
             .then(|| TraceSnapshot::of(buf.trace_id, &buf.graph, outcome.findings.clone(), true));
         Finalised {
             outcome,

@@ -12,6 +12,7 @@ fn assembler(max_spans: usize) -> Assembler {
             max_spans,
             tombstones: 1000,
             tombstone_ms: 1000,
+            sample_clean: 0.0,
         },
         Arc::new(Policy::default()),
         Arc::new(Instances::new([], 60_000)),

@@ -40,6 +40,8 @@ pub struct TraceOutcome {
     pub findings: Vec<Finding>,
     /// Unix ms.
     pub finalised_at_ms: u64,
+    /// The distinct (service, instance stage) pairs that served the trace.
+    pub services: Vec<(Sym, Option<Sym>)>,
 }
 
 impl TraceOutcome {
@@ -189,6 +191,14 @@ pub fn finalise(trace_id: TraceId, g: &mut TraceGraph, cx: &FinaliseContext<'_>)
         });
     }
 
+    // Traces touch a handful of services: a linear scan beats hashing.
+    let mut services: Vec<(Sym, Option<Sym>)> = Vec::new();
+    for s in g.node_weights() {
+        let pair = (s.service, s.instance_stage);
+        if !services.contains(&pair) {
+            services.push(pair);
+        }
+    }
     TraceOutcome {
         trace_id,
         spans: n as u32,
@@ -196,6 +206,7 @@ pub fn finalise(trace_id: TraceId, g: &mut TraceGraph, cx: &FinaliseContext<'_>)
         edges,
         findings,
         finalised_at_ms: cx.observed_at_ms,
+        services,
     }
 }
 

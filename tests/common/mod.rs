@@ -30,14 +30,46 @@ pub fn test_args() -> ServeArgs {
         otlp_http: Some("127.0.0.1:0".parse().unwrap()),
         http: Some("127.0.0.1:0".parse().unwrap()),
         trace_idle: Some("300ms".parse().unwrap()),
+        // Which clean traces are stored is then no accident of their ids.
+        sample_clean: Some(0.0),
         ..ServeArgs::default()
     }
 }
 
-pub async fn spawn_collector(args: ServeArgs) -> Collector {
+/// A collector whose store lives in a temporary directory, removed when the test is done.
+pub struct TestCollector {
+    collector: Option<Collector>,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestCollector {
+    type Target = Collector;
+    fn deref(&self) -> &Collector {
+        self.collector.as_ref().expect("not shut down")
+    }
+}
+
+impl TestCollector {
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.collector
+            .take()
+            .expect("shut down once")
+            .shutdown()
+            .await
+    }
+}
+
+pub async fn spawn_collector(mut args: ServeArgs) -> TestCollector {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    if args.data.is_none() {
+        args.data = Some(dir.path().to_path_buf());
+    }
     let cfg: ServeConfig = args.resolve().expect("test config resolves");
     let listeners = Listeners::bind(&cfg).await.expect("binding port 0");
-    app::start(&cfg, listeners).expect("collector starts")
+    TestCollector {
+        collector: Some(app::start(&cfg, listeners).expect("collector starts")),
+        _dir: dir,
+    }
 }
 
 /// How a service exports its spans.

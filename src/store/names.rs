@@ -1,0 +1,142 @@
+//! The store's string table, mirrored in memory: readers turn ids into strings and filters into
+//! ids without a join, and the writer adds a string once, the first time it is stored.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use foldhash::fast::RandomState;
+use rusqlite::{Connection, Transaction, params};
+
+/// What a name is; part of its identity (a service and a stage may share a spelling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum NameKind {
+    Service = 0,
+    /// An uninstrumented callee, known by `peer.service` / `server.address`.
+    Virtual = 1,
+    Stage = 2,
+    Span = 3,
+}
+
+impl NameKind {
+    fn from_i64(v: i64) -> Option<NameKind> {
+        Some(match v {
+            0 => NameKind::Service,
+            1 => NameKind::Virtual,
+            2 => NameKind::Stage,
+            3 => NameKind::Span,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    by_id: HashMap<i64, (NameKind, Arc<str>), RandomState>,
+    by_name: HashMap<(NameKind, Arc<str>), i64, RandomState>,
+}
+
+#[derive(Default)]
+pub struct Names {
+    table: RwLock<Table>,
+}
+
+impl Names {
+    /// Reads every stored name.
+    pub fn load(conn: &Connection) -> rusqlite::Result<Names> {
+        let mut t = Table::default();
+        let mut stmt = conn.prepare("SELECT id, kind, name FROM names")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, kind, name) = row?;
+            let Some(kind) = NameKind::from_i64(kind) else {
+                continue;
+            };
+            let name: Arc<str> = Arc::from(name);
+            t.by_id.insert(id, (kind, name.clone()));
+            t.by_name.insert((kind, name), id);
+        }
+        Ok(Names {
+            table: RwLock::new(t),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, id: i64) -> Option<(NameKind, Arc<str>)> {
+        self.read().by_id.get(&id).cloned()
+    }
+
+    pub fn name(&self, id: i64) -> Arc<str> {
+        self.get(id)
+            .map_or_else(|| Arc::from("(unknown)"), |(_, name)| name)
+    }
+
+    pub fn id(&self, kind: NameKind, name: &str) -> Option<i64> {
+        self.read().by_name.get(&(kind, Arc::from(name))).copied()
+    }
+
+    /// Ids of a graph node name: a service, or an uninstrumented callee, or both.
+    pub fn node_ids(&self, name: &str) -> Vec<i64> {
+        [NameKind::Service, NameKind::Virtual]
+            .into_iter()
+            .filter_map(|k| self.id(k, name))
+            .collect()
+    }
+}
+
+/// Assigns ids inside one write transaction; new names reach the shared table only once the
+/// transaction has committed, so readers never see an id the database does not have.
+pub struct NameWriter<'a> {
+    names: &'a Names,
+    fresh: HashMap<(NameKind, Arc<str>), i64, RandomState>,
+}
+
+impl<'a> NameWriter<'a> {
+    pub fn new(names: &'a Names) -> Self {
+        NameWriter {
+            names,
+            fresh: HashMap::default(),
+        }
+    }
+
+    pub fn id(
+        &mut self,
+        tx: &Transaction<'_>,
+        kind: NameKind,
+        name: &Arc<str>,
+    ) -> rusqlite::Result<i64> {
+        let key = (kind, name.clone());
+        if let Some(&id) = self.names.read().by_name.get(&key) {
+            return Ok(id);
+        }
+        if let Some(&id) = self.fresh.get(&key) {
+            return Ok(id);
+        }
+        let mut stmt = tx.prepare_cached("INSERT INTO names (kind, name) VALUES (?1, ?2)")?;
+        stmt.execute(params![kind as u8, name.as_ref()])?;
+        let id = tx.last_insert_rowid();
+        self.fresh.insert(key, id);
+        Ok(id)
+    }
+
+    /// Publishes the names added by a committed transaction.
+    pub fn publish(self) {
+        if self.fresh.is_empty() {
+            return;
+        }
+        let mut t = self.names.table.write().unwrap_or_else(|e| e.into_inner());
+        for ((kind, name), id) in self.fresh {
+            t.by_id.insert(id, (kind, name.clone()));
+            t.by_name.insert((kind, name), id);
+        }
+    }
+}
