@@ -1,5 +1,6 @@
 //! The service graph: services (and virtual nodes for uninstrumented callees) joined by the calls
-//! between them, each edge carrying per-stage verdict counters.
+//! between them, each edge carrying per-stage verdict counters. The store builds one from its
+//! counters for any time window; the API shows it.
 //!
 //! Bounded like everything fed by senders: at most [`MAX_EDGES`] edges and [`MAX_STAGES_PER_EDGE`]
 //! stage values per edge (the rest are folded into the `(other)` stage) and a few example trace ids
@@ -11,7 +12,7 @@ use foldhash::fast::RandomState;
 use petgraph::stable_graph::{NodeIndex, StableGraph};
 
 use crate::model::{Sym, TraceId};
-use crate::verify::{EdgeOutcome, NodeKey, Verdict};
+use crate::verify::{NodeKey, Verdict};
 
 pub const MAX_EDGES: usize = 100_000;
 pub const MAX_STAGES_PER_EDGE: usize = 32;
@@ -29,14 +30,12 @@ pub struct StageStats {
 }
 
 impl StageStats {
-    fn add(&mut self, e: &EdgeOutcome) {
-        if e.call {
-            self.calls += 1;
-        }
-        if let Some(v) = e.verdict {
-            self.verdicts[v as usize] += 1;
-            if e.first_break {
-                self.first_breaks[v as usize] += 1;
+    fn add(&mut self, c: &Count) {
+        match c.verdict {
+            None => self.calls += c.count,
+            Some(v) => {
+                self.verdicts[v as usize] += c.count;
+                self.first_breaks[v as usize] += c.first_breaks;
             }
         }
     }
@@ -61,6 +60,17 @@ impl StageStats {
 /// (request stage, callee instance stage).
 pub type RoutingKey = (Option<Sym>, Option<Sym>);
 
+/// A counter of one edge: calls (no verdict), or judged span edges of one verdict.
+#[derive(Clone, Copy, Debug)]
+pub struct Count {
+    pub stage: Option<Sym>,
+    /// The callee's instance stage; counted for calls only.
+    pub instance: Option<Sym>,
+    pub verdict: Option<Verdict>,
+    pub count: u64,
+    pub first_breaks: u64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct EdgeStats {
     pub by_stage: Vec<(Option<Sym>, StageStats)>,
@@ -72,40 +82,40 @@ pub struct EdgeStats {
 }
 
 impl EdgeStats {
-    fn add(&mut self, e: &EdgeOutcome, trace: TraceId, wall_ms: u64, other: Sym) {
-        let stage = stage_slot(&self.by_stage, e.stage, other);
+    fn add(&mut self, c: &Count, other: Sym) {
+        let stage = stage_slot(&self.by_stage, c.stage, other);
         match self.by_stage.iter_mut().find(|(s, _)| *s == stage) {
-            Some((_, st)) => st.add(e),
+            Some((_, st)) => st.add(c),
             None => {
                 let mut st = StageStats::default();
-                st.add(e);
+                st.add(c);
                 self.by_stage.push((stage, st));
             }
         }
-        if e.call {
-            let key = (stage, e.instance_stage);
+        if c.verdict.is_none() {
+            let key = (stage, c.instance);
             if let Some((_, n)) = self.routing.iter_mut().find(|(k, _)| *k == key) {
-                *n += 1;
+                *n += c.count;
             } else if self.routing.len() < MAX_STAGES_PER_EDGE * 4 {
-                self.routing.push((key, 1));
+                self.routing.push((key, c.count));
             }
         }
-        if let Some(v) = e.verdict {
-            let ex = match self.examples.iter_mut().position(|(x, _)| *x == v) {
-                Some(i) => &mut self.examples[i].1,
-                None => {
-                    self.examples.push((v, VecDeque::new()));
-                    &mut self.examples.last_mut().expect("just pushed").1
-                }
-            };
-            if !ex.contains(&trace) {
-                if ex.len() == EXAMPLES_PER_VERDICT {
-                    ex.pop_front();
-                }
-                ex.push_back(trace);
+    }
+
+    fn example(&mut self, v: Verdict, trace: TraceId) {
+        let ex = match self.examples.iter_mut().position(|(x, _)| *x == v) {
+            Some(i) => &mut self.examples[i].1,
+            None => {
+                self.examples.push((v, VecDeque::new()));
+                &mut self.examples.last_mut().expect("just pushed").1
             }
+        };
+        if !ex.contains(&trace) {
+            if ex.len() == EXAMPLES_PER_VERDICT {
+                ex.pop_front();
+            }
+            ex.push_back(trace);
         }
-        self.last_seen_ms = self.last_seen_ms.max(wall_ms);
     }
 
     /// Totals over every stage, or over one.
@@ -154,19 +164,19 @@ impl ServiceGraph {
         })
     }
 
-    /// Counts one judged edge of a finalised trace. `other` is the values table's `(other)` symbol.
-    pub fn add(&mut self, e: &EdgeOutcome, trace: TraceId, wall_ms: u64, other: Sym) {
-        let callee = self.node(e.hop.callee);
-        let Some(caller) = e.hop.caller else {
-            self.graph[callee].own.add(e, trace, wall_ms, other);
-            return;
+    /// The stats of an edge, or of the callee itself when there is no caller; `None` past
+    /// [`MAX_EDGES`].
+    fn stats(&mut self, caller: Option<NodeKey>, callee: NodeKey) -> Option<&mut EdgeStats> {
+        let callee = self.node(callee);
+        let Some(caller) = caller else {
+            return Some(&mut self.graph[callee].own);
         };
         let caller = self.node(caller);
         let idx = match self.edges.get(&(caller, callee)) {
             Some(&i) => i,
             None if self.edges.len() >= MAX_EDGES => {
                 self.dropped += 1;
-                return;
+                return None;
             }
             None => {
                 let i = self.graph.add_edge(caller, callee, EdgeStats::default());
@@ -174,7 +184,38 @@ impl ServiceGraph {
                 i
             }
         };
-        self.graph[idx].add(e, trace, wall_ms, other);
+        Some(&mut self.graph[idx])
+    }
+
+    /// Adds a counter. `other` is the values table's `(other)` symbol, for stages past the cap.
+    pub fn count(&mut self, caller: Option<NodeKey>, callee: NodeKey, c: Count, other: Sym) {
+        if let Some(st) = self.stats(caller, callee) {
+            st.add(&c, other);
+        }
+    }
+
+    /// Records a trace as an example of `verdict` on an edge.
+    pub fn example(
+        &mut self,
+        caller: Option<NodeKey>,
+        callee: NodeKey,
+        v: Verdict,
+        trace: TraceId,
+    ) {
+        if let Some(st) = self.stats(caller, callee) {
+            st.example(v, trace);
+        }
+    }
+
+    /// Records when an edge already in the graph was last seen (Unix ms).
+    pub fn seen(&mut self, caller: NodeKey, callee: NodeKey, ms: u64) {
+        let (Some(a), Some(b)) = (self.nodes.get(&caller), self.nodes.get(&callee)) else {
+            return;
+        };
+        if let Some(&i) = self.edges.get(&(*a, *b)) {
+            let st = &mut self.graph[i];
+            st.last_seen_ms = st.last_seen_ms.max(ms);
+        }
     }
 
     pub fn find_edge(&self, caller: NodeKey, callee: NodeKey) -> Option<&EdgeStats> {

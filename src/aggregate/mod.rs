@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use foldhash::fast::RandomState;
 
-pub use graph::{EdgeStats, ServiceGraph, ServiceNode, StageStats};
+pub use graph::{Count, EdgeStats, ServiceGraph, ServiceNode, StageStats};
 
 use crate::assemble::{Finalised, TraceSnapshot};
 use crate::intern::Symbols;
@@ -55,7 +55,6 @@ pub struct Aggregate {
 
 #[derive(Default)]
 pub struct State {
-    pub graph: ServiceGraph,
     traces: RecentTraces,
     pub totals: Totals,
 }
@@ -85,13 +84,9 @@ impl Aggregate {
         if batch.is_empty() {
             return;
         }
-        let other = self.symbols.values.other();
         let mut st = self.lock();
         for f in batch {
             let o = &f.outcome;
-            for e in &o.edges {
-                st.graph.add(e, o.trace_id, o.finalised_at_ms, other);
-            }
             *st.totals
                 .traces
                 .entry((o.stage, o.is_broken()))

@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::aggregate::Aggregate;
 use crate::model::TraceId;
 use crate::shard::Shards;
-use crate::store::{FindingQuery, Store, StoreError};
+use crate::store::{FindingQuery, Store, StoreError, Window};
 use crate::telemetry::{self, Telemetry};
 use crate::verify::{Scope, Verdict};
 use views::{GraphView, TraceView};
@@ -39,9 +39,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/findings", get(findings))
         .route("/api/v1/graph", get(graph))
         .route("/api/v1/traces/{trace_id}", get(trace))
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/edges/{caller}/{callee}", get(edge))
         .route("/healthz", get(|| async { axum::Json(json!({ "status": "ok" })) }))
         .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::NotFound("no such endpoint; see /api/v1/findings, /api/v1/graph, /api/v1/traces/{trace_id}, /metrics".into()) })
+        .fallback(|| async { ApiError::NotFound("no such endpoint; see /api/v1/findings, /api/v1/graph, /api/v1/services, /api/v1/edges/{caller}/{callee}, /api/v1/traces/{trace_id}, /metrics".into()) })
         .with_state(state)
 }
 
@@ -178,9 +180,21 @@ async fn findings(State(st): State<ApiState>, q: Params) -> Result<Response, Api
     .into_response())
 }
 
+const WINDOW_PARAMS: [&str; 3] = ["stage", "since", "until"];
+
+fn window(q: &Params) -> Result<Window, ApiError> {
+    Ok(Window {
+        since_ms: parse(q, "since", parse_time, TIME)?,
+        until_ms: parse(q, "until", parse_time, TIME)?,
+    })
+}
+
 async fn graph(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
+    check_params(&q, &WINDOW_PARAMS)?;
+    let w = window(&q)?;
     let sym = st.aggregate.symbols().clone();
     let label = param(&q, "stage").map(str::to_string);
+    let g = st.store.graph(w).await?;
     let stage = match label.as_deref() {
         None => None,
         Some("none") => Some(None),
@@ -197,8 +211,33 @@ async fn graph(State(st): State<ApiState>, q: Params) -> Result<Response, ApiErr
             }
         },
     };
-    let view = GraphView::of(&st.aggregate.lock().graph, stage, label, &sym);
-    Ok(axum::Json(view).into_response())
+    Ok(axum::Json(GraphView::of(&g, stage, label, &sym)).into_response())
+}
+
+async fn services(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
+    check_params(&q, &[])?;
+    let services = st.store.services().await?;
+    Ok(axum::Json(views::ServicesPage { services }).into_response())
+}
+
+async fn edge(
+    State(st): State<ApiState>,
+    Path((caller, callee)): Path<(String, String)>,
+    q: Params,
+) -> Result<Response, ApiError> {
+    check_params(&q, &WINDOW_PARAMS)?;
+    let w = window(&q)?;
+    let stage = param(&q, "stage").map(str::to_string);
+    match st
+        .store
+        .edge_series(caller.clone(), callee.clone(), stage, w)
+        .await?
+    {
+        Some(view) => Ok(axum::Json(view).into_response()),
+        None => Err(ApiError::NotFound(format!(
+            "no edge {caller} -> {callee}: grayscope has not seen both services"
+        ))),
+    }
 }
 
 async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {

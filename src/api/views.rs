@@ -299,3 +299,55 @@ impl TraceView {
         }
     }
 }
+
+/// One deployment stage of a service.
+#[derive(Serialize, Debug)]
+pub struct InstanceView {
+    /// `null`: spans without an instance stage.
+    pub stage: Option<Arc<str>>,
+    pub last_seen: String,
+}
+
+/// The body of `GET /api/v1/services`: each service, its instance stages and when it was seen.
+#[derive(Serialize, Debug)]
+pub struct ServiceView {
+    pub name: Arc<str>,
+    pub instances: Vec<InstanceView>,
+    pub last_seen: String,
+}
+
+#[derive(Serialize, Debug)]
+pub struct ServicesPage {
+    pub services: Vec<ServiceView>,
+}
+
+/// One minute of one edge.
+#[derive(Serialize, Debug)]
+pub struct MinuteView {
+    pub minute: String,
+    pub calls: u64,
+    pub verdicts: BTreeMap<&'static str, u64>,
+    pub first_breaks: BTreeMap<&'static str, u64>,
+}
+
+/// The body of `GET /api/v1/edges/{caller}/{callee}`: the edge's counts per minute, oldest first,
+/// and example traces per verdict.
+#[derive(Serialize, Debug)]
+pub struct EdgeSeriesView {
+    pub caller: String,
+    pub callee: String,
+    pub stage: Option<String>,
+    pub minutes: Vec<MinuteView>,
+    pub examples: BTreeMap<&'static str, Vec<TraceId>>,
+}
+
+impl MinuteView {
+    pub fn of(minute: u64, s: &StageStats) -> Self {
+        MinuteView {
+            minute: rfc3339(minute * 60_000),
+            calls: s.calls,
+            verdicts: by_verdict(&s.verdicts),
+            first_breaks: by_verdict(&s.first_breaks),
+        }
+    }
+}

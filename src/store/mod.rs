@@ -22,11 +22,12 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::aggregate::ServiceGraph;
 pub use names::{NameKind, Names};
-pub use read::{FindingPage, FindingQuery};
+pub use read::{FindingPage, FindingQuery, Window};
 pub use schema::{MIGRATIONS, MigrateError};
 
-use crate::api::views::TraceView;
+use crate::api::views::{EdgeSeriesView, ServiceView, TraceView};
 use crate::assemble::Finalised;
 use crate::intern::Symbols;
 use crate::model::TraceId;
@@ -66,17 +67,20 @@ pub enum StoreError {
     Decode(#[from] codec::DecodeError),
     #[error("the store's writer has stopped")]
     Stopped,
+    #[error("writing to the store failed: {0}")]
+    Write(String),
 }
 
 enum Msg {
     Batch(Vec<Finalised>),
-    Flush(oneshot::Sender<()>),
+    Flush(oneshot::Sender<Result<(), String>>),
     Stop,
 }
 
 struct Inner {
     path: PathBuf,
     names: Arc<Names>,
+    symbols: Arc<Symbols>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -150,6 +154,7 @@ impl Store {
             inner: Arc::new(Inner {
                 path,
                 names: names.clone(),
+                symbols: symbols.clone(),
                 readers: Mutex::new(readers),
             }),
             tx,
@@ -187,7 +192,9 @@ impl Store {
             .send(Msg::Flush(done))
             .await
             .map_err(|_| StoreError::Stopped)?;
-        wait.await.map_err(|_| StoreError::Stopped)
+        wait.await
+            .map_err(|_| StoreError::Stopped)?
+            .map_err(StoreError::Write)
     }
 
     /// Runs `f` on a read connection, off the async workers.
@@ -219,6 +226,37 @@ impl Store {
         })
         .await
         .map_err(|_| StoreError::Stopped)?
+    }
+
+    /// The service graph counted within `w`.
+    pub async fn graph(&self, w: Window) -> Result<ServiceGraph, StoreError> {
+        let sym = self.inner.symbols.clone();
+        self.read(move |c, n| Ok(read::graph(c, n, &sym, w)?)).await
+    }
+
+    pub async fn services(&self) -> Result<Vec<ServiceView>, StoreError> {
+        self.read(|c, n| Ok(read::services(c, n)?)).await
+    }
+
+    /// One edge over time; `None` when either end is unknown.
+    pub async fn edge_series(
+        &self,
+        caller: String,
+        callee: String,
+        stage: Option<String>,
+        w: Window,
+    ) -> Result<Option<EdgeSeriesView>, StoreError> {
+        self.read(move |c, n| {
+            Ok(read::edge_series(
+                c,
+                n,
+                &caller,
+                &callee,
+                stage.as_deref(),
+                w,
+            )?)
+        })
+        .await
     }
 
     pub async fn findings(&self, q: FindingQuery) -> Result<FindingPage, StoreError> {
@@ -273,28 +311,29 @@ impl Writer {
                 msg = rx.recv(), if !self.failing => match msg {
                     Some(Msg::Batch(b)) => self.pending.extend(b),
                     Some(Msg::Flush(done)) => {
-                        self.write().await;
-                        let _ = done.send(());
+                        let _ = done.send(self.write().await);
                     }
                     Some(Msg::Stop) | None => {
-                        self.write().await;
+                        let _ = self.write().await;
                         return;
                     }
                 },
-                _ = tick.tick() => self.write().await,
+                _ = tick.tick() => {
+                    let _ = self.write().await;
+                }
                 _ = retention.tick() => self.enforce_retention().await,
             }
         }
     }
 
     /// Writes everything pending in one transaction, on a blocking thread.
-    async fn write(&mut self) {
+    async fn write(&mut self) -> Result<(), String> {
         if self.pending.is_empty() {
-            return;
+            return Ok(());
         }
         let batch = std::mem::take(&mut self.pending);
         let Some(mut conn) = self.conn.take() else {
-            return;
+            return Err("no connection".into());
         };
         let (names, symbols) = (self.names.clone(), self.symbols.clone());
         let (conn, result, batch) = tokio::task::spawn_blocking(move || {
@@ -308,6 +347,7 @@ impl Writer {
             Ok(w) => {
                 self.failing = false;
                 tracing::trace!(findings = w.findings, traces = w.traces, "store write");
+                Ok(())
             }
             Err(e) => {
                 // Keep the batch for the next attempt: a full disk or a locked file may clear.
@@ -318,6 +358,7 @@ impl Writer {
                 }
                 self.failing = true;
                 self.pending = batch;
+                Err(e.to_string())
             }
         }
     }
@@ -339,3 +380,6 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

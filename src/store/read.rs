@@ -1,14 +1,21 @@
 //! Queries: the store's rows turned into the shapes the APIs serve.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, Row, params_from_iter};
+use rusqlite::{Connection, Row, params, params_from_iter};
 
 use super::names::{NameKind, Names};
-use super::write::{scope_code, scope_of, trace_key};
-use crate::api::views::{FindingView, HopView, SpanRef, rfc3339};
+use super::write::{CALL, scope_code, scope_of, trace_key};
+use crate::aggregate::{Count, ServiceGraph, StageStats};
+use crate::api::views::{
+    EdgeSeriesView, FindingView, HopView, InstanceView, MinuteView, ServiceView, SpanRef, rfc3339,
+};
+use crate::intern::Symbols;
+use crate::model::Sym;
 use crate::model::{SpanId, SpanKind, TraceId};
+use crate::verify::NodeKey;
 use crate::verify::{Scope, Verdict};
 
 /// Which findings to read; every field narrows. Names are matched exactly.
@@ -199,4 +206,244 @@ fn finding_row(r: &Row<'_>, names: &Names) -> rusqlite::Result<(i64, FindingView
             observed_at: rfc3339(r.get::<_, i64>(1)? as u64),
         },
     ))
+}
+
+/// A time window, Unix ms; open ends are unbounded. Counters are per minute, so a window is
+/// widened to whole minutes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Window {
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+}
+
+impl Window {
+    fn minutes(&self) -> (i64, i64) {
+        (
+            self.since_ms.map_or(i64::MIN, |s| (s / 60_000) as i64),
+            self.until_ms
+                .map_or(i64::MAX, |u| u.div_ceil(60_000) as i64),
+        )
+    }
+
+    fn ms(&self) -> (i64, i64) {
+        (
+            self.since_ms.map_or(i64::MIN, |s| s as i64),
+            self.until_ms.map_or(i64::MAX, |u| u as i64),
+        )
+    }
+}
+
+/// Maps the store's names onto the live symbol tables, so the graph is the same structure (and
+/// view) whether it was counted a second ago or a week ago.
+struct Nodes<'a> {
+    names: &'a Names,
+    sym: &'a Symbols,
+}
+
+impl Nodes<'_> {
+    fn node(&self, id: i64) -> Option<NodeKey> {
+        let (kind, name) = self.names.get(id)?;
+        Some(match kind {
+            NameKind::Virtual => NodeKey::Virtual(self.sym.values.intern(&name)),
+            _ => NodeKey::Service(self.sym.services.intern(&name)),
+        })
+    }
+
+    fn stage(&self, id: i64) -> Option<Sym> {
+        (id != 0).then(|| self.sym.values.intern(&self.names.name(id)))
+    }
+}
+
+pub fn graph(
+    conn: &Connection,
+    names: &Names,
+    sym: &Symbols,
+    w: Window,
+) -> rusqlite::Result<ServiceGraph> {
+    let nodes = Nodes { names, sym };
+    let other = sym.values.other();
+    let mut g = ServiceGraph::default();
+    let (from, to) = w.minutes();
+    let mut stmt = conn.prepare_cached(
+        "SELECT caller, callee, stage, instance, verdict, sum(count), sum(first_breaks) FROM edge_minutes
+         WHERE minute >= ?1 AND minute < ?2 GROUP BY caller, callee, stage, instance, verdict",
+    )?;
+    let mut rows = stmt.query(params![from, to])?;
+    while let Some(r) = rows.next()? {
+        let (caller, callee): (i64, i64) = (r.get(0)?, r.get(1)?);
+        let Some(callee) = nodes.node(callee) else {
+            continue;
+        };
+        let caller = if caller == 0 {
+            None
+        } else {
+            nodes.node(caller)
+        };
+        let verdict = r.get::<_, i64>(4)?;
+        g.count(
+            caller,
+            callee,
+            Count {
+                stage: nodes.stage(r.get(2)?),
+                instance: nodes.stage(r.get(3)?),
+                verdict: (verdict != CALL)
+                    .then(|| Verdict::ALL.get(verdict as usize).copied())
+                    .flatten(),
+                count: r.get::<_, i64>(5)? as u64,
+                first_breaks: r.get::<_, i64>(6)? as u64,
+            },
+            other,
+        );
+    }
+    let (since, until) = w.ms();
+    let mut stmt = conn.prepare_cached(
+        "SELECT caller, callee, verdict, trace_id FROM edge_examples
+         WHERE seen_ms >= ?1 AND seen_ms < ?2 ORDER BY seen_ms",
+    )?;
+    let mut rows = stmt.query(params![since, until])?;
+    while let Some(r) = rows.next()? {
+        let (caller, callee, verdict): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        let trace: Vec<u8> = r.get(3)?;
+        let (Some(callee), Some(v), Some(t)) = (
+            nodes.node(callee),
+            Verdict::ALL.get(verdict as usize).copied(),
+            TraceId::from_bytes(&trace),
+        ) else {
+            continue;
+        };
+        let caller = if caller == 0 {
+            None
+        } else {
+            nodes.node(caller)
+        };
+        g.example(caller, callee, v, t);
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT caller, callee, last_seen_ms FROM edges WHERE last_seen_ms >= ?1",
+    )?;
+    let mut rows = stmt.query(params![since])?;
+    while let Some(r) = rows.next()? {
+        if let (Some(a), Some(b)) = (nodes.node(r.get(0)?), nodes.node(r.get(1)?)) {
+            g.seen(a, b, r.get::<_, i64>(2)? as u64);
+        }
+    }
+    Ok(g)
+}
+
+pub fn services(conn: &Connection, names: &Names) -> rusqlite::Result<Vec<ServiceView>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT service, stage, last_seen_ms FROM service_instances")?;
+    let mut rows = stmt.query([])?;
+    // service -> (instance stage, last seen ms)
+    type Seen = Vec<(Option<Arc<str>>, u64)>;
+    let mut by_service: BTreeMap<Arc<str>, Seen> = BTreeMap::new();
+    while let Some(r) = rows.next()? {
+        let stage: i64 = r.get(1)?;
+        by_service.entry(names.name(r.get(0)?)).or_default().push((
+            (stage != 0).then(|| names.name(stage)),
+            r.get::<_, i64>(2)? as u64,
+        ));
+    }
+    Ok(by_service
+        .into_iter()
+        .map(|(name, mut instances)| {
+            instances.sort();
+            let last = instances.iter().map(|(_, t)| *t).max().unwrap_or(0);
+            ServiceView {
+                name,
+                instances: instances
+                    .into_iter()
+                    .map(|(stage, t)| InstanceView {
+                        stage,
+                        last_seen: rfc3339(t),
+                    })
+                    .collect(),
+                last_seen: rfc3339(last),
+            }
+        })
+        .collect())
+}
+
+/// One edge's counters per minute within `w` (only `stage`, if given), and its examples; `None`
+/// when the store has never seen either end.
+pub fn edge_series(
+    conn: &Connection,
+    names: &Names,
+    caller: &str,
+    callee: &str,
+    stage: Option<&str>,
+    w: Window,
+) -> rusqlite::Result<Option<EdgeSeriesView>> {
+    let (callers, callees) = (names.node_ids(caller), names.node_ids(callee));
+    if callers.is_empty() || callees.is_empty() {
+        return Ok(None);
+    }
+    let stage_id = match stage {
+        None => None,
+        Some("none") => Some(0),
+        Some(s) => match names.id(NameKind::Stage, s) {
+            Some(id) => Some(id),
+            None => Some(-1),
+        },
+    };
+    let list = |ids: &[i64]| {
+        ids.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (from, to) = w.minutes();
+    let mut sql = format!(
+        "SELECT minute, verdict, sum(count), sum(first_breaks) FROM edge_minutes
+         WHERE caller IN ({}) AND callee IN ({}) AND minute >= ?1 AND minute < ?2",
+        list(&callers),
+        list(&callees)
+    );
+    if let Some(id) = stage_id {
+        sql.push_str(&format!(" AND stage = {id}"));
+    }
+    sql.push_str(" GROUP BY minute, verdict ORDER BY minute");
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params![from, to])?;
+    let mut minutes: Vec<(u64, StageStats)> = Vec::new();
+    while let Some(r) = rows.next()? {
+        let minute = r.get::<_, i64>(0)? as u64;
+        if minutes.last().is_none_or(|(m, _)| *m != minute) {
+            minutes.push((minute, StageStats::default()));
+        }
+        let st = &mut minutes.last_mut().expect("just pushed").1;
+        let (verdict, count, fb): (i64, i64, i64) = (r.get(1)?, r.get(2)?, r.get(3)?);
+        if verdict == CALL {
+            st.calls += count as u64;
+        } else if let Some(v) = Verdict::ALL.get(verdict as usize) {
+            st.verdicts[*v as usize] += count as u64;
+            st.first_breaks[*v as usize] += fb as u64;
+        }
+    }
+    let (since, until) = w.ms();
+    let mut stmt = conn.prepare(&format!(
+        "SELECT verdict, trace_id FROM edge_examples
+         WHERE caller IN ({}) AND callee IN ({}) AND seen_ms >= ?1 AND seen_ms < ?2
+         ORDER BY seen_ms DESC",
+        list(&callers),
+        list(&callees)
+    ))?;
+    let mut rows = stmt.query(params![since, until])?;
+    let mut examples: BTreeMap<&'static str, Vec<TraceId>> = BTreeMap::new();
+    while let Some(r) = rows.next()? {
+        let (v, t): (i64, Vec<u8>) = (r.get(0)?, r.get(1)?);
+        if let (Some(v), Some(t)) = (Verdict::ALL.get(v as usize), TraceId::from_bytes(&t)) {
+            let list = examples.entry(v.as_str()).or_default();
+            if list.len() < super::write::EXAMPLES {
+                list.push(t);
+            }
+        }
+    }
+    Ok(Some(EdgeSeriesView {
+        caller: caller.to_string(),
+        callee: callee.to_string(),
+        stage: stage.map(str::to_string),
+        minutes: minutes.iter().map(|(m, s)| MinuteView::of(*m, s)).collect(),
+        examples,
+    }))
 }
