@@ -137,6 +137,9 @@ async fn filters_narrow_the_findings() {
         (&format!("?trace_id={BROKEN:032X}"), 1),
         (&format!("?trace_id={CLEAN:032x}"), 0),
         ("?limit=1", 1),
+        ("?since=1h", 1),
+        ("?since=2000-01-01T00:00:00Z&until=1h", 0),
+        ("?until=2100-01-01T00:00:00Z", 1),
     ] {
         let (status, v) = get(&c, &format!("/api/v1/findings{query}")).await;
         assert_eq!((status, count(&v)), (200, n), "{query}");
@@ -146,6 +149,98 @@ async fn filters_narrow_the_findings() {
     assert_eq!(g["edges"][0]["first_breaks"]["missing"], 1);
     let (_, g) = get(&c, "/api/v1/graph?stage=purple").await;
     assert_eq!(g["edges"].as_array().unwrap().len(), 0);
+    let (_, g) = get(
+        &c,
+        "/api/v1/graph?since=2000-01-01T00:00:00Z&until=2000-01-02T00:00:00Z",
+    )
+    .await;
+    assert_eq!(g["edges"].as_array().unwrap().len(), 0);
+
+    let (status, s) = get(&c, "/api/v1/services").await;
+    assert_eq!(status, 200);
+    let services: Vec<(&str, Vec<&str>)> = s["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let stages = s["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["stage"].as_str().unwrap())
+                .collect();
+            (s["name"].as_str().unwrap(), stages)
+        })
+        .collect();
+    assert_eq!(
+        services,
+        vec![("orders", vec!["canary"]), ("users", vec!["stable"])]
+    );
+
+    let (status, e) = get(&c, "/api/v1/edges/users/orders?since=10m").await;
+    assert_eq!(status, 200);
+    let minutes = e["minutes"].as_array().unwrap();
+    assert_eq!(minutes.len(), 1);
+    assert_eq!(minutes[0]["calls"], 2);
+    assert_eq!(minutes[0]["first_breaks"]["missing"], 1);
+    assert_eq!(e["examples"]["missing"][0], format!("{BROKEN:032x}"));
+    let (_, e) = get(&c, "/api/v1/edges/users/orders?stage=stable").await;
+    assert_eq!(e["minutes"].as_array().unwrap().len(), 0);
+    let (status, e) = get(&c, "/api/v1/edges/users/nobody").await;
+    assert_eq!(status, 404);
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("no edge users -> nobody")
+    );
+    c.shutdown().await.unwrap();
+}
+
+/// Pages through `/api/v1/findings` with `cursor` while new findings keep arriving: every finding
+/// that existed when paging began is seen exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn cursor_pages_have_no_gaps_or_duplicates_while_findings_arrive() {
+    let c = spawn_collector(test_args()).await;
+    let broken = |t: u128| {
+        RequestBuilder::new()
+            .resource("users", Some("stable"))
+            .span(t, 1, None, "GET /u", SpanKind::Server, &[(STAGE, "canary")])
+            .span(t, 2, Some(1), "call orders", SpanKind::Client, &[])
+            .build()
+    };
+    let client = RawClient::new(Wire::Http, c.otlp_http);
+    for t in 1..=23u128 {
+        let r = client
+            .send(broken(t).encode_to_vec().into(), false)
+            .await
+            .unwrap();
+        assert!(r.is_ok());
+    }
+    c.flush().await;
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/findings?limit=5".to_string();
+    loop {
+        let (status, page) = get(&c, &path).await;
+        assert_eq!(status, 200);
+        for f in page["findings"].as_array().unwrap() {
+            seen.push(u128::from_str_radix(f["trace_id"].as_str().unwrap(), 16).unwrap());
+        }
+        let late = 1000 + seen.len() as u128;
+        client
+            .send(broken(late).encode_to_vec().into(), false)
+            .await
+            .unwrap();
+        c.flush().await;
+        match page["next"].as_str() {
+            Some(next) => path = format!("/api/v1/findings?limit=5&cursor={next}"),
+            None => break,
+        }
+    }
+    let mut want: Vec<u128> = (1..=23).collect();
+    seen.sort();
+    want.sort();
+    assert_eq!(seen, want);
     c.shutdown().await.unwrap();
 }
 
@@ -181,6 +276,19 @@ async fn errors_are_json_and_name_the_parameter() {
             "unknown parameter 'colour'",
         ),
         ("/api/v1/traces/xyz", 400, "'trace_id'"),
+        (
+            "/api/v1/findings?since=yesterday",
+            400,
+            "invalid parameter 'since': 'yesterday' is not an RFC 3339 time",
+        ),
+        ("/api/v1/findings?cursor=abc", 400, "'cursor'"),
+        ("/api/v1/graph?until=soon", 400, "'until'"),
+        (
+            "/api/v1/graph?colour=red",
+            400,
+            "unknown parameter 'colour'",
+        ),
+        ("/api/v1/edges/a/b?since=x", 400, "'since'"),
         (
             "/api/v1/traces/00000000000000000000000000000001",
             404,
