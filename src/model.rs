@@ -107,7 +107,7 @@ impl Serialize for SpanId {
 pub struct Sym(pub NonZeroU32);
 
 /// OTLP span kind, as the integer enum of the spec; shown as the spec names it (`SERVER`).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[repr(u8)]
 pub enum SpanKind {
@@ -149,7 +149,7 @@ impl SpanKind {
 }
 
 /// OTLP status code; shown as the spec names it (`ERROR`).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[repr(u8)]
 pub enum StatusCode {

@@ -314,3 +314,80 @@ async fn errors_are_json_and_name_the_parameter() {
     assert!(m.text().await.unwrap().ends_with("# EOF\n"));
     c.shutdown().await.unwrap();
 }
+
+/// `/api/v1/openapi.json` documents every route that is served, each documented route answers,
+/// and the findings parameters it lists are the ones the handler accepts.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_covers_every_route() {
+    let c = spawn_collector(test_args()).await;
+    send(&c).await;
+    c.flush().await;
+    let (status, doc) = get(&c, "/api/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    let paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut want = vec![
+        "/api/v1/edges/{caller}/{callee}",
+        "/api/v1/findings",
+        "/api/v1/graph",
+        "/api/v1/openapi.json",
+        "/api/v1/services",
+        "/api/v1/traces/{trace_id}",
+        "/healthz",
+        "/metrics",
+    ];
+    want.sort();
+    let mut got = paths.clone();
+    got.sort();
+    assert_eq!(got, want);
+    for p in &paths {
+        let url = p
+            .replace("{caller}", "users")
+            .replace("{callee}", "orders")
+            .replace("{trace_id}", &format!("{BROKEN:032x}"));
+        let r = reqwest::get(format!("http://{}{url}", c.http))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        assert!(
+            doc["paths"][p]["get"]["responses"]["200"].is_object(),
+            "{p}"
+        );
+    }
+    let params: Vec<&str> = doc["paths"]["/api/v1/findings"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(params.len(), 11);
+    for name in params {
+        let value = match name {
+            "kind" => "missing",
+            "scope" => "in_process",
+            "first_break" => "true",
+            "trace_id" => "4bf92f3577b34da6a3ce929d0e0e4736",
+            "since" | "until" => "1h",
+            "limit" | "cursor" => "5",
+            _ => "users",
+        };
+        let (status, v) = get(&c, &format!("/api/v1/findings?{name}={value}")).await;
+        assert_eq!(status, 200, "{name}: {v}");
+    }
+    for schema in [
+        "FindingsPage",
+        "FindingView",
+        "GraphView",
+        "TraceView",
+        "ErrorBody",
+        "Verdict",
+    ] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
+    c.shutdown().await.unwrap();
+}

@@ -12,8 +12,10 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde_json::json;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::aggregate::Aggregate;
 use crate::model::TraceId;
@@ -34,17 +36,50 @@ pub struct ApiState {
     pub telemetry: Arc<Telemetry>,
 }
 
+#[derive(OpenApi)]
+#[openapi(info(
+    title = "grayscope",
+    description = "Gray-release (canary) stage propagation, verified on every hop of your traces: findings, the service graph, traces."
+))]
+struct ApiDoc;
+
+/// Every route, each documented by its handler's `#[utoipa::path]`: the OpenAPI document is
+/// generated from exactly the routes that are served, so the two cannot drift apart.
+fn documented() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(findings))
+        .routes(routes!(graph))
+        .routes(routes!(edge))
+        .routes(routes!(services))
+        .routes(routes!(trace))
+        .routes(routes!(openapi_json))
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+}
+
+/// The OpenAPI 3 document of the API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented().into_openapi()
+}
+
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/api/v1/findings", get(findings))
-        .route("/api/v1/graph", get(graph))
-        .route("/api/v1/traces/{trace_id}", get(trace))
-        .route("/api/v1/services", get(services))
-        .route("/api/v1/edges/{caller}/{callee}", get(edge))
-        .route("/healthz", get(|| async { axum::Json(json!({ "status": "ok" })) }))
-        .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::NotFound("no such endpoint; see /api/v1/findings, /api/v1/graph, /api/v1/services, /api/v1/edges/{caller}/{callee}, /api/v1/traces/{trace_id}, /metrics".into()) })
+    let (router, doc) = documented().split_for_parts();
+    let doc = Arc::new(doc);
+    router
+        .layer(axum::Extension(doc))
+        .fallback(|| async {
+            ApiError::NotFound(
+                "no such endpoint; the API is described at /api/v1/openapi.json".into(),
+            )
+        })
         .with_state(state)
+}
+
+/// The body of every error response.
+#[derive(serde::Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong, naming the parameter when one was.
+    pub error: String,
 }
 
 /// Errors as JSON `{"error": "..."}`.
@@ -132,6 +167,47 @@ fn check_params(q: &Params, known: &[&str]) -> Result<(), ApiError> {
     }
 }
 
+/// Query parameters of `/api/v1/findings` (for the document; the handler parses them itself, to
+/// name the parameter in every error).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct FindingParams {
+    /// A finding verdict: missing, changed, appeared, key_mismatch, invalid_value, misrouted, broken_trace
+    kind: Option<String>,
+    /// The stage the finding concerns, or `none`
+    stage: Option<String>,
+    /// The service (or uninstrumented callee) the edge starts at
+    caller: Option<String>,
+    /// The service (or uninstrumented callee) the edge ends at
+    callee: Option<String>,
+    /// 32 hex digits
+    trace_id: Option<String>,
+    /// cross_service or in_process
+    scope: Option<String>,
+    first_break: Option<bool>,
+    /// RFC 3339 time, or a duration before now (`15m`)
+    since: Option<String>,
+    /// RFC 3339 time, or a duration before now
+    until: Option<String>,
+    /// 1 to 1000, default 100
+    limit: Option<usize>,
+    /// `next` of the previous page
+    cursor: Option<String>,
+}
+
+/// Findings, newest first, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/findings",
+    tag = "findings",
+    params(FindingParams),
+    responses(
+        (status = 200, description = "A page of findings, newest first", body = views::FindingsPage),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
 async fn findings(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
     check_params(&q, &KNOWN_FINDING_PARAMS)?;
     let kinds: Vec<&str> = Verdict::ALL
@@ -189,6 +265,29 @@ fn window(q: &Params) -> Result<Window, ApiError> {
     })
 }
 
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct WindowParams {
+    /// Only this request stage, or `none`
+    stage: Option<String>,
+    /// RFC 3339 time, or a duration before now (`15m`); whole minutes
+    since: Option<String>,
+    /// RFC 3339 time, or a duration before now; whole minutes
+    until: Option<String>,
+}
+
+/// The service graph of a time window (default: everything stored).
+#[utoipa::path(
+    get,
+    path = "/api/v1/graph",
+    tag = "graph",
+    params(WindowParams),
+    responses(
+        (status = 200, description = "Services and the calls between them, with verdict counts", body = GraphView),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+    )
+)]
 async fn graph(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
     check_params(&q, &WINDOW_PARAMS)?;
     let w = window(&q)?;
@@ -214,12 +313,35 @@ async fn graph(State(st): State<ApiState>, q: Params) -> Result<Response, ApiErr
     Ok(axum::Json(GraphView::of(&g, stage, label, &sym)).into_response())
 }
 
+/// Every service seen, with its instance stages.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services",
+    tag = "graph",
+    responses((status = 200, description = "Services by name", body = views::ServicesPage))
+)]
 async fn services(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
     check_params(&q, &[])?;
     let services = st.store.services().await?;
     Ok(axum::Json(views::ServicesPage { services }).into_response())
 }
 
+/// One edge of the graph over time: counts per minute and example traces.
+#[utoipa::path(
+    get,
+    path = "/api/v1/edges/{caller}/{callee}",
+    tag = "graph",
+    params(
+        ("caller" = String, Path, description = "Service the calls come from"),
+        ("callee" = String, Path, description = "Service (or uninstrumented callee) they go to"),
+        WindowParams,
+    ),
+    responses(
+        (status = 200, description = "Per-minute counts, oldest first", body = views::EdgeSeriesView),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 404, description = "Either service is unknown", body = ErrorBody),
+    )
+)]
 async fn edge(
     State(st): State<ApiState>,
     Path((caller, callee)): Path<(String, String)>,
@@ -240,6 +362,19 @@ async fn edge(
     }
 }
 
+/// One trace: its spans with both stages, every edge's verdict, and its findings; from memory
+/// while it is assembled, from the store afterwards.
+#[utoipa::path(
+    get,
+    path = "/api/v1/traces/{trace_id}",
+    tag = "traces",
+    params(("trace_id" = String, Path, description = "32 hex digits")),
+    responses(
+        (status = 200, description = "The trace", body = TraceView),
+        (status = 400, description = "Not a trace id", body = ErrorBody),
+        (status = 404, description = "Unknown trace", body = ErrorBody),
+    )
+)]
 async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let trace_id = TraceId::from_hex(&id).ok_or_else(|| ApiError::BadParam {
         name: "trace_id",
@@ -260,6 +395,37 @@ async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Res
     }
 }
 
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3 document of this API", content_type = "application/json"))
+)]
+async fn openapi_json(
+    axum::Extension(doc): axum::Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Response {
+    axum::Json(doc.as_ref().clone()).into_response()
+}
+
+/// Liveness.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", content_type = "application/json"))
+)]
+async fn healthz() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+/// grayscope's own metrics, in OpenMetrics text.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text"))
+)]
 async fn metrics(State(st): State<ApiState>) -> Response {
     (
         [(header::CONTENT_TYPE, telemetry::CONTENT_TYPE)],

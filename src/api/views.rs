@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::aggregate::{EdgeStats, ServiceGraph, StageStats};
 use crate::assemble::TraceSnapshot;
@@ -17,13 +18,18 @@ pub fn rfc3339(unix_ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub struct SpanRef {
+    #[schema(value_type = String)]
     pub service: Arc<str>,
+    #[schema(value_type = String, example = "00f067aa0ba902b7")]
     pub span_id: SpanId,
+    #[schema(value_type = String)]
     pub span_name: Arc<str>,
     pub kind: &'static str,
+    #[schema(value_type = Option<String>)]
     pub stage: Option<Arc<str>>,
+    #[schema(value_type = Option<String>)]
     pub instance_stage: Option<Arc<str>>,
 }
 
@@ -41,21 +47,24 @@ impl SpanRef {
 }
 
 /// The body of `GET /api/v1/findings`.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub struct FindingsPage {
     pub findings: Vec<FindingView>,
     /// Pass as `cursor` for the next (older) page; `null` on the last page.
     pub next: Option<String>,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub struct HopView {
+    #[schema(value_type = Option<String>)]
     pub caller: Option<Arc<str>>,
+    #[schema(value_type = String)]
     pub callee: Arc<str>,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub struct FindingView {
+    #[schema(value_type = String, example = "4bf92f3577b34da6a3ce929d0e0e4736")]
     pub trace_id: TraceId,
     pub kind: Verdict,
     pub scope: Scope,
@@ -98,7 +107,7 @@ fn by_verdict(counts: &[u64; 9]) -> BTreeMap<&'static str, u64> {
         .collect()
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub struct StatsView {
     pub calls: u64,
     pub verdicts: BTreeMap<&'static str, u64>,
@@ -120,28 +129,35 @@ impl StatsView {
     }
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub struct RoutingView {
+    #[schema(value_type = Option<String>)]
     pub stage: Option<Arc<str>>,
+    #[schema(value_type = Option<String>)]
     pub instance_stage: Option<Arc<str>>,
     pub calls: u64,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub struct EdgeView {
+    #[schema(value_type = String)]
     pub caller: Arc<str>,
+    #[schema(value_type = String)]
     pub callee: Arc<str>,
     #[serde(flatten)]
     pub totals: StatsView,
     /// The same counts per request stage (`none` for edges without one).
     pub stages: BTreeMap<String, StatsView>,
     pub routing: Vec<RoutingView>,
+    /// Example trace ids per verdict, newest last.
+    #[schema(value_type = BTreeMap<String, Vec<String>>)]
     pub examples: BTreeMap<&'static str, Vec<TraceId>>,
     pub last_seen: String,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub struct NodeView {
+    #[schema(value_type = String)]
     pub name: Arc<str>,
     /// An uninstrumented callee, known from `peer.service` / `server.address`.
     #[serde(rename = "virtual")]
@@ -150,7 +166,7 @@ pub struct NodeView {
     pub own: StatsView,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub struct GraphView {
     pub stage: Option<String>,
     pub nodes: Vec<NodeView>,
@@ -227,30 +243,39 @@ impl GraphView {
     }
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub struct TraceSpanView {
+    #[schema(value_type = String, example = "00f067aa0ba902b7")]
     pub span_id: SpanId,
+    #[schema(value_type = Option<String>, example = "00f067aa0ba902b7")]
     pub parent_span_id: Option<SpanId>,
+    #[schema(value_type = String)]
     pub service: Arc<str>,
+    #[schema(value_type = String)]
     pub name: Arc<str>,
     pub kind: SpanKind,
+    #[schema(value_type = Option<String>)]
     pub stage: Option<Arc<str>>,
+    #[schema(value_type = Option<String>)]
     pub instance_stage: Option<Arc<str>>,
     pub start_unix_nano: String,
     pub end_unix_nano: String,
     pub status: StatusCode,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub struct TraceEdgeView {
+    #[schema(value_type = String, example = "00f067aa0ba902b7")]
     pub parent_span_id: SpanId,
+    #[schema(value_type = String, example = "00f067aa0ba902b7")]
     pub span_id: SpanId,
     pub verdict: Verdict,
     pub scope: Scope,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub struct TraceView {
+    #[schema(value_type = String, example = "4bf92f3577b34da6a3ce929d0e0e4736")]
     pub trace_id: TraceId,
     /// `false` while the trace is still being assembled: routing, orphans and first breaks are
     /// judged at finalisation.
@@ -301,28 +326,30 @@ impl TraceView {
 }
 
 /// One deployment stage of a service.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub struct InstanceView {
     /// `null`: spans without an instance stage.
+    #[schema(value_type = Option<String>)]
     pub stage: Option<Arc<str>>,
     pub last_seen: String,
 }
 
 /// The body of `GET /api/v1/services`: each service, its instance stages and when it was seen.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub struct ServiceView {
+    #[schema(value_type = String)]
     pub name: Arc<str>,
     pub instances: Vec<InstanceView>,
     pub last_seen: String,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub struct ServicesPage {
     pub services: Vec<ServiceView>,
 }
 
 /// One minute of one edge.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub struct MinuteView {
     pub minute: String,
     pub calls: u64,
@@ -332,12 +359,14 @@ pub struct MinuteView {
 
 /// The body of `GET /api/v1/edges/{caller}/{callee}`: the edge's counts per minute, oldest first,
 /// and example traces per verdict.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub struct EdgeSeriesView {
     pub caller: String,
     pub callee: String,
     pub stage: Option<String>,
     pub minutes: Vec<MinuteView>,
+    /// Example trace ids per verdict, newest last.
+    #[schema(value_type = BTreeMap<String, Vec<String>>)]
     pub examples: BTreeMap<&'static str, Vec<TraceId>>,
 }
 

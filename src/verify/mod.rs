@@ -19,7 +19,7 @@ pub use trace::{EdgeOutcome, TraceGraph, TraceOutcome, finalise};
 use crate::model::{SpanRecord, Sym};
 
 /// One verdict per parent->child edge (see the README's verdict table).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, PartialOrd, Ord, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum Verdict {
@@ -79,7 +79,7 @@ impl Verdict {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     None,
@@ -88,7 +88,7 @@ pub enum Severity {
 }
 
 /// Where on an edge the stage was lost.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Between spans of two services: the caller's injection, the wire, or the callee's extraction.
