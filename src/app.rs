@@ -132,23 +132,25 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
     let receivers_stop = CancellationToken::new();
     let api_stop = CancellationToken::new();
 
+    let api_state = ApiState {
+        aggregate: aggregate.clone(),
+        shards: shards.clone(),
+        store: store.clone(),
+        telemetry: telemetry.clone(),
+    };
     let receivers = serve_receivers(
         ingest,
         listeners.otlp_grpc,
         listeners.otlp_http,
         cfg.max_request_bytes,
+        Some(api::grpc::service(
+            api_state.clone(),
+            receivers_stop.clone(),
+        )),
         receivers_stop.clone(),
     );
-    let api = axum::serve(
-        listeners.http,
-        api::router(ApiState {
-            aggregate: aggregate.clone(),
-            shards: shards.clone(),
-            store: store.clone(),
-            telemetry: telemetry.clone(),
-        }),
-    )
-    .with_graceful_shutdown(api_stop.clone().cancelled_owned());
+    let api = axum::serve(listeners.http, api::router(api_state))
+        .with_graceful_shutdown(api_stop.clone().cancelled_owned());
 
     tracing::info!(otlp_grpc = %addrs.0, otlp_http = %addrs.1, http = %addrs.2, "grayscope is listening");
     Ok(Collector {
@@ -176,6 +178,7 @@ pub fn serve_receivers(
     grpc: TcpListener,
     http: TcpListener,
     max_request_bytes: usize,
+    query: Option<api::grpc::QueryServer<api::grpc::QueryService>>,
     stop: CancellationToken,
 ) -> Vec<JoinHandle<anyhow::Result<()>>> {
     let telemetry = ingest.telemetry.clone();
@@ -184,6 +187,7 @@ pub fn serve_receivers(
             receive::grpc::otlp_status::<tonic::body::Body>(&telemetry, r)
         }))
         .add_service(receive::grpc::service(ingest.clone(), max_request_bytes))
+        .add_optional_service(query)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
             stop.clone().cancelled_owned(),

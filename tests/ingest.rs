@@ -442,7 +442,7 @@ async fn receivers(queue_spans: usize) -> Receivers {
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (ga, ha) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
     let stop = CancellationToken::new();
-    serve_receivers(ingest, grpc, http, 1 << 20, stop.clone());
+    serve_receivers(ingest, grpc, http, 1 << 20, None, stop.clone());
     Receivers {
         grpc: RawClient::new(Wire::Grpc, ga),
         http: RawClient::new(Wire::Http, ha),

@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use foldhash::fast::RandomState;
+use tokio::sync::broadcast;
 
 pub use graph::{Count, EdgeStats, ServiceGraph, ServiceNode, StageStats};
 
@@ -47,10 +48,14 @@ impl Totals {
     }
 }
 
+/// Findings buffered for watchers; a watcher further behind than this is dropped.
+pub const WATCH_BUFFER: usize = 1024;
+
 pub struct Aggregate {
     symbols: Arc<Symbols>,
     cfg: AggregateConfig,
     state: Mutex<State>,
+    watch: broadcast::Sender<Arc<Finding>>,
 }
 
 #[derive(Default)]
@@ -72,6 +77,7 @@ impl Aggregate {
             symbols,
             cfg,
             state: Mutex::new(State::default()),
+            watch: broadcast::Sender::new(WATCH_BUFFER),
         }
     }
 
@@ -93,10 +99,21 @@ impl Aggregate {
                 .or_default() += 1;
             st.totals.spans += o.spans as u64;
             st.totals.findings += o.findings.len() as u64;
+            // Nobody watching, nothing copied.
+            if self.watch.receiver_count() > 0 {
+                for x in &o.findings {
+                    let _ = self.watch.send(Arc::new(x.clone()));
+                }
+            }
             if let Some(snap) = &f.snapshot {
                 st.traces.keep(snap.clone(), self.cfg.max_trace_spans);
             }
         }
+    }
+
+    /// New findings from now on, as they are produced.
+    pub fn watch(&self) -> broadcast::Receiver<Arc<Finding>> {
+        self.watch.subscribe()
     }
 
     /// A finalised trace with findings, if it is still kept.

@@ -3,6 +3,7 @@
 //! Handlers read the aggregate (finalised traces) and ask the workers for traces still being
 //! assembled; they never reach into the receivers.
 
+pub mod grpc;
 pub mod views;
 
 use std::collections::HashMap;

@@ -1,0 +1,401 @@
+//! The gRPC query API (`proto/grayscope/v1/query.proto`), on the OTLP/gRPC address: the same
+//! questions as the JSON API, answered from the same views, plus a stream of new findings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::views::{FindingView, GraphView, SpanRef, StatsView, TraceView};
+use super::{ApiState, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::model::TraceId;
+use crate::store::{FindingQuery, StoreError, Window};
+use crate::verify::{Finding, Scope, Verdict};
+
+pub mod pb {
+    tonic::include_proto!("grayscope.v1");
+}
+
+pub use pb::query_server::QueryServer;
+
+/// Findings queued for one watcher's connection; a watcher that lets it fill is too slow.
+const WATCH_QUEUE: usize = 256;
+/// How long a too-slow watcher gets to read the status that ends its stream.
+const WATCH_GOODBYE: Duration = Duration::from_secs(10);
+
+pub struct QueryService {
+    state: ApiState,
+    stop: CancellationToken,
+}
+
+/// The query service; `stop` ends every open watch (at shutdown).
+pub fn service(state: ApiState, stop: CancellationToken) -> QueryServer<QueryService> {
+    QueryServer::new(QueryService { state, stop })
+}
+
+fn internal(e: StoreError) -> Status {
+    tracing::error!("query API: {e}");
+    Status::internal(e.to_string())
+}
+
+fn bad(field: &str, value: &str, expected: &str) -> Status {
+    Status::invalid_argument(format!("{field}: '{value}' is not {expected}"))
+}
+
+fn opt(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// A filter checked once: the store query for listing, the matcher for watching.
+struct Filter {
+    kind: Option<Verdict>,
+    stage: Option<String>,
+    caller: Option<String>,
+    callee: Option<String>,
+    trace_id: Option<TraceId>,
+    scope: Option<Scope>,
+    first_break: Option<bool>,
+}
+
+impl Filter {
+    fn parse(f: Option<pb::FindingFilter>) -> Result<Filter, Status> {
+        let f = f.unwrap_or_default();
+        let kind = match opt(&f.kind) {
+            None => None,
+            Some(k) => Some(
+                Verdict::parse(k)
+                    .filter(|v| v.is_finding())
+                    .ok_or_else(|| bad("filter.kind", k, "a finding verdict"))?,
+            ),
+        };
+        let trace_id = match opt(&f.trace_id) {
+            None => None,
+            Some(t) => Some(
+                TraceId::from_hex(t).ok_or_else(|| bad("filter.trace_id", t, "32 hex digits"))?,
+            ),
+        };
+        let scope = match opt(&f.scope) {
+            None => None,
+            Some(s) => Some(
+                Scope::parse(s)
+                    .ok_or_else(|| bad("filter.scope", s, "cross_service or in_process"))?,
+            ),
+        };
+        Ok(Filter {
+            kind,
+            stage: opt(&f.stage).map(str::to_string),
+            caller: opt(&f.caller).map(str::to_string),
+            callee: opt(&f.callee).map(str::to_string),
+            trace_id,
+            scope,
+            first_break: f.first_break,
+        })
+    }
+
+    fn matches(&self, f: &FindingView) -> bool {
+        let stage = f
+            .caller
+            .as_ref()
+            .and_then(|c| c.stage.clone())
+            .or(f.callee.stage.clone());
+        self.kind.is_none_or(|k| k == f.kind)
+            && self.stage.as_deref().is_none_or(|s| match &stage {
+                None => s == "none",
+                Some(v) => **v == *s,
+            })
+            && self
+                .caller
+                .as_deref()
+                .is_none_or(|c| f.edge.caller.as_deref() == Some(c))
+            && self.callee.as_deref().is_none_or(|c| *f.edge.callee == *c)
+            && self.trace_id.is_none_or(|t| t == f.trace_id)
+            && self.scope.is_none_or(|s| s == f.scope)
+            && self.first_break.is_none_or(|b| b == f.first_break)
+    }
+}
+
+fn window(since: i64, until: i64) -> Result<Window, Status> {
+    let ms = |name: &str, v: i64| match v {
+        0 => Ok(None),
+        v if v > 0 => Ok(Some(v as u64)),
+        v => Err(bad(name, &v.to_string(), "Unix milliseconds")),
+    };
+    Ok(Window {
+        since_ms: ms("since_unix_ms", since)?,
+        until_ms: ms("until_unix_ms", until)?,
+    })
+}
+
+/// The JSON name of an enum value, so both APIs spell it the same.
+fn label<T: serde::Serialize>(v: T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+fn unix_ms(rfc3339: &str) -> i64 {
+    humantime::parse_rfc3339(rfc3339)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn span_ref(s: &SpanRef) -> pb::SpanRef {
+    pb::SpanRef {
+        service: s.service.to_string(),
+        span_id: s.span_id.to_string(),
+        span_name: s.span_name.to_string(),
+        kind: s.kind.to_string(),
+        stage: s.stage.as_ref().map(|v| v.to_string()),
+        instance_stage: s.instance_stage.as_ref().map(|v| v.to_string()),
+    }
+}
+
+fn finding(f: &FindingView) -> pb::Finding {
+    pb::Finding {
+        trace_id: f.trace_id.to_string(),
+        kind: f.kind.as_str().to_string(),
+        scope: f.scope.as_str().to_string(),
+        first_break: f.first_break,
+        severity: label(f.severity),
+        caller: f.caller.as_ref().map(span_ref),
+        callee: Some(span_ref(&f.callee)),
+        edge_caller: f.edge.caller.as_deref().unwrap_or_default().to_string(),
+        edge_callee: f.edge.callee.to_string(),
+        detail: f.detail.clone(),
+        observed_unix_ms: unix_ms(&f.observed_at),
+    }
+}
+
+fn stats(s: &StatsView) -> pb::Stats {
+    let map = |m: &std::collections::BTreeMap<&'static str, u64>| {
+        m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    };
+    pb::Stats {
+        calls: s.calls,
+        verdicts: map(&s.verdicts),
+        first_breaks: map(&s.first_breaks),
+        consistency: s.consistency,
+    }
+}
+
+fn trace(t: &TraceView) -> pb::Trace {
+    pb::Trace {
+        trace_id: t.trace_id.to_string(),
+        finalised: t.finalised,
+        spans: t
+            .spans
+            .iter()
+            .map(|s| pb::Span {
+                span_id: s.span_id.to_string(),
+                parent_span_id: s.parent_span_id.map(|p| p.to_string()).unwrap_or_default(),
+                service: s.service.to_string(),
+                name: s.name.to_string(),
+                kind: s.kind.as_str().to_string(),
+                stage: s.stage.as_ref().map(|v| v.to_string()),
+                instance_stage: s.instance_stage.as_ref().map(|v| v.to_string()),
+                start_unix_nano: s.start_unix_nano.parse().unwrap_or_default(),
+                end_unix_nano: s.end_unix_nano.parse().unwrap_or_default(),
+                status: label(s.status),
+            })
+            .collect(),
+        edges: t
+            .edges
+            .iter()
+            .map(|e| pb::TraceEdge {
+                parent_span_id: e.parent_span_id.to_string(),
+                span_id: e.span_id.to_string(),
+                verdict: e.verdict.as_str().to_string(),
+                scope: e.scope.as_str().to_string(),
+            })
+            .collect(),
+        findings: t.findings.iter().map(finding).collect(),
+    }
+}
+
+fn graph(g: &GraphView) -> pb::ServiceGraph {
+    pb::ServiceGraph {
+        nodes: g
+            .nodes
+            .iter()
+            .map(|n| pb::Node {
+                name: n.name.to_string(),
+                is_virtual: n.is_virtual,
+                own: Some(stats(&n.own)),
+            })
+            .collect(),
+        edges: g
+            .edges
+            .iter()
+            .map(|e| pb::Edge {
+                caller: e.caller.to_string(),
+                callee: e.callee.to_string(),
+                totals: Some(stats(&e.totals)),
+                stages: e
+                    .stages
+                    .iter()
+                    .map(|(k, v)| (k.clone(), stats(v)))
+                    .collect(),
+                routing: e
+                    .routing
+                    .iter()
+                    .map(|r| pb::Routing {
+                        stage: r.stage.as_ref().map(|v| v.to_string()),
+                        instance_stage: r.instance_stage.as_ref().map(|v| v.to_string()),
+                        calls: r.calls,
+                    })
+                    .collect(),
+                last_seen_unix_ms: unix_ms(&e.last_seen),
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::query_server::Query for QueryService {
+    async fn list_findings(
+        &self,
+        req: Request<pb::ListFindingsRequest>,
+    ) -> Result<Response<pb::ListFindingsResponse>, Status> {
+        let r = req.into_inner();
+        let f = Filter::parse(r.filter)?;
+        let w = window(r.since_unix_ms, r.until_unix_ms)?;
+        let limit = match r.limit as usize {
+            0 => DEFAULT_LIMIT,
+            n if n <= MAX_LIMIT => n,
+            n => return Err(bad("limit", &n.to_string(), "from 1 to 1000")),
+        };
+        let before = match opt(&r.cursor) {
+            None => None,
+            Some(c) => Some(
+                c.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad("cursor", c, "a next_cursor of a previous page"))?,
+            ),
+        };
+        let page = self
+            .state
+            .store
+            .findings(FindingQuery {
+                kind: f.kind,
+                stage: f.stage,
+                caller: f.caller,
+                callee: f.callee,
+                trace_id: f.trace_id,
+                scope: f.scope,
+                first_break: f.first_break,
+                since_ms: w.since_ms,
+                until_ms: w.until_ms,
+                before,
+                limit,
+            })
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(pb::ListFindingsResponse {
+            findings: page.findings.iter().map(finding).collect(),
+            next_cursor: page.next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn get_trace(
+        &self,
+        req: Request<pb::GetTraceRequest>,
+    ) -> Result<Response<pb::Trace>, Status> {
+        let id = req.into_inner().trace_id;
+        let trace_id =
+            TraceId::from_hex(&id).ok_or_else(|| bad("trace_id", &id, "32 hex digits"))?;
+        let st = &self.state;
+        let live = match st.shards.snapshot(trace_id).await {
+            Some(s) => Some(s),
+            None => st.aggregate.trace(trace_id),
+        };
+        let view = match live {
+            Some(s) => TraceView::of(&s, st.aggregate.symbols()),
+            None => st
+                .store
+                .trace(trace_id)
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| Status::not_found(format!("trace {trace_id} is unknown")))?,
+        };
+        Ok(Response::new(trace(&view)))
+    }
+
+    async fn get_service_graph(
+        &self,
+        req: Request<pb::GetServiceGraphRequest>,
+    ) -> Result<Response<pb::ServiceGraph>, Status> {
+        let r = req.into_inner();
+        let w = window(r.since_unix_ms, r.until_unix_ms)?;
+        let g = self.state.store.graph(w).await.map_err(internal)?;
+        let sym = self.state.aggregate.symbols();
+        let stage = match opt(&r.stage) {
+            None => None,
+            Some("none") => Some(None),
+            Some(s) => match sym.values.get(s) {
+                Some(v) => Some(Some(v)),
+                None => return Ok(Response::new(pb::ServiceGraph::default())),
+            },
+        };
+        let view = GraphView::of(&g, stage, opt(&r.stage).map(str::to_string), sym);
+        Ok(Response::new(graph(&view)))
+    }
+
+    type WatchFindingsStream = ReceiverStream<Result<pb::Finding, Status>>;
+
+    async fn watch_findings(
+        &self,
+        req: Request<pb::WatchFindingsRequest>,
+    ) -> Result<Response<Self::WatchFindingsStream>, Status> {
+        let filter = Filter::parse(req.into_inner().filter)?;
+        let rx = self.state.aggregate.watch();
+        let (tx, out) = mpsc::channel(WATCH_QUEUE);
+        let sym = self.state.aggregate.symbols().clone();
+        tokio::spawn(watch(rx, tx, filter, sym, self.stop.clone()));
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+}
+
+/// Feeds one watcher until it goes away, falls behind, or grayscope stops.
+async fn watch(
+    mut rx: broadcast::Receiver<Arc<Finding>>,
+    tx: mpsc::Sender<Result<pb::Finding, Status>>,
+    filter: Filter,
+    sym: Arc<crate::intern::Symbols>,
+    stop: CancellationToken,
+) {
+    let too_slow = |dropped: u64| {
+        Status::resource_exhausted(format!(
+            "this watch read too slowly and {dropped} findings were dropped for it; catch up with ListFindings, then watch again"
+        ))
+    };
+    let end = loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => break Status::unavailable("grayscope is shutting down"),
+            _ = tx.closed() => return,
+            r = rx.recv() => r,
+        };
+        match next {
+            Ok(f) => {
+                let view = FindingView::of(&f, &sym);
+                if !filter.matches(&view) {
+                    continue;
+                }
+                match tx.try_send(Ok(finding(&view))) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => break too_slow(1),
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => break too_slow(n),
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    };
+    // The status goes after what is queued; a client that never reads again is let go.
+    let _ = tokio::time::timeout(WATCH_GOODBYE, tx.send(Err(end))).await;
+}
