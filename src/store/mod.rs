@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::aggregate::ServiceGraph;
@@ -36,6 +36,9 @@ use crate::model::TraceId;
 pub const DB_FILE: &str = "grayscope.db";
 /// Batches of finalised traces queued for the writer at most.
 const QUEUE_BATCHES: usize = 256;
+/// Finalised traces queued or pending for the writer at most (about 1 KiB each with their spans):
+/// past it, workers wait.
+const QUEUE_TRACES: usize = 65_536;
 /// Read connections kept open for the APIs.
 const READERS: usize = 4;
 
@@ -72,7 +75,7 @@ pub enum StoreError {
 }
 
 enum Msg {
-    Batch(Vec<Finalised>),
+    Batch(Vec<Finalised>, OwnedSemaphorePermit),
     Flush(oneshot::Sender<Result<(), String>>),
     Stop,
 }
@@ -89,6 +92,7 @@ struct Inner {
 pub struct Store {
     inner: Arc<Inner>,
     tx: mpsc::Sender<Msg>,
+    room: Arc<Semaphore>,
 }
 
 /// The writer task; [`Store::close`] ends it.
@@ -158,6 +162,7 @@ impl Store {
                 readers: Mutex::new(readers),
             }),
             tx,
+            room: Arc::new(Semaphore::new(QUEUE_TRACES)),
         };
         let writer = Writer {
             conn: Some(conn),
@@ -165,6 +170,7 @@ impl Store {
             symbols,
             cfg: cfg.clone(),
             pending: Vec::new(),
+            permits: Vec::new(),
             failing: false,
         };
         Ok((store, StoreTask(tokio::spawn(writer.run(rx)))))
@@ -179,8 +185,15 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
+        let n = batch.len().min(QUEUE_TRACES) as u32;
+        let permit = self
+            .room
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| StoreError::Stopped)?;
         self.tx
-            .send(Msg::Batch(batch))
+            .send(Msg::Batch(batch, permit))
             .await
             .map_err(|_| StoreError::Stopped)
     }
@@ -295,6 +308,8 @@ struct Writer {
     symbols: Arc<Symbols>,
     cfg: StoreConfig,
     pending: Vec<Finalised>,
+    /// Room in the queue taken by what is pending; released once it is written.
+    permits: Vec<OwnedSemaphorePermit>,
     /// The last write failed: take nothing new until it succeeds, so the queue, not memory,
     /// absorbs the backlog and senders are slowed down.
     failing: bool,
@@ -309,7 +324,10 @@ impl Writer {
         loop {
             tokio::select! {
                 msg = rx.recv(), if !self.failing => match msg {
-                    Some(Msg::Batch(b)) => self.pending.extend(b),
+                    Some(Msg::Batch(b, permit)) => {
+                        self.pending.extend(b);
+                        self.permits.push(permit);
+                    }
                     Some(Msg::Flush(done)) => {
                         let _ = done.send(self.write().await);
                     }
@@ -346,6 +364,7 @@ impl Writer {
         match result {
             Ok(w) => {
                 self.failing = false;
+                self.permits.clear();
                 tracing::trace!(findings = w.findings, traces = w.traces, "store write");
                 Ok(())
             }
