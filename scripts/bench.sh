@@ -21,7 +21,8 @@ trap cleanup EXIT
 
 # Starts a collector on OS-chosen ports; sets pid, grpc, http, api.
 start() {
-    "$bin" serve --otlp-grpc 127.0.0.1:0 --otlp-http 127.0.0.1:0 --http 127.0.0.1:0 --log warn "$@" \
+    "$bin" serve --otlp-grpc 127.0.0.1:0 --otlp-http 127.0.0.1:0 --http 127.0.0.1:0 --log warn \
+        --data "$(mktemp -d -p "$work")" "$@" \
         >"$work/out" 2>"$work/err" &
     pid=$!
     for _ in $(seq 100); do grep -q "metrics on" "$work/out" 2>/dev/null && break; sleep 0.05; done
