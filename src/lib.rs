@@ -6,9 +6,10 @@
 //! Data flows one way, and the modules are named for the stage they own:
 //!
 //! ```text
-//! receive ──> shard ──> assemble ──> verify ──> aggregate ──> api (JSON, /metrics)
-//! (OTLP gRPC/  (by trace  (per-trace   (verdicts,   (service graph,
-//!  HTTP, decode) id, bounded) petgraph)  first break) findings)
+//! receive ──> shard ──> assemble ──> verify ──> aggregate ──> store ──> api (JSON + OpenAPI,
+//! (OTLP gRPC/  (by trace  (per-trace   (verdicts,   (totals,     (SQLite:      gRPC query,
+//!  HTTP, decode) id, bounded) petgraph)  first break) watch feed)  findings,     /metrics)
+//!                                                                 counters, traces)
 //! ```
 //!
 //! - [`receive`]: OTLP/gRPC and OTLP/HTTP (protobuf, JSON, gzip) into compact [`model::SpanRecord`]s;
@@ -16,8 +17,12 @@
 //! - [`shard`]: one worker per trace id; all-or-nothing admission into bounded queues.
 //! - [`assemble`]: a worker's traces, each a petgraph call graph; idle and memory-bound finalisation.
 //! - [`verify`]: pure verdict logic (no I/O), the verdict table of the README.
-//! - [`aggregate`]: the service graph, recent findings, totals.
-//! - [`api`]: the JSON API, `/healthz`, `/metrics`; [`check`]: the same pipeline, offline.
+//! - [`aggregate`]: totals, recently finalised traces, the feed of new findings, and the service
+//!   graph model.
+//! - [`store`]: findings, per-minute edge counters and traces in SQLite, written in batches by one
+//!   writer; every query the APIs answer.
+//! - [`api`]: the JSON API (OpenAPI at `/api/v1/openapi.json`), the gRPC query API, `/healthz`,
+//!   `/metrics`; [`check`]: the same pipeline, offline.
 //! - [`app`] wires `serve`; [`config`] reads flags, environment and TOML.
 //! - [`propagation`]: the Rust side of gray release (read, keep, forward and record the stage), and
 //!   [`demo`], a mesh of services built with it that sends real traffic with chosen faults.
