@@ -76,7 +76,7 @@ pub struct ServeDemoArgs {
     #[arg(long)]
     pub demo: bool,
     /// Fault for the demo mesh, KIND@CALLER->CALLEE, repeatable; `none` for a clean mesh
-    /// [default: missing@orders->payments]
+    /// (default: missing@orders->payments)
     #[arg(long = "fault", value_name = "SPEC", requires = "demo")]
     pub faults: Vec<String>,
     /// Requests per second the demo sends

@@ -95,7 +95,7 @@ pub struct Store {
     room: Arc<Semaphore>,
 }
 
-/// The writer task; [`Store::close`] ends it.
+/// The writer task; [`StoreTask::stop`] ends it.
 pub struct StoreTask(JoinHandle<()>);
 
 fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
