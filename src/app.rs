@@ -24,7 +24,7 @@ use crate::intern::{SymbolLimits, Symbols};
 use crate::receive::{self, Decoder, Ingest};
 use crate::shard::{Shards, WorkerSetup};
 use crate::store::{Store, StoreConfig, StoreTask};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Sources, Telemetry};
 use crate::verify::Policy;
 
 /// The three listening sockets, bound up front.
@@ -81,8 +81,13 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         declared,
         cfg.instance_ttl.0.as_millis() as u64,
     ));
-    let telemetry = Arc::new(Telemetry::new(symbols.clone()));
-    let aggregate = Arc::new(Aggregate::new(symbols.clone(), AggregateConfig::default()));
+    let aggregate = Arc::new(Aggregate::new(
+        symbols.clone(),
+        AggregateConfig {
+            max_label_values: cfg.max_label_values,
+            ..AggregateConfig::default()
+        },
+    ));
     let (store, store_task) = Store::open(
         &StoreConfig {
             dir: cfg.data.clone(),
@@ -93,6 +98,13 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         symbols.clone(),
     )?;
     tracing::info!("store: {}", store.path().display());
+    let telemetry = Arc::new(Telemetry::new(
+        symbols.clone(),
+        Some(Sources {
+            aggregate: aggregate.clone(),
+            store: store.clone(),
+        }),
+    ));
     let idle_ms = cfg.trace_idle.0.as_millis().max(1) as u64;
     let (shards, workers) = Shards::spawn(WorkerSetup {
         workers: cfg.workers,

@@ -209,6 +209,10 @@ pub struct ServeArgs {
     /// Share of clean traces whose spans are stored (traces with findings always are) [default: 0.01]
     #[arg(long, env = "GRAYSCOPE_SAMPLE_CLEAN", value_name = "RATIO")]
     pub sample_clean: Option<f64>,
+    /// Distinct values per label of the verdict metrics; later ones are counted as `other`
+    /// [default: 500]
+    #[arg(long, env = "GRAYSCOPE_MAX_LABEL_VALUES", value_name = "N")]
+    pub max_label_values: Option<usize>,
     /// At shutdown, how long receivers may take to finish in-flight requests [default: 10s]
     #[arg(long, env = "GRAYSCOPE_SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<Dur>,
@@ -269,6 +273,7 @@ pub struct ServeConfig {
     pub retention: Dur,
     pub max_store_bytes: u64,
     pub sample_clean: f64,
+    pub max_label_values: usize,
     pub shutdown_grace: Dur,
     pub log: String,
     #[serde(flatten)]
@@ -401,6 +406,7 @@ impl ServeArgs {
                 .max_store_bytes
                 .map_or(10 << 30, |b| b.as_u64())
                 .max(1 << 20),
+            max_label_values: positive("max-label-values", a.max_label_values.unwrap_or(500))?,
             sample_clean: match a.sample_clean.unwrap_or(0.01) {
                 r if (0.0..=1.0).contains(&r) => r,
                 r => {
@@ -434,6 +440,7 @@ impl ServeArgs {
             retention: self.retention.or(file.retention),
             max_store_bytes: self.max_store_bytes.or(file.max_store_bytes),
             sample_clean: self.sample_clean.or(file.sample_clean),
+            max_label_values: self.max_label_values.or(file.max_label_values),
             shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
             log: self.log.or(file.log),
             verify: self.verify.or(file.verify),

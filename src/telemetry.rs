@@ -13,8 +13,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
+use crate::aggregate::Aggregate;
 use crate::assemble::AssembleStats;
 use crate::intern::Symbols;
+use crate::store::Store;
 
 /// The content type of [`Telemetry::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -64,8 +66,14 @@ pub struct Telemetry {
     pub late_spans: Counter,
 }
 
+/// Where the verdict and store metrics come from; absent in tests of the receivers alone.
+pub struct Sources {
+    pub aggregate: Arc<Aggregate>,
+    pub store: Store,
+}
+
 impl Telemetry {
-    pub fn new(symbols: Arc<Symbols>) -> Self {
+    pub fn new(symbols: Arc<Symbols>, sources: Option<Sources>) -> Self {
         let mut registry = Registry::with_prefix("grayscope");
         let t = Telemetry {
             requests: Family::default(),
@@ -144,6 +152,10 @@ impl Telemetry {
             t.late_spans.clone(),
         );
         r.register_collector(Box::new(InternerCollector(symbols)));
+        if let Some(s) = sources {
+            r.register_collector(Box::new(VerdictCollector(s.aggregate)));
+            r.register_collector(Box::new(StoreCollector(s.store)));
+        }
         Telemetry { registry, ..t }
     }
 
@@ -212,6 +224,151 @@ impl Collector for InternerCollector {
         for (table, i) in tables {
             ConstCounter::new(i.overflowed()).encode(m.encode_family(&TableLabels { table })?)?;
         }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EdgeLabels {
+    caller: Arc<str>,
+    callee: Arc<str>,
+    stage: Arc<str>,
+    verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FindingLabels {
+    kind: &'static str,
+    scope: &'static str,
+    caller: Arc<str>,
+    callee: Arc<str>,
+    stage: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TraceLabels {
+    stage: Arc<str>,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MisroutedLabels {
+    callee: Arc<str>,
+    stage: Arc<str>,
+    instance_stage: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LabelLabels {
+    label: &'static str,
+}
+
+/// The verdict counters, read at scrape time: what alerting rules and rollout gates query.
+struct VerdictCollector(Arc<Aggregate>);
+
+impl std::fmt::Debug for VerdictCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VerdictCollector")
+    }
+}
+
+impl Collector for VerdictCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.verdict_samples();
+        let counter = ConstCounter::new(0u64).metric_type();
+        let mut m = encoder.encode_descriptor(
+            "edges",
+            "Judged parent->child span edges, by the service-graph edge they count on, request stage ('none' without one) and verdict",
+            None,
+            counter,
+        )?;
+        for ([caller, callee, stage], v, n) in s.edges {
+            let labels = EdgeLabels {
+                caller,
+                callee,
+                stage,
+                verdict: v.as_str(),
+            };
+            ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "findings",
+            "Findings that were first breaks (one bug, one increment per trace), by kind, scope, edge and stage",
+            None,
+            counter,
+        )?;
+        for (kind, scope, [caller, callee, stage], n) in s.findings {
+            let labels = FindingLabels {
+                kind: kind.as_str(),
+                scope: scope.as_str(),
+                caller,
+                callee,
+                stage,
+            };
+            ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "traces",
+            "Finalised traces by root request stage and result (consistent or broken)",
+            None,
+            counter,
+        )?;
+        for (stage, broken, n) in s.traces {
+            let result = if broken { "broken" } else { "consistent" };
+            ConstCounter::new(n).encode(m.encode_family(&TraceLabels { stage, result })?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "misrouted",
+            "Calls routed to an instance of another stage while one of the request's stage was live",
+            None,
+            counter,
+        )?;
+        for ([callee, stage, instance_stage], n) in s.misrouted {
+            let labels = MisroutedLabels {
+                callee,
+                stage,
+                instance_stage,
+            };
+            ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "label_values_folded",
+            "Observations counted under 'other' because their label already had --max-label-values values",
+            None,
+            counter,
+        )?;
+        for (label, n) in s.folded {
+            ConstCounter::new(n).encode(m.encode_family(&LabelLabels { label })?)?;
+        }
+        Ok(())
+    }
+}
+
+/// How far the store's writer is behind.
+struct StoreCollector(Store);
+
+impl std::fmt::Debug for StoreCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreCollector")
+    }
+}
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let g = ConstGauge::new(self.0.queued_traces() as i64);
+        g.encode(encoder.encode_descriptor(
+            "store_queued_traces",
+            "Finalised traces waiting to be written to the store",
+            None,
+            g.metric_type(),
+        )?)?;
+        let lag = ConstGauge::new(self.0.lag().as_secs_f64());
+        lag.encode(encoder.encode_descriptor(
+            "store_lag_seconds",
+            "Age of the oldest finalised trace not yet committed to the store (0 when caught up)",
+            None,
+            lag.metric_type(),
+        )?)?;
         Ok(())
     }
 }

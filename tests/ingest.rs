@@ -425,7 +425,7 @@ struct Receivers {
 
 async fn receivers(queue_spans: usize) -> Receivers {
     let symbols = Arc::new(Symbols::new(&SymbolLimits::default()));
-    let telemetry = Arc::new(Telemetry::new(symbols.clone()));
+    let telemetry = Arc::new(Telemetry::new(symbols.clone(), None));
     let (shards, lanes) = Shards::unattended(1, queue_spans);
     let ingest = Arc::new(Ingest {
         decoder: Decoder::new(

@@ -5,6 +5,7 @@
 //! briefly to copy what they need.
 
 pub mod graph;
+pub mod metrics;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,6 +14,7 @@ use foldhash::fast::RandomState;
 use tokio::sync::broadcast;
 
 pub use graph::{Count, EdgeStats, ServiceGraph, ServiceNode, StageStats};
+pub use metrics::{VerdictCounters, VerdictSamples};
 
 use crate::assemble::{Finalised, TraceSnapshot};
 use crate::intern::Symbols;
@@ -23,12 +25,15 @@ use crate::verify::Finding;
 pub struct AggregateConfig {
     /// Spans of finalised traces with findings kept for the trace API, in total.
     pub max_trace_spans: usize,
+    /// Distinct values per metric label; the rest are counted as `other`.
+    pub max_label_values: usize,
 }
 
 impl Default for AggregateConfig {
     fn default() -> Self {
         AggregateConfig {
             max_trace_spans: 500_000,
+            max_label_values: 500,
         }
     }
 }
@@ -58,9 +63,9 @@ pub struct Aggregate {
     watch: broadcast::Sender<Arc<Finding>>,
 }
 
-#[derive(Default)]
 pub struct State {
     traces: RecentTraces,
+    pub verdicts: VerdictCounters,
     pub totals: Totals,
 }
 
@@ -73,10 +78,15 @@ struct RecentTraces {
 
 impl Aggregate {
     pub fn new(symbols: Arc<Symbols>, cfg: AggregateConfig) -> Self {
+        let verdicts = VerdictCounters::new(cfg.max_label_values);
         Aggregate {
             symbols,
             cfg,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                traces: RecentTraces::default(),
+                verdicts,
+                totals: Totals::default(),
+            }),
             watch: broadcast::Sender::new(WATCH_BUFFER),
         }
     }
@@ -93,6 +103,7 @@ impl Aggregate {
         let mut st = self.lock();
         for f in batch {
             let o = &f.outcome;
+            st.verdicts.count(o);
             *st.totals
                 .traces
                 .entry((o.stage, o.is_broken()))
@@ -109,6 +120,11 @@ impl Aggregate {
                 st.traces.keep(snap.clone(), self.cfg.max_trace_spans);
             }
         }
+    }
+
+    /// The verdict counters with their labels resolved, for a scrape.
+    pub fn verdict_samples(&self) -> VerdictSamples {
+        self.lock().verdicts.samples(&self.symbols)
     }
 
     /// New findings from now on, as they are produced.

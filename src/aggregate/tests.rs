@@ -67,7 +67,10 @@ fn totals_count_traces_by_root_stage_and_breakage() {
 fn kept_traces_are_bounded_by_spans() {
     let k = Kit::new();
     let traces: Vec<_> = (1..=5u128).map(|t| (t, call(&k, None))).collect();
-    let cfg = AggregateConfig { max_trace_spans: 6 };
+    let cfg = AggregateConfig {
+        max_trace_spans: 6,
+        ..AggregateConfig::default()
+    };
     let agg = aggregate(&k, &traces, cfg);
     // 6 spans = the two newest broken traces.
     assert!(agg.trace(TraceId(5)).is_some());

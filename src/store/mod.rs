@@ -15,6 +15,7 @@ mod schema;
 mod write;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,7 +81,15 @@ enum Msg {
     Stop,
 }
 
+/// What the store's metrics show.
+#[derive(Default)]
+struct Stats {
+    /// Finalisation time (Unix ms) of the oldest trace not yet committed; 0 when none.
+    oldest_pending_ms: AtomicU64,
+}
+
 struct Inner {
+    stats: Arc<Stats>,
     path: PathBuf,
     names: Arc<Names>,
     symbols: Arc<Symbols>,
@@ -154,8 +163,10 @@ impl Store {
             )?);
         }
         let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
+        let stats = Arc::new(Stats::default());
         let store = Store {
             inner: Arc::new(Inner {
+                stats: stats.clone(),
                 path,
                 names: names.clone(),
                 symbols: symbols.clone(),
@@ -165,6 +176,7 @@ impl Store {
             room: Arc::new(Semaphore::new(QUEUE_TRACES)),
         };
         let writer = Writer {
+            stats,
             conn: Some(conn),
             names,
             symbols,
@@ -178,6 +190,19 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Finalised traces queued for the writer or waiting in its next write.
+    pub fn queued_traces(&self) -> usize {
+        QUEUE_TRACES - self.room.available_permits()
+    }
+
+    /// How far the store is behind: the age of the oldest finalised trace not yet committed.
+    pub fn lag(&self) -> Duration {
+        match self.inner.stats.oldest_pending_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            ms => Duration::from_millis(crate::wall_ms().saturating_sub(ms)),
+        }
     }
 
     /// Queues finalised traces for the next write; waits while the writer is behind.
@@ -303,6 +328,7 @@ impl StoreTask {
 }
 
 struct Writer {
+    stats: Arc<Stats>,
     conn: Option<Connection>,
     names: Arc<Names>,
     symbols: Arc<Symbols>,
@@ -325,6 +351,11 @@ impl Writer {
             tokio::select! {
                 msg = rx.recv(), if !self.failing => match msg {
                     Some(Msg::Batch(b, permit)) => {
+                        if self.pending.is_empty()
+                            && let Some(oldest) = b.iter().map(|f| f.outcome.finalised_at_ms).min()
+                        {
+                            self.stats.oldest_pending_ms.store(oldest, Ordering::Relaxed);
+                        }
                         self.pending.extend(b);
                         self.permits.push(permit);
                     }
@@ -365,6 +396,7 @@ impl Writer {
             Ok(w) => {
                 self.failing = false;
                 self.permits.clear();
+                self.stats.oldest_pending_ms.store(0, Ordering::Relaxed);
                 tracing::trace!(findings = w.findings, traces = w.traces, "store write");
                 Ok(())
             }
