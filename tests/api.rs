@@ -334,6 +334,8 @@ async fn the_openapi_document_covers_every_route() {
     let mut want = vec![
         "/api/v1/edges/{caller}/{callee}",
         "/api/v1/findings",
+        "/api/v1/gate",
+        "/api/v1/gate/webhook",
         "/api/v1/graph",
         "/api/v1/openapi.json",
         "/api/v1/services",
@@ -349,13 +351,27 @@ async fn the_openapi_document_covers_every_route() {
         let url = p
             .replace("{caller}", "users")
             .replace("{callee}", "orders")
-            .replace("{trace_id}", &format!("{BROKEN:032x}"));
-        let r = reqwest::get(format!("http://{}{url}", c.http))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{url}");
+            .replace("{trace_id}", &format!("{BROKEN:032x}"))
+            .replace("/gate", "/gate?stage=canary");
+        let client = reqwest::Client::new();
+        let (method, r) = if doc["paths"][p]["get"].is_object() {
+            ("get", client.get(format!("http://{}{url}", c.http)))
+        } else {
+            let body = serde_json::json!({"metadata": {"stage": "canary"}});
+            let url = url.replace("?stage=canary", "");
+            (
+                "post",
+                client.post(format!("http://{}{url}", c.http)).json(&body),
+            )
+        };
+        let r = r.send().await.unwrap();
         assert!(
-            doc["paths"][p]["get"]["responses"]["200"].is_object(),
+            [200, 412].contains(&r.status().as_u16()),
+            "{url}: {}",
+            r.status()
+        );
+        assert!(
+            doc["paths"][p][method]["responses"]["200"].is_object(),
             "{p}"
         );
     }

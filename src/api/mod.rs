@@ -3,6 +3,7 @@
 //! Handlers read the aggregate (finalised traces) and ask the workers for traces still being
 //! assembled; they never reach into the receivers.
 
+pub mod gate;
 pub mod grpc;
 pub mod views;
 
@@ -53,6 +54,8 @@ fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(edge))
         .routes(routes!(services))
         .routes(routes!(trace))
+        .routes(routes!(gate_get))
+        .routes(routes!(gate_webhook))
         .routes(routes!(openapi_json))
         .routes(routes!(healthz))
         .routes(routes!(metrics))
@@ -394,6 +397,114 @@ async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Res
             "trace {trace_id} is unknown: it was never received, or it had no findings and was not sampled (--sample-clean), or it is past --retention"
         ))),
     }
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct GateParams {
+    /// The stage being rolled out, e.g. `canary`
+    stage: String,
+    /// How far back to look, e.g. `5m` (default 5m; whole minutes)
+    window: Option<String>,
+    /// Findings (first breaks) allowed (default 0)
+    max_findings: Option<u64>,
+    /// Share of judged edges that must be ok or absent, 0 to 1 (default: not checked)
+    min_consistency: Option<f64>,
+    /// Only edges from this service
+    caller: Option<String>,
+    /// Only edges to this service
+    callee: Option<String>,
+    /// Pass when no edge carried the stage (default false: no traffic is no evidence)
+    allow_empty: Option<bool>,
+}
+
+const GATE_PARAMS: [&str; 7] = [
+    "stage",
+    "window",
+    "max_findings",
+    "min_consistency",
+    "caller",
+    "callee",
+    "allow_empty",
+];
+
+async fn run_gate(st: &ApiState, q: &gate::GateQuery) -> Result<gate::GateResult, ApiError> {
+    let since = crate::wall_ms().saturating_sub(q.window.as_millis() as u64);
+    let g = st
+        .store
+        .graph(Window {
+            since_ms: Some(since),
+            until_ms: None,
+        })
+        .await?;
+    Ok(gate::judge(q, &g, st.aggregate.symbols()))
+}
+
+/// Whether a stage's traffic kept its tag over a recent window: for Argo Rollouts `web` metrics
+/// (`successCondition: result.pass == true`). Always 200 with the verdict in `pass`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/gate",
+    tag = "gate",
+    params(GateParams),
+    responses(
+        (status = 200, description = "The verdict; `pass` says whether to promote", body = gate::GateResult),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+    )
+)]
+async fn gate_get(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
+    check_params(&q, &GATE_PARAMS)?;
+    let query = gate::GateQuery::parse(&q)
+        .map_err(|(name, message)| ApiError::BadParam { name, message })?;
+    Ok(axum::Json(run_gate(&st, &query).await?).into_response())
+}
+
+/// A Flagger webhook call; the gate's parameters come from its `metadata`.
+#[derive(serde::Deserialize, ToSchema)]
+#[allow(dead_code)]
+struct FlaggerWebhook {
+    name: Option<String>,
+    namespace: Option<String>,
+    phase: Option<String>,
+    /// The gate's parameters, as strings: `stage`, `window`, `max_findings`, ...
+    #[serde(default)]
+    metadata: HashMap<String, String>,
+}
+
+/// The gate as a Flagger webhook (`type: pre-rollout` or `rollout`): 200 when it passes, 412 with
+/// the same body when it does not, so that Flagger halts the rollout.
+#[utoipa::path(
+    post,
+    path = "/api/v1/gate/webhook",
+    tag = "gate",
+    request_body = FlaggerWebhook,
+    responses(
+        (status = 200, description = "Passed", body = gate::GateResult),
+        (status = 412, description = "Did not pass", body = gate::GateResult),
+        (status = 400, description = "Not a Flagger webhook payload, or bad metadata", body = ErrorBody),
+    )
+)]
+async fn gate_webhook(
+    State(st): State<ApiState>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let hook: FlaggerWebhook = serde_json::from_slice(&body).map_err(|e| ApiError::BadParam {
+        name: "body",
+        message: format!("not a Flagger webhook payload: {e}"),
+    })?;
+    let query =
+        gate::GateQuery::parse(&hook.metadata).map_err(|(name, message)| ApiError::BadParam {
+            name,
+            message: format!("{message} (in metadata)"),
+        })?;
+    let result = run_gate(&st, &query).await?;
+    let status = if result.pass {
+        StatusCode::OK
+    } else {
+        StatusCode::PRECONDITION_FAILED
+    };
+    Ok((status, axum::Json(result)).into_response())
 }
 
 /// This document.
