@@ -151,6 +151,16 @@ impl Telemetry {
             "Spans for a trace already finalised: counted, not judged",
             t.late_spans.clone(),
         );
+        // Counters alerts take the rate of exist from the start, at zero, so that a rate is 0
+        // rather than absent before the first refusal.
+        for protocol in ["grpc", "http_protobuf", "http_json"] {
+            t.accepted_spans
+                .get_or_create(&ProtocolLabels { protocol })
+                .inc_by(0);
+            t.refused_spans
+                .get_or_create(&ProtocolLabels { protocol })
+                .inc_by(0);
+        }
         r.register_collector(Box::new(InternerCollector(symbols)));
         if let Some(s) = sources {
             r.register_collector(Box::new(VerdictCollector(s.aggregate)));
