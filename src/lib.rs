@@ -50,6 +50,7 @@ pub mod store;
 pub mod telemetry;
 pub mod testkit;
 pub mod verify;
+pub mod web;
 
 /// Unix time in milliseconds, for timestamps shown to users.
 pub fn wall_ms() -> u64 {

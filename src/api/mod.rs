@@ -71,6 +71,7 @@ pub fn router(state: ApiState) -> Router {
     let doc = Arc::new(doc);
     router
         .layer(axum::Extension(doc))
+        .merge(crate::web::router())
         .fallback(|| async {
             ApiError::NotFound(
                 "no such endpoint; the API is described at /api/v1/openapi.json".into(),
@@ -95,6 +96,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("cannot render the page: {0}")]
+    Render(String),
 }
 
 impl IntoResponse for ApiError {
@@ -104,6 +107,10 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Store(ref e) => {
                 tracing::error!("API: {e}");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ApiError::Render(ref e) => {
+                tracing::error!("dashboard: {e}");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };

@@ -1,0 +1,108 @@
+//! The dashboard's pages over HTTP: what they show for faulty traffic, and that nothing a span
+//! says is ever markup. (Browser-level behaviour is tested in Chromium.)
+
+mod common;
+
+use common::*;
+use grayscope::app::Collector;
+use grayscope::loadgen::{RawClient, Wire};
+use grayscope::model::SpanKind;
+use grayscope::testkit::RequestBuilder;
+use prost::Message;
+
+const EVIL: &str = "<img src=x onerror=alert(1)>";
+
+async fn page(c: &Collector, path: &str) -> (u16, String, String) {
+    let r = reqwest::get(format!("http://{}{path}", c.http))
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let csp = r
+        .headers()
+        .get("content-security-policy")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, csp, r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_show_the_broken_hop_and_escape_everything_from_spans() {
+    let c = spawn_collector(test_args()).await;
+    // EVIL (canary) calls orders, which lost the stage; the stage value itself is hostile too.
+    let mut b = RequestBuilder::new().resource(EVIL, Some("stable"));
+    for t in 1..=3u128 {
+        b = b
+            .span(
+                t,
+                1,
+                None,
+                "GET </script>",
+                SpanKind::Server,
+                &[(STAGE, "canary")],
+            )
+            .span(
+                t,
+                2,
+                Some(1),
+                "call",
+                SpanKind::Client,
+                &[(STAGE, "canary")],
+            );
+    }
+    b = b
+        .span(
+            9,
+            1,
+            None,
+            "GET",
+            SpanKind::Server,
+            &[(STAGE, "</script><script>alert(2)</script>")],
+        )
+        .resource("orders", Some("stable"));
+    for t in 1..=3u128 {
+        b = b.span(t, 3, Some(2), "GET /o", SpanKind::Server, &[]);
+    }
+    let r = RawClient::new(Wire::Grpc, c.otlp_grpc)
+        .send(b.build().encode_to_vec().into(), false)
+        .await
+        .unwrap();
+    assert!(r.is_ok());
+    c.flush().await;
+
+    let (status, csp, html) = page(&c, "/").await;
+    assert_eq!(status, 200);
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert!(
+        html.contains(r#"data-health="bad""#),
+        "the broken edge is red"
+    );
+    assert!(html.contains("100.0% missing"), "and labelled");
+    assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;"));
+    for path in [
+        "/",
+        "/findings",
+        &format!("/traces/{:032x}", 1),
+        "/edges/orders/orders",
+        "/fragments/overview?window=5m",
+    ] {
+        let (_, _, html) = page(&c, path).await;
+        assert!(!html.contains("<img src=x"), "{path}: unescaped markup");
+        assert!(
+            !html.contains("</script><script>"),
+            "{path}: unescaped script"
+        );
+        assert!(!html.contains("<script>alert"), "{path}");
+    }
+    let (_, _, trace) = page(&c, &format!("/traces/{:032x}", 1)).await;
+    assert!(trace.contains("data-first-break=\"true\""), "{trace}");
+    assert!(
+        trace.contains("GET &#60;/script&#62;"),
+        "the span name, as text"
+    );
+    let (_, _, findings) = page(&c, "/findings?kind=missing").await;
+    assert_eq!(findings.matches("<tr class=\"first-break\">").count(), 3);
+    let (status, _, _) = page(&c, "/traces/zzz").await;
+    assert_eq!(status, 400);
+    c.shutdown().await.unwrap();
+}
