@@ -1,0 +1,366 @@
+//! The dashboard in a real headless Chromium (Debian's `chromium` + `chromium-driver`), driven over
+//! WebDriver: what a person running a canary sees and clicks. Screenshots are saved under
+//! `target/tmp/browser/`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::*;
+use grayscope::app::Collector;
+use grayscope::demo::{Demo, DemoOptions, Export, Protocol, parse_faults};
+use grayscope::loadgen::{RawClient, Wire};
+use grayscope::model::SpanKind;
+use grayscope::testkit::RequestBuilder;
+use prost::Message;
+use serde_json::{Value, json};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+fn have_chromium() -> bool {
+    let found = Path::new("/usr/bin/chromium").exists()
+        && Command::new("chromedriver")
+            .arg("--version")
+            .output()
+            .is_ok();
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "chromium and chromedriver are required in CI (Debian packages 'chromium', 'chromium-driver'; .ci/run installs them)"
+        );
+        eprintln!("chromium or chromedriver not installed: skipping");
+    }
+    found
+}
+
+use std::path::Path;
+
+/// A chromedriver process and one browser session; both ended when dropped.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        // chromedriver cannot report a port it chose: the OS picks one, then it is handed over.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = http.get(format!("{base}/status")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "chromedriver not ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"]
+            }
+        }}});
+        let v: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = v["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_string();
+        Browser {
+            driver,
+            base,
+            session,
+            http,
+        }
+    }
+
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut r = self.http.request(method, url);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let v: Value = r.send().await.unwrap().json().await.unwrap();
+        v["value"].clone()
+    }
+
+    async fn go(&self, url: &str) {
+        self.cmd(reqwest::Method::POST, "/url", Some(json!({"url": url})))
+            .await;
+    }
+
+    async fn url(&self) -> String {
+        self.cmd(reqwest::Method::GET, "/url", None)
+            .await
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// Waits up to 15 s for an element matching `css`; returns its WebDriver id.
+    async fn find(&self, css: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let v = self
+                .cmd(
+                    reqwest::Method::POST,
+                    "/element",
+                    Some(json!({"using": "css selector", "value": css})),
+                )
+                .await;
+            if let Some(id) = v[ELEMENT].as_str() {
+                return id.to_string();
+            }
+            assert!(Instant::now() < deadline, "no element {css}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn click(&self, id: &str) {
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    async fn text(&self, id: &str) -> String {
+        self.cmd(reqwest::Method::GET, &format!("/element/{id}/text"), None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Whether a JavaScript dialog (alert) is open.
+    async fn dialog_open(&self) -> bool {
+        let v = self.cmd(reqwest::Method::GET, "/alert/text", None).await;
+        v["error"].as_str() != Some("no such alert")
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let v = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap();
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+async fn demo(c: &Collector, faults: &[&str]) -> Demo {
+    let export = Export::new(Protocol::Grpc, Some(&format!("http://{}", c.otlp_grpc))).unwrap();
+    let specs: Vec<String> = faults.iter().map(|s| s.to_string()).collect();
+    let mut o = DemoOptions::new(export, parse_faults(&specs).unwrap());
+    o.rate = 20.0;
+    o.batch_delay = Duration::from_millis(100);
+    Demo::start(o).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broken_hop_is_red_on_the_graph_and_leads_to_its_first_break() {
+    if !have_chromium() {
+        return;
+    }
+    let c = spawn_collector(test_args()).await;
+    let d = demo(&c, &["missing@orders->payments"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.flush().await;
+    let b = Browser::start().await;
+    let site = format!("http://{}", c.http);
+
+    let t = Instant::now();
+    b.go(&format!("{site}/?window=5m")).await;
+    let edge = b
+        .find(r#"a.edge-link[data-caller="orders"][data-callee="payments"][data-health="bad"]"#)
+        .await;
+    let first_paint = b
+        .js("const p = performance.getEntriesByType('paint').find(e => e.name === 'first-contentful-paint'); return p ? p.startTime : null;")
+        .await;
+    eprintln!(
+        "overview: loaded in {:?}, first contentful paint {first_paint} ms",
+        t.elapsed()
+    );
+    for node in ["gateway", "users", "orders", "payments", "inventory"] {
+        b.find(&format!(r#"g.node[data-node="{node}"]"#)).await;
+    }
+    let label = b.text(&edge).await;
+    assert!(
+        label.contains("missing"),
+        "the red edge is labelled: {label}"
+    );
+    let ok = b
+        .find(r#"a.edge-link[data-caller="gateway"][data-callee="users"]"#)
+        .await;
+    assert_eq!(b.text(&ok).await, "ok");
+    // Red, by the stylesheet, not only by class.
+    let stroke = b
+        .js(r#"return getComputedStyle(document.querySelector('a.edge-link[data-health="bad"] path')).stroke;"#)
+        .await;
+    assert_eq!(stroke, "rgb(207, 34, 46)");
+    b.screenshot("overview").await;
+
+    // The page updates itself: more findings arrive, the page is not reloaded.
+    b.js("window.__grayscopeMarker = 1; return null;").await;
+    let before = b
+        .js("return document.getElementById('live').getAttribute('data-refreshed');")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = b
+            .js("return [window.__grayscopeMarker, document.getElementById('live').getAttribute('data-refreshed')];")
+            .await;
+        assert_eq!(now[0], 1, "the page was reloaded");
+        if now[1] != before && !now[1].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no live update");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The stage selector narrows the graph: stable traffic only.
+    let all_title = b
+        .js(r#"return document.querySelector('a.edge-link[data-caller="orders"][data-callee="payments"] title').textContent;"#)
+        .await;
+    b.js("const s = document.getElementById('stage'); s.value = 'stable'; s.dispatchEvent(new Event('change')); return null;")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.url().await.contains("stage=stable") {
+        assert!(Instant::now() < deadline, "the selector did not apply");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.find(r#"a.edge-link[data-caller="orders"][data-callee="payments"]"#)
+        .await;
+    let stable_title = b
+        .js(r#"return document.querySelector('a.edge-link[data-caller="orders"][data-callee="payments"] title').textContent;"#)
+        .await;
+    assert_ne!(all_title, stable_title, "fewer calls for one stage");
+    let selected = b.js("return document.getElementById('stage').value;").await;
+    assert_eq!(selected, "stable", "the selection is kept");
+
+    // Click the broken edge (its label), then an example trace: its first break is highlighted.
+    let edge = b
+        .find(r#"a.edge-link[data-caller="orders"][data-callee="payments"] text"#)
+        .await;
+    b.click(&edge).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.url().await.contains("/edges/orders/payments") {
+        assert!(Instant::now() < deadline, "the edge link did not open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let h1 = b.find("h1").await;
+    assert_eq!(b.text(&h1).await, "orders → payments");
+    b.screenshot("edge").await;
+    let example = b.find("ul.examples a").await;
+    b.click(&example).await;
+    let row = b.find(r#"tr[data-first-break="true"]"#).await;
+    let row_text = b.text(&row).await;
+    assert!(row_text.contains("missing (in_process)"), "{row_text}");
+    assert!(
+        row_text.contains("without the request's context"),
+        "{row_text}"
+    );
+    let bg = b
+        .js(r#"return getComputedStyle(document.querySelector('tr[data-first-break="true"]')).backgroundColor;"#)
+        .await;
+    assert_eq!(bg, "rgb(255, 235, 233)", "highlighted");
+    b.screenshot("trace").await;
+
+    drop(b);
+    d.stop().await;
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_names_are_text_and_open_no_dialog() {
+    if !have_chromium() {
+        return;
+    }
+    let c = spawn_collector(test_args()).await;
+    let evil = "<img src=x onerror=alert(1)>";
+    let mut req = RequestBuilder::new().resource(evil, Some("stable"));
+    req = req
+        .span(
+            1,
+            1,
+            None,
+            "GET",
+            SpanKind::Server,
+            &[(STAGE, "</script><script>alert(2)</script>")],
+        )
+        .span(1, 2, Some(1), "call", SpanKind::Client, &[]);
+    let r = RawClient::new(Wire::Grpc, c.otlp_grpc)
+        .send(req.build().encode_to_vec().into(), false)
+        .await
+        .unwrap();
+    assert!(r.is_ok());
+    c.flush().await;
+    let b = Browser::start().await;
+    let site = format!("http://{}", c.http);
+    for path in [
+        "/?window=5m".to_string(),
+        format!("/traces/{:032x}", 1),
+        "/findings".into(),
+    ] {
+        b.go(&format!("{site}{path}")).await;
+        b.find("main").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!b.dialog_open().await, "{path}: a dialog opened");
+        let imgs = b
+            .js("return document.querySelectorAll('img').length;")
+            .await;
+        assert_eq!(imgs, 0, "{path}: markup from a span became an element");
+        let body = b.js("return document.body.innerText;").await;
+        assert!(
+            body.as_str().unwrap().contains(evil),
+            "{path}: shown as text"
+        );
+    }
+    b.screenshot("hostile").await;
+    drop(b);
+    c.shutdown().await.unwrap();
+}
