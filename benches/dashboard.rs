@@ -1,0 +1,83 @@
+//! Server time to draw the overview's service graph for a large mesh: 200 services and 1,000
+//! caller -> callee edges (with stages and a share of broken ones), from the graph model to the SVG.
+//!
+//! `cargo bench --bench dashboard`
+
+use std::time::Instant;
+
+use grayscope::aggregate::{Count, ServiceGraph};
+use grayscope::api::views::GraphView;
+use grayscope::intern::{SymbolLimits, Symbols};
+use grayscope::verify::{NodeKey, Verdict};
+
+fn main() {
+    let sym = Symbols::new(&SymbolLimits::default());
+    let other = sym.values.other();
+    let stages = [sym.values.intern("stable"), sym.values.intern("canary")];
+    let nodes: Vec<NodeKey> = (0..200)
+        .map(|i| NodeKey::Service(sym.services.intern(&format!("service-{i:03}"))))
+        .collect();
+    let mut g = ServiceGraph::default();
+    let mut edges = 0;
+    // A layered mesh: each service calls 5 services of later layers.
+    'outer: for (i, &a) in nodes.iter().enumerate() {
+        for k in 1..=5 {
+            let j = (i + k * 7) % nodes.len();
+            if j == i {
+                continue;
+            }
+            for (s, &stage) in stages.iter().enumerate() {
+                let n = 100 + (i * 13 + k) as u64 % 400;
+                let broken = if (i + k) % 17 == 0 {
+                    n / (3 + s as u64)
+                } else {
+                    0
+                };
+                for (verdict, count) in [
+                    (None, n),
+                    (Some(Verdict::Ok), n - broken),
+                    (Some(Verdict::Missing), broken),
+                ] {
+                    g.count(
+                        Some(a),
+                        nodes[j],
+                        Count {
+                            stage: Some(stage),
+                            instance: Some(stage),
+                            verdict,
+                            count,
+                            first_breaks: if verdict == Some(Verdict::Missing) {
+                                count
+                            } else {
+                                0
+                            },
+                        },
+                        other,
+                    );
+                }
+            }
+            edges += 1;
+            if edges == 1000 {
+                break 'outer;
+            }
+        }
+    }
+    let runs = 50;
+    let t = Instant::now();
+    let mut bytes = 0;
+    for _ in 0..runs {
+        let view = GraphView::of(&g, None, None, &sym);
+        bytes = grayscope::web::svg::graph(&view, "window=1h").len();
+    }
+    let per = t.elapsed() / runs;
+    println!(
+        "graph: {} services, {} edges",
+        g.graph.node_count(),
+        g.graph.edge_count()
+    );
+    println!(
+        "view + layout + SVG per request: {:.2} ms ({} KiB of SVG)",
+        per.as_secs_f64() * 1e3,
+        bytes / 1024
+    );
+}
