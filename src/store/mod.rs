@@ -272,6 +272,16 @@ impl Store {
         self.read(move |c, n| Ok(read::graph(c, n, &sym, w)?)).await
     }
 
+    /// Finalised traces in `w` by root stage: (stage, consistent, broken).
+    #[allow(clippy::type_complexity)]
+    pub async fn trace_counts(
+        &self,
+        w: Window,
+    ) -> Result<Vec<(Option<Arc<str>>, u64, u64)>, StoreError> {
+        self.read(move |c, n| Ok(read::trace_counts(c, n, w)?))
+            .await
+    }
+
     pub async fn services(&self) -> Result<Vec<ServiceView>, StoreError> {
         self.read(|c, n| Ok(read::services(c, n)?)).await
     }

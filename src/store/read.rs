@@ -447,3 +447,31 @@ pub fn edge_series(
         examples,
     }))
 }
+
+/// Finalised traces in `w` by root stage (`None`: untagged): (stage, consistent, broken).
+pub fn trace_counts(
+    conn: &Connection,
+    names: &Names,
+    w: Window,
+) -> rusqlite::Result<Vec<(Option<Arc<str>>, u64, u64)>> {
+    let (from, to) = w.minutes();
+    let mut stmt = conn.prepare_cached(
+        "SELECT stage, broken, sum(count) FROM trace_minutes
+         WHERE minute >= ?1 AND minute < ?2 GROUP BY stage, broken",
+    )?;
+    let mut rows = stmt.query(params![from, to])?;
+    let mut by_stage: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
+    while let Some(r) = rows.next()? {
+        let (stage, broken, n): (i64, bool, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        let e = by_stage.entry(stage).or_default();
+        if broken {
+            e.1 += n as u64;
+        } else {
+            e.0 += n as u64;
+        }
+    }
+    Ok(by_stage
+        .into_iter()
+        .map(|(s, (ok, broken))| ((s != 0).then(|| names.name(s)), ok, broken))
+        .collect())
+}

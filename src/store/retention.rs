@@ -56,6 +56,10 @@ fn delete_before(conn: &Connection, cutoff_ms: i64) -> rusqlite::Result<Deleted>
         params![cutoff_ms],
     )?;
     conn.execute(
+        "DELETE FROM trace_minutes WHERE minute < ?1",
+        params![minute],
+    )?;
+    conn.execute(
         "DELETE FROM edges WHERE last_seen_ms < ?1",
         params![cutoff_ms],
     )?;

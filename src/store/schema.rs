@@ -93,6 +93,16 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX traces_finalised ON traces (finalised_ms);
     "#,
+    // 2: finalised traces per minute, root stage and result, for trace-level consistency.
+    r#"
+    CREATE TABLE trace_minutes (
+        minute INTEGER NOT NULL,
+        stage  INTEGER NOT NULL,   -- root request stage (names.id), 0 for none
+        broken INTEGER NOT NULL,
+        count  INTEGER NOT NULL,
+        PRIMARY KEY (minute, stage, broken)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Brings the store at `conn` up to the newest schema; returns the version it was at.

@@ -348,3 +348,46 @@ fn every_migration_applies_in_order_from_an_empty_file() {
     // Idempotent: a second open applies nothing.
     assert_eq!(schema::migrate(&mut conn).unwrap(), MIGRATIONS.len());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_of_the_first_schema_version_is_migrated_with_its_data() {
+    let k = Kit::new();
+    let dir = tempfile::tempdir().unwrap();
+    // Version 1 as it was written: only the first migration applied, holding one finding.
+    {
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO names (id, kind, name) VALUES (1, 0, 'users'), (2, 0, 'orders'), (3, 3, 'GET'), (4, 2, 'canary');
+             INSERT INTO findings (observed_ms, trace_id, kind, scope, first_break, stage, edge_caller, edge_callee,
+                c_service, c_span, c_name, c_kind, c_stage, c_instance, detail)
+             VALUES (1700000000000, x'0000000000000000000000000000002a', 2, 0, 1, 4, 1, 2, 2, 3, 3, 2, NULL, NULL, 'lost');",
+        )
+        .unwrap();
+    }
+    let (store, task) = Store::open(&config(dir.path()), k.sym.clone()).unwrap();
+    let page = store
+        .findings(FindingQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.findings.len(), 1);
+    assert_eq!(page.findings[0].trace_id, TraceId(42));
+    assert_eq!(&*page.findings[0].edge.callee, "orders");
+    assert_eq!(page.findings[0].detail, "lost");
+    // What version 2 added works on the migrated store.
+    let traces = vec![(1u128, call(&k, None)), (2, call(&k, Some("canary")))];
+    store.submit(finalise(&traces, T0, 0.0)).await.unwrap();
+    store.flush().await.unwrap();
+    let counts = store.trace_counts(Window::default()).await.unwrap();
+    assert_eq!(counts, vec![(Some(std::sync::Arc::from("canary")), 1, 1)]);
+    task.stop(&store).await;
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v as usize, MIGRATIONS.len());
+}

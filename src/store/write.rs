@@ -107,6 +107,7 @@ pub fn write(
     let mut last_seen: HashMap<(i64, i64), i64, RandomState> = HashMap::default();
     let mut examples: HashMap<EdgeVerdict, Vec<(TraceId, i64)>, RandomState> = HashMap::default();
     let mut services: HashMap<(i64, i64), i64, RandomState> = HashMap::default();
+    let mut trace_minutes: HashMap<(i64, i64, bool), i64, RandomState> = HashMap::default();
     {
         let mut finding = tx.prepare_cached(
             "INSERT INTO findings (observed_ms, trace_id, kind, scope, first_break, stage, edge_caller, edge_callee,
@@ -192,6 +193,9 @@ pub fn write(
                 ])?;
                 written.traces += 1;
             }
+            *trace_minutes
+                .entry((minute, ids.stage0(o.stage)?, o.is_broken()))
+                .or_default() += 1;
             for &(svc, inst) in &o.services {
                 let key = (ids.service(svc)?, ids.stage0(inst)?);
                 let seen = services.entry(key).or_default();
@@ -227,6 +231,13 @@ pub fn write(
         )?;
         for ((svc, st), at) in &services {
             service.execute(params![svc, st, at])?;
+        }
+        let mut traces_per_minute = tx.prepare_cached(
+            "INSERT INTO trace_minutes (minute, stage, broken, count) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO UPDATE SET count = count + excluded.count",
+        )?;
+        for ((m, st, broken), n) in &trace_minutes {
+            traces_per_minute.execute(params![m, st, broken, n])?;
         }
     }
     let names = ids.names;

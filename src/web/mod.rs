@@ -248,18 +248,34 @@ async fn selected_graph(
 
 async fn live(st: &ApiState, sel: &Selection) -> Result<Live, ApiError> {
     let (view, _, window_label) = selected_graph(st, sel).await?;
-    // Consistency per stage, over every judged edge of the window.
-    let mut per_stage: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    // Trace-level consistency per root stage: did the whole chain keep the tag?
+    let (w, _) = sel.window()?;
+    let counts = st.store.trace_counts(w).await?;
+    let traces_seen = counts.iter().map(|(_, ok, broken)| ok + broken).sum();
+    let stage_rows = counts
+        .into_iter()
+        .filter_map(|(stage, ok, broken)| {
+            let stage = stage?.to_string();
+            let total = ok + broken;
+            (total > 0).then(|| {
+                let ratio = ok as f64 / total as f64;
+                StageRow {
+                    stage,
+                    consistency: format!("{:.2}%", ratio * 100.0),
+                    judged: total,
+                    class: if broken == 0 {
+                        "ok"
+                    } else if ratio >= 0.95 {
+                        "warn"
+                    } else {
+                        "bad"
+                    },
+                }
+            })
+        })
+        .collect();
     let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
     for e in &view.edges {
-        for (stage, s) in &e.stages {
-            let judged: u64 = s.verdicts.values().sum();
-            let good = s.verdicts.get("ok").copied().unwrap_or(0)
-                + s.verdicts.get("absent").copied().unwrap_or(0);
-            let row = per_stage.entry(stage.clone()).or_default();
-            row.0 += good;
-            row.1 += judged;
-        }
         for (k, n) in &e.totals.first_breaks {
             *kinds.entry(k).or_default() += n;
         }
@@ -269,25 +285,6 @@ async fn live(st: &ApiState, sel: &Selection) -> Result<Live, ApiError> {
             *kinds.entry(k).or_default() += c;
         }
     }
-    let stage_rows = per_stage
-        .into_iter()
-        .filter(|(_, (_, judged))| *judged > 0)
-        .map(|(stage, (good, judged))| {
-            let ratio = good as f64 / judged as f64;
-            StageRow {
-                stage,
-                consistency: format!("{:.2}%", ratio * 100.0),
-                judged,
-                class: if good == judged {
-                    "ok"
-                } else if ratio >= 0.95 {
-                    "warn"
-                } else {
-                    "bad"
-                },
-            }
-        })
-        .collect();
     let query = sel.query();
     let mut broken: Vec<BrokenEdge> = view
         .edges
@@ -310,7 +307,6 @@ async fn live(st: &ApiState, sel: &Selection) -> Result<Live, ApiError> {
         })
         .collect();
     broken.sort_by_key(|b| std::cmp::Reverse(b.breaks));
-    let traces_seen = st.aggregate.lock().totals.trace_count();
     Ok(Live {
         traces_seen,
         stage_rows,
