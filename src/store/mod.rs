@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::aggregate::ServiceGraph;
 pub use names::{NameKind, Names};
-pub use read::{FindingPage, FindingQuery, Window};
+pub use read::{FindingPage, FindingQuery, StageTraces, Window};
 pub use schema::{MIGRATIONS, MigrateError};
 
 use crate::api::views::{EdgeSeriesView, ServiceView, TraceView};
@@ -273,11 +273,7 @@ impl Store {
     }
 
     /// Finalised traces in `w` by root stage: (stage, consistent, broken).
-    #[allow(clippy::type_complexity)]
-    pub async fn trace_counts(
-        &self,
-        w: Window,
-    ) -> Result<Vec<(Option<Arc<str>>, u64, u64)>, StoreError> {
+    pub async fn trace_counts(&self, w: Window) -> Result<Vec<StageTraces>, StoreError> {
         self.read(move |c, n| Ok(read::trace_counts(c, n, w)?))
             .await
     }

@@ -448,12 +448,15 @@ pub fn edge_series(
     }))
 }
 
-/// Finalised traces in `w` by root stage (`None`: untagged): (stage, consistent, broken).
+/// (root stage, `None` when untagged; consistent traces; broken traces).
+pub type StageTraces = (Option<Arc<str>>, u64, u64);
+
+/// Finalised traces in `w` by root stage.
 pub fn trace_counts(
     conn: &Connection,
     names: &Names,
     w: Window,
-) -> rusqlite::Result<Vec<(Option<Arc<str>>, u64, u64)>> {
+) -> rusqlite::Result<Vec<StageTraces>> {
     let (from, to) = w.minutes();
     let mut stmt = conn.prepare_cached(
         "SELECT stage, broken, sum(count) FROM trace_minutes
