@@ -158,13 +158,24 @@ impl Browser {
         }
     }
 
-    async fn click(&self, id: &str) {
-        self.cmd(
-            reqwest::Method::POST,
-            &format!("/element/{id}/click"),
-            Some(json!({})),
-        )
-        .await;
+    /// Clicks the element matching `css`. The overview replaces its live part every few
+    /// seconds, so an element found a moment ago can be stale: find it again and retry.
+    async fn click(&self, css: &str) {
+        for _ in 0..5 {
+            let id = self.find(css).await;
+            let v = self
+                .cmd(
+                    reqwest::Method::POST,
+                    &format!("/element/{id}/click"),
+                    Some(json!({})),
+                )
+                .await;
+            if v.is_null() {
+                return;
+            }
+            assert_eq!(v["error"], "stale element reference", "click failed: {v}");
+        }
+        panic!("{css} kept going stale");
     }
 
     async fn text(&self, id: &str) -> String {
@@ -283,10 +294,8 @@ async fn a_broken_hop_is_red_on_the_graph_and_leads_to_its_first_break() {
     assert_eq!(selected, "stable", "the selection is kept");
 
     // Click the broken edge (its label), then an example trace: its first break is highlighted.
-    let edge = b
-        .find(r#"a.edge-link[data-caller="orders"][data-callee="payments"] text"#)
+    b.click(r#"a.edge-link[data-caller="orders"][data-callee="payments"] text"#)
         .await;
-    b.click(&edge).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !b.url().await.contains("/edges/orders/payments") {
         assert!(Instant::now() < deadline, "the edge link did not open");
@@ -295,8 +304,7 @@ async fn a_broken_hop_is_red_on_the_graph_and_leads_to_its_first_break() {
     let h1 = b.find("h1").await;
     assert_eq!(b.text(&h1).await, "orders → payments");
     b.screenshot("edge").await;
-    let example = b.find("ul.examples a").await;
-    b.click(&example).await;
+    b.click("ul.examples a").await;
     let row = b.find(r#"tr[data-first-break="true"]"#).await;
     let row_text = b.text(&row).await;
     assert!(row_text.contains("missing (in_process)"), "{row_text}");

@@ -127,14 +127,23 @@ pub fn graph(g: &GraphView, query: &str) -> String {
             )
         } else if x2 > x1 {
             let dx = ((x2 - x1) / 2.0).max(30.0);
+            // The label sits towards the callee, on the outer side of the bend, so that calls
+            // fanning out of one service do not stack their labels at the fork.
+            let ly = if y2 > y1 + 1.0 {
+                y1 + 0.75 * (y2 - y1) + 16.0
+            } else if y2 < y1 - 1.0 {
+                y1 + 0.75 * (y2 - y1) - 8.0
+            } else {
+                y1 - 6.0
+            };
             (
                 format!(
                     "M{x1:.1},{y1:.1} C{:.1},{y1:.1} {:.1},{y2:.1} {x2:.1},{y2:.1}",
                     x1 + dx,
                     x2 - dx
                 ),
-                (x1 + x2) / 2.0,
-                (y1 + y2) / 2.0 - 6.0,
+                x1 + 0.6 * (x2 - x1),
+                ly,
             )
         } else {
             // A call back to the left: around, below both nodes.
