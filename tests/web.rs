@@ -106,3 +106,48 @@ async fn pages_show_the_broken_hop_and_escape_everything_from_spans() {
     assert_eq!(status, 400);
     c.shutdown().await.unwrap();
 }
+
+/// A large graph opens on its broken part, with a way to see all of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_graph_opens_on_its_broken_part() {
+    let c = spawn_collector(test_args()).await;
+    // A chain of 60 services; svc-30 loses the stage on its call to svc-31.
+    let mut b = RequestBuilder::new();
+    for i in 0..59u64 {
+        let t = u128::from(i) + 1;
+        let attrs: &[(&str, &str)] = if i == 30 { &[] } else { &[(STAGE, "canary")] };
+        b = b
+            .resource(&format!("svc-{i:02}"), Some("stable"))
+            .span(t, 1, None, "GET", SpanKind::Server, &[(STAGE, "canary")])
+            .span(
+                t,
+                2,
+                Some(1),
+                "call",
+                SpanKind::Client,
+                &[(STAGE, "canary")],
+            )
+            .resource(&format!("svc-{:02}", i + 1), Some("stable"))
+            .span(t, 3, Some(2), "GET", SpanKind::Server, attrs);
+    }
+    let r = RawClient::new(Wire::Grpc, c.otlp_grpc)
+        .send(b.build().encode_to_vec().into(), false)
+        .await
+        .unwrap();
+    assert!(r.is_ok());
+    c.flush().await;
+    let (_, _, html) = page(&c, "/?window=1h").await;
+    assert_eq!(
+        html.matches("class=\"edge-link\"").count(),
+        2,
+        "the broken call and the call into its caller"
+    );
+    assert!(html.contains(r#"data-caller="svc-30" data-callee="svc-31" data-health="bad""#));
+    assert!(
+        html.contains("of 59. <a href=\"/?window=1h&#38;view=all\">Show the whole graph</a>"),
+        "{html}"
+    );
+    let (_, _, all) = page(&c, "/?window=1h&view=all").await;
+    assert_eq!(all.matches("class=\"edge-link\"").count(), 59);
+    c.shutdown().await.unwrap();
+}

@@ -18,7 +18,7 @@ pub fn rfc3339(unix_ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
 }
 
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 pub struct SpanRef {
     #[schema(value_type = String)]
     pub service: Arc<str>,
@@ -47,14 +47,14 @@ impl SpanRef {
 }
 
 /// The body of `GET /api/v1/findings`.
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 pub struct FindingsPage {
     pub findings: Vec<FindingView>,
     /// Pass as `cursor` for the next (older) page; `null` on the last page.
     pub next: Option<String>,
 }
 
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 pub struct HopView {
     #[schema(value_type = Option<String>)]
     pub caller: Option<Arc<str>>,
@@ -62,7 +62,7 @@ pub struct HopView {
     pub callee: Arc<str>,
 }
 
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 pub struct FindingView {
     #[schema(value_type = String, example = "4bf92f3577b34da6a3ce929d0e0e4736")]
     pub trace_id: TraceId,
@@ -107,7 +107,7 @@ fn by_verdict(counts: &[u64; 9]) -> BTreeMap<&'static str, u64> {
         .collect()
 }
 
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 pub struct StatsView {
     pub calls: u64,
     pub verdicts: BTreeMap<&'static str, u64>,
@@ -129,7 +129,7 @@ impl StatsView {
     }
 }
 
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 pub struct RoutingView {
     #[schema(value_type = Option<String>)]
     pub stage: Option<Arc<str>>,
@@ -138,7 +138,7 @@ pub struct RoutingView {
     pub calls: u64,
 }
 
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 pub struct EdgeView {
     #[schema(value_type = String)]
     pub caller: Arc<str>,
@@ -155,7 +155,7 @@ pub struct EdgeView {
     pub last_seen: String,
 }
 
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 pub struct NodeView {
     #[schema(value_type = String)]
     pub name: Arc<str>,
@@ -166,7 +166,7 @@ pub struct NodeView {
     pub own: StatsView,
 }
 
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 pub struct GraphView {
     pub stage: Option<String>,
     pub nodes: Vec<NodeView>,
@@ -243,7 +243,7 @@ impl GraphView {
     }
 }
 
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 pub struct TraceSpanView {
     #[schema(value_type = String, example = "00f067aa0ba902b7")]
     pub span_id: SpanId,
@@ -263,7 +263,7 @@ pub struct TraceSpanView {
     pub status: StatusCode,
 }
 
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 pub struct TraceEdgeView {
     #[schema(value_type = String, example = "00f067aa0ba902b7")]
     pub parent_span_id: SpanId,
@@ -273,7 +273,7 @@ pub struct TraceEdgeView {
     pub scope: Scope,
 }
 
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 pub struct TraceView {
     #[schema(value_type = String, example = "4bf92f3577b34da6a3ce929d0e0e4736")]
     pub trace_id: TraceId,
@@ -326,7 +326,7 @@ impl TraceView {
 }
 
 /// One deployment stage of a service.
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 pub struct InstanceView {
     /// `null`: spans without an instance stage.
     #[schema(value_type = Option<String>)]
@@ -335,7 +335,7 @@ pub struct InstanceView {
 }
 
 /// The body of `GET /api/v1/services`: each service, its instance stages and when it was seen.
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 pub struct ServiceView {
     #[schema(value_type = String)]
     pub name: Arc<str>,
@@ -343,13 +343,13 @@ pub struct ServiceView {
     pub last_seen: String,
 }
 
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 pub struct ServicesPage {
     pub services: Vec<ServiceView>,
 }
 
 /// One minute of one edge.
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 pub struct MinuteView {
     pub minute: String,
     pub calls: u64,
@@ -359,7 +359,7 @@ pub struct MinuteView {
 
 /// The body of `GET /api/v1/edges/{caller}/{callee}`: the edge's counts per minute, oldest first,
 /// and example traces per verdict.
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 pub struct EdgeSeriesView {
     pub caller: String,
     pub callee: String,

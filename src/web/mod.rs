@@ -100,6 +100,8 @@ struct Selection {
     window: String,
     since: String,
     until: String,
+    /// `all`, `broken`, or empty: all for small graphs, the broken part for large ones.
+    view: String,
 }
 
 impl Selection {
@@ -114,6 +116,10 @@ impl Selection {
             },
             since: param(q, "since").to_string(),
             until: param(q, "until").to_string(),
+            view: match param(q, "view") {
+                v @ ("all" | "broken") => v.to_string(),
+                _ => String::new(),
+            },
         }
     }
 
@@ -123,6 +129,7 @@ impl Selection {
             ("stage", &self.stage),
             ("since", &self.since),
             ("until", &self.until),
+            ("view", &self.view),
         ] {
             if !v.is_empty() {
                 let _ = write!(q, "&{k}={}", url_part(v));
@@ -202,6 +209,81 @@ struct Live {
     broken: Vec<BrokenEdge>,
     window_label: String,
     updated: String,
+    /// Set when only the broken part of a large graph is drawn: what is shown, and the links.
+    focus: Option<Focus>,
+}
+
+struct Focus {
+    shown_edges: usize,
+    all_edges: usize,
+    all_href: String,
+}
+
+/// Past this many services, the overview draws the broken part of the graph (broken edges and the
+/// calls into their callers) unless asked for everything: a few hundred boxes help nobody find a
+/// hop.
+const FOCUS_NODES: usize = 40;
+
+/// The part of `view` to draw, and a note when it is not all of it.
+fn focus(view: &GraphView, sel: &Selection) -> (GraphView, Option<Focus>) {
+    let large = view.nodes.len() > FOCUS_NODES;
+    let broken_only = sel.view == "broken" || (sel.view.is_empty() && large);
+    let whole = || GraphView {
+        stage: view.stage.clone(),
+        nodes: view.nodes.clone(),
+        edges: view.edges.clone(),
+    };
+    if !broken_only {
+        return (whole(), None);
+    }
+    let bad: Vec<&crate::api::views::EdgeView> = view
+        .edges
+        .iter()
+        .filter(|e| svg::edge_health(e).0 != svg::Health::Ok)
+        .collect();
+    let callers: BTreeSet<&str> = bad.iter().map(|e| &*e.caller).collect();
+    let edges: Vec<crate::api::views::EdgeView> = view
+        .edges
+        .iter()
+        .filter(|e| svg::edge_health(e).0 != svg::Health::Ok || callers.contains(&*e.callee))
+        .cloned()
+        .collect();
+    let names: BTreeSet<&str> = edges
+        .iter()
+        .flat_map(|e| [&*e.caller, &*e.callee])
+        .chain(
+            view.nodes
+                .iter()
+                .filter(|n| n.own.first_breaks.values().sum::<u64>() > 0)
+                .map(|n| &*n.name),
+        )
+        .collect();
+    let nodes = view
+        .nodes
+        .iter()
+        .filter(|n| names.contains(&*n.name))
+        .cloned()
+        .collect();
+    let all = Selection {
+        view: "all".into(),
+        stage: sel.stage.clone(),
+        window: sel.window.clone(),
+        since: sel.since.clone(),
+        until: sel.until.clone(),
+    };
+    let shown_edges = edges.len();
+    (
+        GraphView {
+            stage: view.stage.clone(),
+            nodes,
+            edges,
+        },
+        Some(Focus {
+            shown_edges,
+            all_edges: view.edges.len(),
+            all_href: format!("/?{}", all.query()),
+        }),
+    )
 }
 
 #[derive(Template, WebTemplate)]
@@ -248,6 +330,7 @@ async fn selected_graph(
 
 async fn live(st: &ApiState, sel: &Selection) -> Result<Live, ApiError> {
     let (view, _, window_label) = selected_graph(st, sel).await?;
+    let (shown, focus) = focus(&view, sel);
     // Trace-level consistency per root stage: did the whole chain keep the tag?
     let (w, _) = sel.window()?;
     let counts = st.store.trace_counts(w).await?;
@@ -311,7 +394,8 @@ async fn live(st: &ApiState, sel: &Selection) -> Result<Live, ApiError> {
         traces_seen,
         stage_rows,
         kinds: kinds.into_iter().collect(),
-        svg: svg::graph(&view, &query),
+        svg: svg::graph(&shown, &query),
+        focus,
         broken,
         window_label,
         updated: crate::api::views::rfc3339(crate::wall_ms()),
