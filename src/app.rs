@@ -289,7 +289,7 @@ pub async fn serve(cfg: ServeConfig, demo: Option<ServeDemo>) -> anyhow::Result<
             let demo = demo::Demo::start(options).await?;
             print!("{}", demo.describe());
             println!(
-                "grayscope: findings at http://{0}/api/v1/findings?first_break=true, service graph at http://{0}/api/v1/graph",
+                "grayscope: dashboard at http://{0}/ (findings as JSON: http://{0}/api/v1/findings?first_break=true)",
                 collector.http
             );
             Some(demo)

@@ -368,7 +368,7 @@ fn serve_demo_shows_a_finding_within_seconds() {
         let mut line = String::new();
         assert!(stdout.read_line(&mut line).unwrap() > 0, "{printed}");
         printed.push_str(&line);
-        if let Some(rest) = line.strip_prefix("grayscope: findings at http://") {
+        if let Some(rest) = line.strip_prefix("grayscope: dashboard at http://") {
             break rest.split('/').next().unwrap().to_string();
         }
     };
