@@ -218,6 +218,17 @@ fn record_response<B>(span: &opentelemetry::trace::SpanRef<'_>, res: &Response<B
     }
 }
 
+/// Ends the span of `cx` with how its call went.
+fn end_span<R, E>(cx: &Context, res: &Result<Response<R>, E>, server: bool) {
+    let span = cx.span();
+    match res {
+        Ok(r) => record_response(&span, r, server),
+        Err(_) if server => span.set_status(Status::error("the service failed")),
+        Err(_) => span.set_status(Status::error("the call failed")),
+    }
+    span.end();
+}
+
 /// Server side: puts each request's context (trace, baggage, stage) in place for the handler.
 ///
 /// Works for anything built on `tower` and `http`: an axum `Router` (`.layer(..)`), a hyper
@@ -314,12 +325,7 @@ where
         Box::pin(async move {
             let res = fut.with_context(cx.clone()).await;
             if traced {
-                let span = cx.span();
-                match &res {
-                    Ok(r) => record_response(&span, r, true),
-                    Err(_) => span.set_status(Status::error("the service failed")),
-                }
-                span.end();
+                end_span(&cx, &res, true);
             }
             res
         })
@@ -416,12 +422,7 @@ where
         Box::pin(async move {
             let res = fut.await;
             if traced {
-                let span = cx.span();
-                match &res {
-                    Ok(r) => record_response(&span, r, false),
-                    Err(_) => span.set_status(Status::error("the call failed")),
-                }
-                span.end();
+                end_span(&cx, &res, false);
             }
             res
         })

@@ -309,20 +309,12 @@ impl pb::query_server::Query for QueryService {
         let id = req.into_inner().trace_id;
         let trace_id =
             TraceId::from_hex(&id).ok_or_else(|| bad("trace_id", &id, "32 hex digits"))?;
-        let st = &self.state;
-        let live = match st.shards.snapshot(trace_id).await {
-            Some(s) => Some(s),
-            None => st.aggregate.trace(trace_id),
-        };
-        let view = match live {
-            Some(s) => TraceView::of(&s, st.aggregate.symbols()),
-            None => st
-                .store
-                .trace(trace_id)
-                .await
-                .map_err(internal)?
-                .ok_or_else(|| Status::not_found(format!("trace {trace_id} is unknown")))?,
-        };
+        let view = self
+            .state
+            .trace(trace_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("trace {trace_id} is unknown")))?;
         Ok(Response::new(trace(&view)))
     }
 

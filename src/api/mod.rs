@@ -38,6 +38,20 @@ pub struct ApiState {
     pub telemetry: Arc<Telemetry>,
 }
 
+impl ApiState {
+    /// A trace wherever it is: being assembled, just finalised, or in the store.
+    pub async fn trace(&self, id: TraceId) -> Result<Option<TraceView>, StoreError> {
+        let live = match self.shards.snapshot(id).await {
+            Some(s) => Some(s),
+            None => self.aggregate.trace(id),
+        };
+        match live {
+            Some(s) => Ok(Some(TraceView::of(&s, self.aggregate.symbols()))),
+            None => self.store.trace(id).await,
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(info(
     title = "grayscope",
@@ -391,14 +405,7 @@ async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Res
         name: "trace_id",
         message: format!("'{id}' is not a 32-digit hex trace id"),
     })?;
-    let snap = match st.shards.snapshot(trace_id).await {
-        Some(s) => Some(s),
-        None => st.aggregate.trace(trace_id),
-    };
-    if let Some(s) = snap {
-        return Ok(axum::Json(TraceView::of(&s, st.aggregate.symbols())).into_response());
-    }
-    match st.store.trace(trace_id).await? {
+    match st.trace(trace_id).await? {
         Some(view) => Ok(axum::Json(view).into_response()),
         None => Err(ApiError::NotFound(format!(
             "trace {trace_id} is unknown: it was never received, or it had no findings and was not sampled (--sample-clean), or it is past --retention"

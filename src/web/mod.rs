@@ -766,18 +766,10 @@ async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Res
         name: "trace_id",
         message: format!("'{id}' is not a 32-digit hex trace id"),
     })?;
-    let live = match st.shards.snapshot(trace_id).await {
-        Some(s) => Some(s),
-        None => st.aggregate.trace(trace_id),
-    };
-    let view = match live {
-        Some(s) => TraceView::of(&s, st.aggregate.symbols()),
-        None => st
-            .store
-            .trace(trace_id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("trace {trace_id} is unknown")))?,
-    };
+    let view = st
+        .trace(trace_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("trace {trace_id} is unknown")))?;
     Ok(trace_page(&view).into_response())
 }
 
