@@ -1,16 +1,37 @@
 #!/usr/bin/env bash
-# Throughput and memory of `grayscope serve` (verification on) under `grayscope loadgen` on this
-# machine. Each row runs against a fresh collector; the generator runs on the same machine.
+# grayscope against a peer collector that does no verification, on this machine, with the same
+# pre-built load (`grayscope loadgen`, same seed) for both.
 #
-#   scripts/bench.sh [SECONDS] [SPANS_PER_REQUEST] [CLIENTS]     (defaults: 10 1000 4)
+#   scripts/bench.sh [SECONDS]          (default 10 s per row)
+#
+# The peer is rotel (a Rust OTLP collector) with its blackhole exporter, fetched from PyPI at run
+# time into a cache directory (ROTEL_VERSION, default below; GRAYSCOPE_BENCH_CACHE to move the cache).
+# grayscope runs as users run it: `serve` with verification and the store on, default settings.
+#
+# Per row: spans/s accepted, p50/p99 request latency, server CPU seconds per million spans and peak
+# RSS. grayscope's CPU is read once every accepted span has been judged and every finalised trace
+# written to the store (buffered spans and store queue both 0), so deferred work is counted; rotel's
+# once its batches have gone to the blackhole (1 s after the load ends).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-spans=${2:-1000}
-clients=${3:-4}
+rotel_version=${ROTEL_VERSION:-0.0.1a15}
+cache=${GRAYSCOPE_BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/grayscope-bench}
+protocols=${PROTOCOLS:-grpc http}
+span_counts=${SPANS:-100 1000}
+client_counts=${CLIENTS:-4 16}
 
 cargo build --release --locked --quiet
 bin=target/release/grayscope
+
+rotel=$cache/rotel-$rotel_version/rotel/rotel-agent
+if [ ! -x "$rotel" ]; then
+    mkdir -p "$cache/dl-$rotel_version"
+    python3 -m pip download --quiet --no-deps "rotel==$rotel_version" -d "$cache/dl-$rotel_version"
+    python3 -m zipfile -e "$cache"/dl-"$rotel_version"/rotel-*.whl "$cache/rotel-$rotel_version"
+    chmod +x "$rotel"
+fi
+
 work=$(mktemp -d)
 pid=
 cleanup() {
@@ -19,44 +40,95 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts a collector on OS-chosen ports; sets pid, grpc, http, api.
-start() {
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 200); do
+        (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "nothing listens on $1" >&2
+    exit 1
+}
+tick=$(getconf CLK_TCK)
+cpu_s() { awk -v t="$tick" '{ sub(/.*\) /, ""); print ($12 + $13) / t }' "/proc/$pid/stat"; }
+peak_mib() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$pid/status"; }
+
+start_grayscope() {
     "$bin" serve --otlp-grpc 127.0.0.1:0 --otlp-http 127.0.0.1:0 --http 127.0.0.1:0 --log warn \
-        --data "$(mktemp -d -p "$work")" "$@" \
-        >"$work/out" 2>"$work/err" &
+        --data "$(mktemp -d -p "$work")" >"$work/out" 2>"$work/err" &
     pid=$!
-    for _ in $(seq 100); do grep -q "metrics on" "$work/out" 2>/dev/null && break; sleep 0.05; done
+    for _ in $(seq 200); do grep -q "metrics on" "$work/out" 2>/dev/null && break; sleep 0.05; done
     line=$(head -n1 "$work/out")
     grpc=$(sed -E 's/.*OTLP\/gRPC on ([^,]+),.*/\1/' <<<"$line")
     http=$(sed -E 's/.*OTLP\/HTTP on ([^,]+),.*/\1/' <<<"$line")
     api=$(sed -E 's/.*metrics on http:\/\/(.+)$/\1/' <<<"$line")
 }
+# Until every accepted span is judged and stored.
+drain_grayscope() {
+    sleep 1
+    for _ in $(seq 600); do
+        left=$(curl -s "http://$api/metrics" | awk '
+            /^grayscope_buffered_spans/ || /^grayscope_store_queued_traces/ { s += $2 }
+            END { print s + 0 }')
+        [ "$left" = 0 ] && return 0
+        sleep 0.1
+    done
+    echo "grayscope did not drain" >&2
+}
+start_rotel() {
+    grpc=127.0.0.1:$(free_port)
+    http=127.0.0.1:$(free_port)
+    "$rotel" start --exporter blackhole --otlp-grpc-endpoint "$grpc" --otlp-http-endpoint "$http" \
+        --pid-file "$work/rotel.pid" >"$work/out" 2>"$work/err" &
+    pid=$!
+    wait_port "$grpc"
+    wait_port "$http"
+}
+drain_rotel() { sleep 1; }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
-buffered() { curl -s "http://$api/metrics" | awk '/^grayscope_buffered_spans/ {s += $2} END {print s + 0}'; }
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$pid/status"; }
 
-echo "| protocol | spans/request | clients | spans/s | p50 ms | p99 ms | server CPU s per 1M spans | peak RSS MiB |"
-echo "|---|---|---|---|---|---|---|---|"
-for proto in grpc http; do
-    start
-    "$bin" loadgen --protocol "$proto" --grpc "$grpc" --http "$http" --spans-per-request "$spans" \
-        --concurrency "$clients" --duration "${secs}s" --server-pid "$pid" >"$work/run"
-    stop
-    awk -v p="$proto" -v s="$spans" -v c="$clients" '
-        /throughput/ { tput = $2; p50 = $6; p99 = $9 }
-        /server:/    { cpu = $5; rss = $(NF-1) }
-        END { printf "| %s | %s | %s | %d | %s | %s | %s | %s |\n", p, s, c, tput, p50, p99, cpu, rss }' "$work/run"
+results=$work/results
+for proto in $protocols; do
+    for spans in $span_counts; do
+        for clients in $client_counts; do
+            for collector in grayscope rotel; do
+                "start_$collector"
+                c0=$(cpu_s)
+                "$bin" loadgen --protocol "$proto" --grpc "$grpc" --http "$http" --seed 7 \
+                    --spans-per-request "$spans" --concurrency "$clients" --duration "${secs}s" \
+                    >"$work/run"
+                "drain_$collector"
+                c1=$(cpu_s)
+                rss=$(peak_mib)
+                stop
+                awk -v col="$collector" -v p="$proto" -v s="$spans" -v c="$clients" \
+                    -v c0="$c0" -v c1="$c1" -v rss="$rss" '
+                    /accepted/   { n = $4 }
+                    /refused/    { refused = $(NF-4) }
+                    /throughput/ { tput = $2; p50 = $6; p99 = $9 }
+                    END { printf "%s %s %s %s %d %s %s %.2f %s %d\n", col, p, s, c, tput, p50, p99,
+                                 (c1 - c0) / (n / 1e6), rss, refused }' "$work/run" >>"$results"
+                echo "  $(tail -n1 "$results")" >&2
+            done
+        done
+    done
 done
 
-# Memory per buffered span: nothing finalises (long idle time), 2 million spans in.
-start --trace-idle 1h --max-buffered-spans 10000000
-"$bin" loadgen --protocol http --http "$http" --requests 20 --concurrency 1 >/dev/null
-sleep 0.5
-r0=$(rss_kib); b0=$(buffered)
-"$bin" loadgen --protocol http --http "$http" --requests 1985 --concurrency "$clients" >/dev/null
-sleep 1
-r1=$(rss_kib); b1=$(buffered)
-stop
-awk -v r0="$r0" -v r1="$r1" -v b0="$b0" -v b1="$b1" 'BEGIN {
-    printf "\nbuffered spans: %d -> %d, RSS %d -> %d KiB: %.1f bytes per buffered span (RSS)\n",
-        b0, b1, r0, r1, (r1 - r0) * 1024 / (b1 - b0) }'
+echo
+echo "grayscope $(git rev-parse --short HEAD) vs rotel $rotel_version (blackhole exporter), ${secs} s per row, $(nproc) cores, load generator on the same machine"
+echo
+echo "| protocol | spans/req | clients | collector | spans/s | p50 ms | p99 ms | CPU s per 1M spans | peak RSS MiB | refused |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+awk '{ printf "| %s | %s | %s | %s | %d | %s | %s | %s | %s | %s |\n", $2, $3, $4, $1, $5, $6, $7, $8, $9, $10 }' "$results"
+echo
+echo "| protocol | spans/req | clients | spans/s grayscope/rotel (>= 1) | CPU per span grayscope/rotel (<= 1) |"
+echo "|---|---|---|---|---|"
+awk '
+    $1 == "grayscope" { k = $2 " " $3 " " $4; gt[k] = $5; gc[k] = $8; order[++n] = k }
+    $1 == "rotel"     { k = $2 " " $3 " " $4; rt[k] = $5; rc[k] = $8 }
+    END {
+        for (i = 1; i <= n; i++) {
+            k = order[i]; split(k, f, " ")
+            printf "| %s | %s | %s | %.2f | %.2f |\n", f[1], f[2], f[3], gt[k] / rt[k], gc[k] / rc[k]
+        }
+    }' "$results"
