@@ -65,9 +65,17 @@ impl StageKeys {
     }
 
     fn is_near_miss(&self, key: &str) -> bool {
+        // Edit distance is at least the difference in length: most keys in the overall length
+        // range are still too long or short for every configured key, and need no string work.
+        let chars = key.chars().count();
+        let near = |k: &String| k.chars().count().abs_diff(chars) <= NEAR_MISS_DISTANCE;
+        if !self.normalized.iter().any(near) {
+            return false;
+        }
         let n = normalize(key);
         self.normalized
             .iter()
+            .filter(|k| near(k))
             .any(|k| *k == n || strsim::levenshtein(k, &n) <= NEAR_MISS_DISTANCE)
     }
 }

@@ -179,6 +179,7 @@ impl Store {
             stats,
             conn: Some(conn),
             names,
+            sym_ids: Default::default(),
             symbols,
             cfg: cfg.clone(),
             pending: Vec::new(),
@@ -337,6 +338,7 @@ struct Writer {
     stats: Arc<Stats>,
     conn: Option<Connection>,
     names: Arc<Names>,
+    sym_ids: names::SymIds,
     symbols: Arc<Symbols>,
     cfg: StoreConfig,
     pending: Vec<Finalised>,
@@ -391,13 +393,15 @@ impl Writer {
             return Err("no connection".into());
         };
         let (names, symbols) = (self.names.clone(), self.symbols.clone());
-        let (conn, result, batch) = tokio::task::spawn_blocking(move || {
-            let r = write::write(&mut conn, &names, &symbols, &batch);
-            (conn, r, batch)
+        let mut sym_ids = std::mem::take(&mut self.sym_ids);
+        let (conn, result, batch, sym_ids) = tokio::task::spawn_blocking(move || {
+            let r = write::write(&mut conn, &names, &mut sym_ids, &symbols, &batch);
+            (conn, r, batch, sym_ids)
         })
         .await
         .expect("the store write does not panic");
         self.conn = Some(conn);
+        self.sym_ids = sym_ids;
         match result {
             Ok(w) => {
                 self.failing = false;

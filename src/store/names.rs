@@ -7,6 +7,8 @@ use std::sync::{Arc, RwLock};
 use foldhash::fast::RandomState;
 use rusqlite::{Connection, Transaction, params};
 
+use crate::model::Sym;
+
 /// What a name is; part of its identity (a service and a stage may share a spelling).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -90,6 +92,23 @@ impl Names {
             .into_iter()
             .filter_map(|k| self.id(k, name))
             .collect()
+    }
+}
+
+/// Store ids of interned symbols, kept by the writer across writes. A symbol's string never
+/// changes and names are never deleted, so each symbol is resolved and its string hashed once per
+/// process instead of once per stored edge and span (that lookup was the writer's largest cost).
+#[derive(Default)]
+pub struct SymIds(HashMap<(NameKind, Sym), i64, RandomState>);
+
+impl SymIds {
+    pub fn get(&self, kind: NameKind, sym: Sym) -> Option<i64> {
+        self.0.get(&(kind, sym)).copied()
+    }
+
+    /// Adds the ids a committed transaction assigned or found.
+    pub fn extend(&mut self, found: HashMap<(NameKind, Sym), i64, RandomState>) {
+        self.0.extend(found);
     }
 }
 

@@ -4,13 +4,12 @@
 //! per edge and minute, not a statement per span edge.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::codec;
-use super::names::{NameKind, NameWriter, Names};
+use super::names::{NameKind, NameWriter, Names, SymIds};
 use crate::aggregate::finding_stage;
 use crate::assemble::Finalised;
 use crate::intern::Symbols;
@@ -42,35 +41,50 @@ struct Ids<'x, 'n, 't> {
     tx: &'x Transaction<'t>,
     names: NameWriter<'n>,
     sym: &'n Symbols,
+    known: &'n SymIds,
+    /// Symbols looked up in this transaction; they join `known` once it commits.
+    found: HashMap<(NameKind, Sym), i64, RandomState>,
 }
 
 impl Ids<'_, '_, '_> {
-    fn name(&mut self, kind: NameKind, s: Arc<str>) -> rusqlite::Result<i64> {
-        self.names.id(self.tx, kind, &s)
+    fn name(&mut self, kind: NameKind, s: Sym) -> rusqlite::Result<i64> {
+        if let Some(id) = self.known.get(kind, s) {
+            return Ok(id);
+        }
+        if let Some(&id) = self.found.get(&(kind, s)) {
+            return Ok(id);
+        }
+        let interner = match kind {
+            NameKind::Service => &self.sym.services,
+            NameKind::Virtual | NameKind::Stage => &self.sym.values,
+            NameKind::Span => &self.sym.names,
+        };
+        let id = self.names.id(self.tx, kind, &interner.resolve(s))?;
+        self.found.insert((kind, s), id);
+        Ok(id)
     }
 
     fn node(&mut self, n: NodeKey) -> rusqlite::Result<i64> {
         match n {
-            NodeKey::Service(s) => self.name(NameKind::Service, self.sym.services.resolve(s)),
-            NodeKey::Virtual(v) => self.name(NameKind::Virtual, self.sym.values.resolve(v)),
+            NodeKey::Service(s) => self.name(NameKind::Service, s),
+            NodeKey::Virtual(v) => self.name(NameKind::Virtual, v),
         }
     }
 
     fn service(&mut self, s: Sym) -> rusqlite::Result<i64> {
-        self.name(NameKind::Service, self.sym.services.resolve(s))
+        self.name(NameKind::Service, s)
     }
 
     /// A stage id, or 0 for none (a key column cannot be NULL and still be unique).
     fn stage0(&mut self, s: Option<Sym>) -> rusqlite::Result<i64> {
         match s {
-            Some(v) => self.name(NameKind::Stage, self.sym.values.resolve(v)),
+            Some(v) => self.name(NameKind::Stage, v),
             None => Ok(0),
         }
     }
 
     fn stage(&mut self, s: Option<Sym>) -> rusqlite::Result<Option<i64>> {
-        s.map(|v| self.name(NameKind::Stage, self.sym.values.resolve(v)))
-            .transpose()
+        s.map(|v| self.name(NameKind::Stage, v)).transpose()
     }
 
     /// (service, span id, name, kind, stage, instance) of a span.
@@ -82,7 +96,7 @@ impl Ids<'_, '_, '_> {
         Ok((
             self.service(s.service)?,
             s.span_id.get() as i64,
-            self.name(NameKind::Span, self.sym.names.resolve(s.name))?,
+            self.name(NameKind::Span, s.name)?,
             s.kind as i64,
             self.stage(s.stage)?,
             self.stage(s.instance_stage)?,
@@ -93,6 +107,7 @@ impl Ids<'_, '_, '_> {
 pub fn write(
     conn: &mut Connection,
     names: &Names,
+    known: &mut SymIds,
     sym: &Symbols,
     batch: &[Finalised],
 ) -> rusqlite::Result<Written> {
@@ -102,6 +117,8 @@ pub fn write(
         tx: &tx,
         names: NameWriter::new(names),
         sym,
+        known,
+        found: HashMap::default(),
     };
     let mut minutes: HashMap<MinuteKey, (i64, i64), RandomState> = HashMap::default();
     let mut last_seen: HashMap<(i64, i64), i64, RandomState> = HashMap::default();
@@ -240,9 +257,10 @@ pub fn write(
             traces_per_minute.execute(params![m, st, broken, n])?;
         }
     }
-    let names = ids.names;
+    let (names, found) = (ids.names, ids.found);
     tx.commit()?;
     names.publish();
+    known.extend(found);
     Ok(written)
 }
 
