@@ -21,7 +21,7 @@ use crate::config::ServeConfig;
 use crate::demo;
 use crate::instances::{Clock, Instances};
 use crate::intern::{SymbolLimits, Symbols};
-use crate::receive::{self, Decoder, Ingest};
+use crate::receive::{self, Decoder, Ingest, RequestLimits};
 use crate::shard::{Shards, WorkerSetup};
 use crate::store::{Store, StoreConfig, StoreTask};
 use crate::telemetry::{Sources, Telemetry};
@@ -154,7 +154,10 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         ingest,
         listeners.otlp_grpc,
         listeners.otlp_http,
-        cfg.max_request_bytes,
+        RequestLimits {
+            max_bytes: cfg.max_request_bytes,
+            read_timeout: cfg.read_timeout.0,
+        },
         Some(api::grpc::service(
             api_state.clone(),
             receivers_stop.clone(),
@@ -189,26 +192,25 @@ pub fn serve_receivers(
     ingest: Arc<Ingest>,
     grpc: TcpListener,
     http: TcpListener,
-    max_request_bytes: usize,
+    limits: RequestLimits,
     query: Option<api::grpc::QueryServer<api::grpc::QueryService>>,
     stop: CancellationToken,
 ) -> Vec<JoinHandle<anyhow::Result<()>>> {
     let telemetry = ingest.telemetry.clone();
+    // Layers added later sit inside: the status mapping sees the read timeout's answer.
     let grpc = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(move |r| {
             receive::grpc::otlp_status::<tonic::body::Body>(&telemetry, r)
         }))
-        .add_service(receive::grpc::service(ingest.clone(), max_request_bytes))
+        .layer(receive::grpc::ReadTimeoutLayer(limits.read_timeout))
+        .add_service(receive::grpc::service(ingest.clone(), limits.max_bytes))
         .add_optional_service(query)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
             stop.clone().cancelled_owned(),
         );
-    let http = axum::serve(
-        http.tap_io(no_delay),
-        receive::http::router(ingest, max_request_bytes),
-    )
-    .with_graceful_shutdown(stop.cancelled_owned());
+    let http = axum::serve(http.tap_io(no_delay), receive::http::router(ingest, limits))
+        .with_graceful_shutdown(stop.cancelled_owned());
     vec![
         tokio::spawn(async move { grpc.await.context("OTLP/gRPC server failed") }),
         tokio::spawn(async move { http.await.context("OTLP/HTTP server failed") }),

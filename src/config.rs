@@ -178,6 +178,10 @@ pub struct ServeArgs {
     /// Largest accepted request body, before and after decompression [default: 16MiB]
     #[arg(long, env = "GRAYSCOPE_MAX_REQUEST_BYTES", value_name = "SIZE")]
     pub max_request_bytes: Option<ByteSize>,
+    /// A request's body (HTTP) or message (gRPC) must arrive within this long; a slower sender is
+    /// answered 408 / DEADLINE_EXCEEDED and may retry [default: 30s]
+    #[arg(long, env = "GRAYSCOPE_READ_TIMEOUT", value_name = "DURATION")]
+    pub read_timeout: Option<Dur>,
     /// A trace is finalised after this long without new spans [default: 10s]
     #[arg(long, env = "GRAYSCOPE_TRACE_IDLE", value_name = "DURATION")]
     pub trace_idle: Option<Dur>,
@@ -263,6 +267,7 @@ pub struct ServeConfig {
     pub otlp_http: SocketAddr,
     pub http: SocketAddr,
     pub max_request_bytes: usize,
+    pub read_timeout: Dur,
     pub trace_idle: Dur,
     pub max_buffered_spans: usize,
     pub instance_ttl: Dur,
@@ -384,6 +389,15 @@ impl ServeArgs {
                 a.max_request_bytes
                     .map_or(16 << 20, |b| b.as_u64().min(usize::MAX as u64) as usize),
             )?,
+            read_timeout: match a.read_timeout {
+                Some(d) if d.0.is_zero() => {
+                    return Err(ConfigError::Invalid {
+                        option: "read-timeout",
+                        message: "must be longer than 0".into(),
+                    });
+                }
+                d => d.unwrap_or(Dur(Duration::from_secs(30))),
+            },
             trace_idle,
             max_buffered_spans: positive(
                 "max-buffered-spans",
@@ -430,6 +444,7 @@ impl ServeArgs {
             otlp_http: self.otlp_http.or(file.otlp_http),
             http: self.http.or(file.http),
             max_request_bytes: self.max_request_bytes.or(file.max_request_bytes),
+            read_timeout: self.read_timeout.or(file.read_timeout),
             trace_idle: self.trace_idle.or(file.trace_idle),
             max_buffered_spans: self.max_buffered_spans.or(file.max_buffered_spans),
             instance_ttl: self.instance_ttl.or(file.instance_ttl),

@@ -50,7 +50,7 @@ pub struct ReasonLabels {
 
 pub struct Telemetry {
     registry: Registry,
-    /// Requests by protocol and outcome (ok, partial, invalid, too_large, unsupported, refused).
+    /// Requests by protocol and outcome (ok, partial, invalid, too_large, unsupported, refused, timeout).
     pub requests: Family<RequestLabels, Counter>,
     pub accepted_spans: Family<ProtocolLabels, Counter>,
     pub rejected_spans: Family<RejectLabels, Counter>,

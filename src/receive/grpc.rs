@@ -53,9 +53,10 @@ impl TraceService for GrpcReceiver {
 
 /// tonic rejects some requests before grayscope sees them, with codes that OTLP senders would
 /// misread: a message over the size limit as OUT_OF_RANGE (which OTLP clients retry: forever, for
-/// a message that can never fit), and an undecodable or corrupt-gzip message as INTERNAL. This maps
+/// a message that can never fit), and an undecodable, cut-short or corrupt-gzip message as INTERNAL. This maps
 /// them, on the way out, to what the OTLP specification asks for, and counts them:
-/// RESOURCE_EXHAUSTED without RetryInfo (not retryable), and INVALID_ARGUMENT.
+/// RESOURCE_EXHAUSTED without RetryInfo (not retryable) and INVALID_ARGUMENT. It also counts the
+/// read timeouts of [`ReadTimeout`].
 pub fn otlp_status<B>(telemetry: &Telemetry, mut resp: http::Response<B>) -> http::Response<B> {
     let Some(status) = Status::from_header_map(resp.headers()) else {
         return resp;
@@ -70,9 +71,14 @@ pub fn otlp_status<B>(telemetry: &Telemetry, mut resp: http::Response<B>) -> htt
         }
         Code::Internal
             if msg.starts_with("failed to decode Protobuf message")
-                || msg.starts_with("Error decompressing") =>
+                || msg.starts_with("Error decompressing")
+                || msg.starts_with("Unexpected EOF decoding stream") =>
         {
             (Code::InvalidArgument, Outcome::Invalid)
+        }
+        // Already the right code; counted here with the rest.
+        Code::DeadlineExceeded if msg.starts_with(READ_TIMEOUT_MESSAGE) => {
+            (Code::DeadlineExceeded, Outcome::Timeout)
         }
         _ => return resp,
     };
@@ -86,4 +92,65 @@ pub fn otlp_status<B>(telemetry: &Telemetry, mut resp: http::Response<B>) -> htt
     resp.headers_mut()
         .insert("grpc-status", http::HeaderValue::from(code as i32));
     resp
+}
+
+const READ_TIMEOUT_MESSAGE: &str = "request message not received within";
+
+/// [`ReadTimeout`] for every service of a server.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadTimeoutLayer(pub Duration);
+
+impl<S> tower::Layer<S> for ReadTimeoutLayer {
+    type Service = ReadTimeout<S>;
+
+    fn layer(&self, inner: S) -> ReadTimeout<S> {
+        ReadTimeout {
+            inner,
+            timeout: self.0,
+        }
+    }
+}
+
+/// Answers DEADLINE_EXCEEDED (retryable in OTLP) when a call has not produced its response within
+/// `--read-timeout`. A unary call's response waits for the whole request message, so a sender that
+/// stalls or trickles its message cannot hold a stream and its buffer for ever; a streaming
+/// response (`WatchFindings`) starts at once and is not cut. tonic's own `Server::timeout` would
+/// answer CANCELLED, which says the sender gave up.
+#[derive(Clone, Debug)]
+pub struct ReadTimeout<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for ReadTimeout<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let timeout = self.timeout;
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, call).await {
+                Ok(r) => r,
+                Err(_) => Ok(Status::deadline_exceeded(format!(
+                    "{READ_TIMEOUT_MESSAGE} {timeout:?} (--read-timeout)"
+                ))
+                .into_http()),
+            }
+        })
+    }
 }

@@ -1,7 +1,8 @@
 //! OTLP/HTTP: `POST /v1/traces`, binary protobuf or JSON, optionally gzip-compressed.
 //!
 //! The body is read up to `--max-request-bytes` and decompressed up to the same limit, so neither a
-//! large body nor a gzip bomb can make grayscope allocate more than the limit. Errors are answered in
+//! large body nor a gzip bomb can make grayscope allocate more than the limit; it must arrive within
+//! `--read-timeout`, so a slow or stalled sender cannot hold a task and its buffer. Errors are answered in
 //! the request's own encoding with a `google.rpc.Status`, as the OTLP specification asks.
 
 use std::io::Read;
@@ -19,7 +20,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 use tonic::Code;
 
-use super::{Ingest, Outcome, Protocol, RETRY_AFTER_SECS};
+use super::{Ingest, Outcome, Protocol, RETRY_AFTER_SECS, RequestLimits};
 
 pub const PROTOBUF: &str = "application/x-protobuf";
 pub const JSON: &str = "application/json";
@@ -27,15 +28,15 @@ pub const JSON: &str = "application/json";
 #[derive(Clone)]
 struct HttpReceiver {
     ingest: Arc<Ingest>,
-    max_bytes: usize,
+    limits: RequestLimits,
 }
 
 /// The `/v1/traces` route.
-pub fn router(ingest: Arc<Ingest>, max_bytes: usize) -> Router {
+pub fn router(ingest: Arc<Ingest>, limits: RequestLimits) -> Router {
     Router::new()
         .route("/v1/traces", post(export))
         .layer(DefaultBodyLimit::disable())
-        .with_state(HttpReceiver { ingest, max_bytes })
+        .with_state(HttpReceiver { ingest, limits })
 }
 
 /// An error on its way back to the sender.
@@ -88,7 +89,14 @@ async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) 
         Ok(resp) => resp,
         Err(f) => {
             rx.ingest.count(protocol, f.outcome);
-            reply_error(protocol, f)
+            let timeout = f.outcome == Outcome::Timeout;
+            let mut resp = reply_error(protocol, f);
+            if timeout {
+                // The rest of the body may still arrive: the connection cannot carry another request.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
     }
 }
@@ -99,25 +107,39 @@ async fn handle(
     body: Body,
     protocol: Protocol,
 ) -> Result<Response, Failure> {
-    let max = rx.max_bytes;
+    let max = rx.limits.max_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
         return Err(Failure::too_large(max));
     }
-    let raw = axum::body::to_bytes(body, max).await.map_err(|e| {
-        if is_length_limit(&e) {
-            Failure::too_large(max)
-        } else {
+    let read = tokio::time::timeout(rx.limits.read_timeout, axum::body::to_bytes(body, max));
+    let raw = read
+        .await
+        .map_err(|_| {
             Failure::new(
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-                Outcome::Invalid,
-                format!("cannot read request body: {e}"),
+                StatusCode::REQUEST_TIMEOUT,
+                Code::DeadlineExceeded,
+                Outcome::Timeout,
+                format!(
+                    "request body not received within {:?} (--read-timeout)",
+                    rx.limits.read_timeout
+                ),
             )
-        }
-    })?;
+        })?
+        .map_err(|e| {
+            if is_length_limit(&e) {
+                Failure::too_large(max)
+            } else {
+                Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    Code::InvalidArgument,
+                    Outcome::Invalid,
+                    format!("cannot read request body: {e}"),
+                )
+            }
+        })?;
     let body = decompress(headers, raw, max)?;
     let req = match protocol {
         Protocol::HttpJson => {

@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod http;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest,
@@ -21,6 +22,16 @@ use crate::telemetry::{ProtocolLabels, RejectLabels, RequestLabels, Telemetry};
 
 /// How long a refused sender is asked to wait before retrying.
 pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// What one request may cost the receivers.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestLimits {
+    /// Largest body or message, before and after decompression.
+    pub max_bytes: usize,
+    /// How long a body (HTTP) or message (gRPC) may take to arrive: a sender that trickles bytes
+    /// (or stops) must not hold a connection, a task and a buffer forever.
+    pub read_timeout: Duration,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -51,6 +62,8 @@ pub enum Outcome {
     TooLarge,
     Unsupported,
     Refused,
+    /// The body did not arrive within `--read-timeout`.
+    Timeout,
 }
 
 impl Outcome {
@@ -62,6 +75,7 @@ impl Outcome {
             Outcome::TooLarge => "too_large",
             Outcome::Unsupported => "unsupported",
             Outcome::Refused => "refused",
+            Outcome::Timeout => "timeout",
         }
     }
 }

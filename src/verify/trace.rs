@@ -92,9 +92,14 @@ pub fn finalise(trace_id: TraceId, g: &mut TraceGraph, cx: &FinaliseContext<'_>)
     let mut stack: Vec<(NodeIndex, bool)> = roots.iter().map(|&r| (r, false)).collect();
     walk(g, &mut stack, &node_finding, &mut visited, &mut first_break);
     // Spans still unvisited hang off a parent cycle (only hostile or corrupt input makes one).
+    // Each climb ends on a cycle whose walk then visits every span climbed, so all climbs
+    // together are linear in the trace, however many cycles it has.
+    let mut climbed = vec![0u32; n];
+    let mut round = 0;
     for v in g.node_indices() {
         if !visited[v.index()] {
-            let member = cycle_member(g, v);
+            round += 1;
+            let member = cycle_member(g, v, &mut climbed, round);
             let parent = g
                 .edges_directed(member, Incoming)
                 .next()
@@ -256,11 +261,11 @@ fn walk(
     }
 }
 
-/// Follows parents up from `v` until a span repeats: that span is on the cycle.
-fn cycle_member(g: &TraceGraph, v: NodeIndex) -> NodeIndex {
-    let mut seen = vec![false; g.node_count()];
+/// Follows parents up from `v` until a span repeats: that span is on the cycle. `climbed` marks the
+/// spans seen in this `round` (one allocation for all the trace's cycles).
+fn cycle_member(g: &TraceGraph, v: NodeIndex, climbed: &mut [u32], round: u32) -> NodeIndex {
     let mut cur = v;
-    while !std::mem::replace(&mut seen[cur.index()], true) {
+    while std::mem::replace(&mut climbed[cur.index()], round) != round {
         match g.edges_directed(cur, Incoming).next() {
             Some(e) => cur = e.source(),
             None => return cur,

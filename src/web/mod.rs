@@ -758,8 +758,18 @@ struct TracePage {
     trace_id: String,
     finalised: bool,
     first_breaks: Vec<(&'static str, String, String)>,
+    more_first_breaks: usize,
     rows: Vec<SpanRow>,
+    total: usize,
+    hidden: usize,
 }
+
+/// Rows a trace page shows in tree order; spans with findings past it are still shown (up to as
+/// many again). A trace of 100,000 spans would otherwise be a page of tens of megabytes that no
+/// browser lays out; the JSON API has every span.
+const MAX_ROWS: usize = 2_000;
+/// First breaks explained at the top of a trace page.
+const MAX_FIRST_BREAKS: usize = 20;
 
 async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let trace_id = TraceId::from_hex(&id).ok_or_else(|| ApiError::BadParam {
@@ -795,12 +805,22 @@ fn trace_page(t: &TraceView) -> TracePage {
         .filter_map(|s| s.start_unix_nano.parse::<u64>().ok())
         .min()
         .unwrap_or(0);
-    let mut rows = Vec::with_capacity(t.spans.len());
+    let mut rows = Vec::with_capacity(t.spans.len().min(MAX_ROWS));
+    let mut hidden = 0;
     // Depth-first, children in start order (spans are sorted by start already).
     let mut stack: Vec<(usize, usize)> = roots.into_iter().rev().map(|i| (i, 0)).collect();
     while let Some((i, depth)) = stack.pop() {
         let s = &t.spans[i];
         let finding = finding_of.get(&s.span_id);
+        if let Some(c) = children.get(&s.span_id) {
+            for &k in c.iter().rev() {
+                stack.push((k, depth + 1));
+            }
+        }
+        if rows.len() >= MAX_ROWS && (finding.is_none() || rows.len() >= 2 * MAX_ROWS) {
+            hidden += 1;
+            continue;
+        }
         let first_break = finding.is_some_and(|f| f.first_break);
         let verdict = match (verdict_of.get(&s.span_id), finding) {
             (Some((v, scope)), _) => format!("{} ({})", v.as_str(), scope.as_str()),
@@ -830,19 +850,15 @@ fn trace_page(t: &TraceView) -> TracePage {
             start: format!("+{:.1} ms", (start.saturating_sub(base)) as f64 / 1e6),
             duration: format!("{:.1} ms", end.saturating_sub(start) as f64 / 1e6),
         });
-        if let Some(c) = children.get(&s.span_id) {
-            for &k in c.iter().rev() {
-                stack.push((k, depth + 1));
-            }
-        }
     }
+    let first_breaks: Vec<_> = t.findings.iter().filter(|f| f.first_break).collect();
     TracePage {
         trace_id: t.trace_id.to_string(),
         finalised: t.finalised,
-        first_breaks: t
-            .findings
+        more_first_breaks: first_breaks.len().saturating_sub(MAX_FIRST_BREAKS),
+        first_breaks: first_breaks
             .iter()
-            .filter(|f| f.first_break)
+            .take(MAX_FIRST_BREAKS)
             .map(|f| {
                 (
                     f.kind.as_str(),
@@ -856,6 +872,8 @@ fn trace_page(t: &TraceView) -> TracePage {
             })
             .collect(),
         rows,
+        total: t.spans.len(),
+        hidden,
     }
 }
 

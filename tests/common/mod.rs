@@ -23,6 +23,8 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span, SpanData, Spa
 
 pub const STAGE: &str = "x-release-stage";
 
+pub mod otlp;
+
 /// Serve options for tests: every port chosen by the OS, a short idle time.
 pub fn test_args() -> ServeArgs {
     ServeArgs {
