@@ -72,6 +72,22 @@ fn main() {
         .map(|n| templates[n as usize % templates.len()].instance(7, n, None))
         .collect();
 
+    // What a request costs while it is handled: its decoded form and the batches made from it,
+    // alive together, per byte of protobuf. The memory budget's in-flight term rests on this.
+    let expansion = |body: &[u8]| {
+        let before = LIVE.load(Ordering::Relaxed);
+        let req = ExportTraceServiceRequest::decode(body).expect("decodes");
+        let decoded = decoder.decode(&req, 2);
+        let held = LIVE.load(Ordering::Relaxed) - before;
+        drop((req, decoded));
+        held as f64 / body.len() as f64
+    };
+    println!(
+        "decoded bytes per request byte: {:.1} (load generator spans), {:.1} (smallest valid spans)",
+        expansion(&bodies[0]),
+        expansion(&smallest_spans(1 << 20))
+    );
+
     let mut asm = Assembler::new(
         AssemblerConfig::offline(),
         Arc::new(Policy::default()),
@@ -125,4 +141,28 @@ fn main() {
         "findings:                  {}",
         out.iter().map(|f| f.outcome.findings.len()).sum::<usize>()
     );
+}
+
+/// A request of about `bytes` bytes made of the smallest valid spans (ids only): the most decoded
+/// memory per byte a sender can cause.
+fn smallest_spans(bytes: usize) -> Vec<u8> {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let n = bytes / 30;
+    let spans = (0..n as u64)
+        .map(|i| Span {
+            trace_id: (i as u128 + 1).to_be_bytes().to_vec(),
+            span_id: (i + 1).to_be_bytes().to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
 }

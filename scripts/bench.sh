@@ -68,7 +68,7 @@ drain_grayscope() {
     sleep 1
     for _ in $(seq 600); do
         left=$(curl -s "http://$api/metrics" | awk '
-            /^grayscope_buffered_spans/ || /^grayscope_store_queued_traces/ { s += $2 }
+            /^grayscope_buffered_spans/ || /^grayscope_store_queued_spans/ { s += $2 }
             END { print s + 0 }')
         [ "$left" = 0 ] && return 0
         sleep 0.1

@@ -98,11 +98,23 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         symbols.clone(),
     )?;
     tracing::info!("store: {}", store.path().display());
+    let budget = crate::memory::Budget::of(cfg);
+    tracing::info!(
+        "memory budget: {} MiB at most ({})",
+        budget.total() >> 20,
+        budget
+            .parts
+            .iter()
+            .map(|p| format!("{} {} MiB", p.name, p.bytes >> 20))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let telemetry = Arc::new(Telemetry::new(
         symbols.clone(),
         Some(Sources {
             aggregate: aggregate.clone(),
             store: store.clone(),
+            budget: budget.clone(),
         }),
     ));
     let idle_ms = cfg.trace_idle.0.as_millis().max(1) as u64;
@@ -112,7 +124,7 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         assembler: AssemblerConfig {
             idle_ms,
             max_spans: cfg.max_buffered_spans,
-            tombstones: (cfg.max_buffered_spans / cfg.workers / 8).max(4096),
+            tombstones: crate::memory::tombstones(cfg),
             tombstone_ms: idle_ms * 3,
             sample_clean: cfg.sample_clean,
         },
@@ -157,6 +169,7 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         RequestLimits {
             max_bytes: cfg.max_request_bytes,
             read_timeout: cfg.read_timeout.0,
+            max_concurrent: cfg.max_concurrent_requests,
         },
         Some(api::grpc::service(
             api_state.clone(),
@@ -197,20 +210,24 @@ pub fn serve_receivers(
     stop: CancellationToken,
 ) -> Vec<JoinHandle<anyhow::Result<()>>> {
     let telemetry = ingest.telemetry.clone();
+    let gate = receive::Gate::new(&limits);
     // Layers added later sit inside: the status mapping sees the read timeout's answer.
     let grpc = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(move |r| {
             receive::grpc::otlp_status::<tonic::body::Body>(&telemetry, r)
         }))
-        .layer(receive::grpc::ReadTimeoutLayer(limits.read_timeout))
+        .layer(receive::grpc::GateLayer(gate.clone()))
         .add_service(receive::grpc::service(ingest.clone(), limits.max_bytes))
         .add_optional_service(query)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
             stop.clone().cancelled_owned(),
         );
-    let http = axum::serve(http.tap_io(no_delay), receive::http::router(ingest, limits))
-        .with_graceful_shutdown(stop.cancelled_owned());
+    let http = axum::serve(
+        http.tap_io(no_delay),
+        receive::http::router(ingest, limits.max_bytes, gate),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned());
     vec![
         tokio::spawn(async move { grpc.await.context("OTLP/gRPC server failed") }),
         tokio::spawn(async move { http.await.context("OTLP/HTTP server failed") }),

@@ -182,6 +182,10 @@ pub struct ServeArgs {
     /// answered 408 / DEADLINE_EXCEEDED and may retry [default: 30s]
     #[arg(long, env = "GRAYSCOPE_READ_TIMEOUT", value_name = "DURATION")]
     pub read_timeout: Option<Dur>,
+    /// Requests decoded at once; more wait (within --read-timeout) with their bodies unread. Bounds
+    /// the memory requests in flight take [default: twice the workers, at least 4]
+    #[arg(long, env = "GRAYSCOPE_MAX_CONCURRENT_REQUESTS", value_name = "N")]
+    pub max_concurrent_requests: Option<usize>,
     /// A trace is finalised after this long without new spans [default: 10s]
     #[arg(long, env = "GRAYSCOPE_TRACE_IDLE", value_name = "DURATION")]
     pub trace_idle: Option<Dur>,
@@ -268,6 +272,7 @@ pub struct ServeConfig {
     pub http: SocketAddr,
     pub max_request_bytes: usize,
     pub read_timeout: Dur,
+    pub max_concurrent_requests: usize,
     pub trace_idle: Dur,
     pub max_buffered_spans: usize,
     pub instance_ttl: Dur,
@@ -405,6 +410,11 @@ impl ServeArgs {
             )?,
             instance_ttl: a.instance_ttl.unwrap_or(Dur(Duration::from_secs(15 * 60))),
             workers: positive("workers", a.workers.unwrap_or(cpus))?,
+            max_concurrent_requests: positive(
+                "max-concurrent-requests",
+                a.max_concurrent_requests
+                    .unwrap_or_else(|| (2 * a.workers.unwrap_or(cpus)).max(4)),
+            )?,
             queue_spans: positive("queue-spans", a.queue_spans.unwrap_or(262_144))?,
             data: a.data.unwrap_or_else(|| PathBuf::from("grayscope-data")),
             flush_interval: nonzero(
@@ -445,6 +455,9 @@ impl ServeArgs {
             http: self.http.or(file.http),
             max_request_bytes: self.max_request_bytes.or(file.max_request_bytes),
             read_timeout: self.read_timeout.or(file.read_timeout),
+            max_concurrent_requests: self
+                .max_concurrent_requests
+                .or(file.max_concurrent_requests),
             trace_idle: self.trace_idle.or(file.trace_idle),
             max_buffered_spans: self.max_buffered_spans.or(file.max_buffered_spans),
             instance_ttl: self.instance_ttl.or(file.instance_ttl),

@@ -41,6 +41,7 @@ pub mod demo;
 pub mod instances;
 pub mod intern;
 pub mod loadgen;
+pub mod memory;
 pub mod model;
 pub mod propagation;
 pub mod receive;

@@ -61,6 +61,7 @@ pub struct Telemetry {
     pub buffered_bytes: Family<WorkerLabels, Gauge>,
     pub queued_spans: Family<WorkerLabels, Gauge>,
     pub traces_finalised: Family<ReasonLabels, Counter>,
+    pub spans_finalised: Family<ReasonLabels, Counter>,
     pub duplicate_spans: Counter,
     pub conflicting_spans: Counter,
     pub late_spans: Counter,
@@ -70,6 +71,7 @@ pub struct Telemetry {
 pub struct Sources {
     pub aggregate: Arc<Aggregate>,
     pub store: Store,
+    pub budget: crate::memory::Budget,
 }
 
 impl Telemetry {
@@ -85,6 +87,7 @@ impl Telemetry {
             buffered_bytes: Family::default(),
             queued_spans: Family::default(),
             traces_finalised: Family::default(),
+            spans_finalised: Family::default(),
             duplicate_spans: Counter::default(),
             conflicting_spans: Counter::default(),
             late_spans: Counter::default(),
@@ -137,6 +140,11 @@ impl Telemetry {
             t.traces_finalised.clone(),
         );
         r.register(
+            "spans_finalised",
+            "Spans in finalised traces, by the trace's reason; accepted spans = these + duplicate + conflicting + late + buffered + queued",
+            t.spans_finalised.clone(),
+        );
+        r.register(
             "duplicate_spans",
             "Spans received again with the same content (exporter retries), counted once",
             t.duplicate_spans.clone(),
@@ -165,6 +173,7 @@ impl Telemetry {
         if let Some(s) = sources {
             r.register_collector(Box::new(VerdictCollector(s.aggregate)));
             r.register_collector(Box::new(StoreCollector(s.store)));
+            r.register_collector(Box::new(MemoryCollector(s.budget)));
         }
         Telemetry { registry, ..t }
     }
@@ -177,15 +186,36 @@ impl Telemetry {
         self.conflicting_spans
             .inc_by(d(before.conflicts, now.conflicts));
         self.late_spans.inc_by(d(before.late, now.late));
-        for (reason, a, b) in [
-            ("idle", before.finalised_idle, now.finalised_idle),
-            ("memory", before.finalised_early, now.finalised_early),
-            ("shutdown", before.finalised_flush, now.finalised_flush),
+        for (reason, a, b, sa, sb) in [
+            (
+                "idle",
+                before.finalised_idle,
+                now.finalised_idle,
+                before.spans_idle,
+                now.spans_idle,
+            ),
+            (
+                "memory",
+                before.finalised_early,
+                now.finalised_early,
+                before.spans_early,
+                now.spans_early,
+            ),
+            (
+                "shutdown",
+                before.finalised_flush,
+                now.finalised_flush,
+                before.spans_flush,
+                now.spans_flush,
+            ),
         ] {
             if b > a {
                 self.traces_finalised
                     .get_or_create(&ReasonLabels { reason })
                     .inc_by(b - a);
+                self.spans_finalised
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc_by(sb - sa);
             }
         }
     }
@@ -354,6 +384,41 @@ impl Collector for VerdictCollector {
     }
 }
 
+/// The memory budget next to what the process holds, so that an alert can compare them.
+#[derive(Debug)]
+struct MemoryCollector(crate::memory::Budget);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartLabels {
+    part: &'static str,
+}
+
+impl Collector for MemoryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let g = ConstGauge::new(0i64);
+        let mut m = encoder.encode_descriptor(
+            "memory_budget_bytes",
+            "The most memory grayscope holds, by part, derived from its flags (README: Memory budget)",
+            None,
+            g.metric_type(),
+        )?;
+        for p in &self.0.parts {
+            ConstGauge::new(p.bytes as i64)
+                .encode(m.encode_family(&PartLabels { part: p.name })?)?;
+        }
+        if let Some(rss) = crate::memory::resident_bytes() {
+            let g = ConstGauge::new(rss as i64);
+            g.encode(encoder.encode_descriptor(
+                "process_resident_bytes",
+                "Resident memory of this process",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
 /// How far the store's writer is behind.
 struct StoreCollector(Store);
 
@@ -365,10 +430,10 @@ impl std::fmt::Debug for StoreCollector {
 
 impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let g = ConstGauge::new(self.0.queued_traces() as i64);
+        let g = ConstGauge::new(self.0.queued_spans() as i64);
         g.encode(encoder.encode_descriptor(
-            "store_queued_traces",
-            "Finalised traces waiting to be written to the store",
+            "store_queued_spans",
+            "Spans of finalised traces waiting to be written to the store",
             None,
             g.metric_type(),
         )?)?;

@@ -134,6 +134,7 @@ async fn receivers(queue_spans: usize) -> Receivers {
     let limits = RequestLimits {
         max_bytes: 1 << 20,
         read_timeout: std::time::Duration::from_secs(10),
+        max_concurrent: 4,
     };
     serve_receivers(ingest, grpc, http, limits, None, stop.clone());
     Receivers {

@@ -81,7 +81,7 @@ async fn verdicts_count_edges_first_breaks_traces_and_misroutes() {
         r#"grayscope_traces_total{stage="canary",result="consistent"} 2"#,
         r#"grayscope_misrouted_total{callee="orders",stage="canary",instance_stage="stable"} 1"#,
         r#"grayscope_label_values_folded_total{label="caller"} 0"#,
-        "grayscope_store_queued_traces 0",
+        "grayscope_store_queued_spans 0",
     ] {
         let (series, value) = sample.rsplit_once(' ').unwrap();
         assert_eq!(

@@ -57,6 +57,23 @@ impl<K: Copy + Eq + Hash> Cap<K> {
 type Node = Lv<NodeKey>;
 type Stage = Lv<Sym>;
 
+/// Series per metric at most. Capping each label is not enough: 500 callers, callees and stages
+/// could still combine into millions of series. A new combination past the cap is counted on the
+/// series with every capped label `other`.
+pub const MAX_SERIES: usize = 20_000;
+
+/// Adds one to `key`'s series, or to `full`'s when the map is at [`MAX_SERIES`].
+fn bump<K: Copy + Eq + Hash>(map: &mut HashMap<K, u64, RandomState>, key: K, full: K) {
+    let at_cap = map.len() >= MAX_SERIES;
+    match map.get_mut(&key) {
+        Some(n) => *n += 1,
+        None if at_cap => *map.entry(full).or_default() += 1,
+        None => {
+            map.insert(key, 1);
+        }
+    }
+}
+
 pub struct VerdictCounters {
     callers: Cap<NodeKey>,
     callees: Cap<NodeKey>,
@@ -105,7 +122,8 @@ impl VerdictCounters {
             self.finding(f);
         }
         let stage = self.stages.of(o.stage);
-        *self.traces.entry((stage, o.is_broken())).or_default() += 1;
+        let broken = o.is_broken();
+        bump(&mut self.traces, (stage, broken), (Lv::Other, broken));
     }
 
     fn edge(&mut self, e: &EdgeOutcome) {
@@ -116,7 +134,7 @@ impl VerdictCounters {
             self.stages.of(e.stage),
             v,
         );
-        *self.edges.entry(key).or_default() += 1;
+        bump(&mut self.edges, key, (Lv::Other, Lv::Other, Lv::Other, v));
     }
 
     fn finding(&mut self, f: &Finding) {
@@ -127,7 +145,7 @@ impl VerdictCounters {
                 self.stages.of(stage),
                 self.instances.of(f.callee.instance_stage),
             );
-            *self.misrouted.entry(key).or_default() += 1;
+            bump(&mut self.misrouted, key, (Lv::Other, Lv::Other, Lv::Other));
         }
         // One bug is one increment per trace: its consequences are not counted again.
         if f.first_break {
@@ -138,7 +156,11 @@ impl VerdictCounters {
                 self.callees.of(Some(f.hop.callee)),
                 self.stages.of(stage),
             );
-            *self.findings.entry(key).or_default() += 1;
+            bump(
+                &mut self.findings,
+                key,
+                (f.kind, f.scope, Lv::Other, Lv::Other, Lv::Other),
+            );
         }
     }
 

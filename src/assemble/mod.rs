@@ -88,6 +88,11 @@ pub struct AssembleStats {
     pub finalised_idle: u64,
     pub finalised_early: u64,
     pub finalised_flush: u64,
+    /// Spans in the traces finalised for each reason: with duplicates, conflicts, late and still
+    /// buffered spans they account for every span accepted.
+    pub spans_idle: u64,
+    pub spans_early: u64,
+    pub spans_flush: u64,
 }
 
 pub struct Assembler {
@@ -276,11 +281,14 @@ impl Assembler {
         self.ids.remove(&buf.trace_id);
         self.buffered -= buf.len();
         self.finished.insert(buf.trace_id, now_ms);
-        match reason {
-            Reason::Idle => self.stats.finalised_idle += 1,
-            Reason::Early => self.stats.finalised_early += 1,
-            Reason::Flush => self.stats.finalised_flush += 1,
-        }
+        let spans = buf.len() as u64;
+        let (traces, in_traces) = match reason {
+            Reason::Idle => (&mut self.stats.finalised_idle, &mut self.stats.spans_idle),
+            Reason::Early => (&mut self.stats.finalised_early, &mut self.stats.spans_early),
+            Reason::Flush => (&mut self.stats.finalised_flush, &mut self.stats.spans_flush),
+        };
+        *traces += 1;
+        *in_traces += spans;
         let instances = &self.instances;
         let is_live = |svc: Sym, stage: Sym| instances.is_live(svc, stage, now_ms);
         let cx = FinaliseContext {

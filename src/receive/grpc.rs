@@ -14,7 +14,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{Ingest, Outcome, Protocol, RETRY_AFTER_SECS};
+use super::{Admission, BUSY_MESSAGE, Gate, Ingest, Outcome, Protocol, RETRY_AFTER_SECS};
 use crate::shard::SubmitError;
 use crate::telemetry::{RequestLabels, Telemetry};
 
@@ -56,7 +56,7 @@ impl TraceService for GrpcReceiver {
 /// a message that can never fit), and an undecodable, cut-short or corrupt-gzip message as INTERNAL. This maps
 /// them, on the way out, to what the OTLP specification asks for, and counts them:
 /// RESOURCE_EXHAUSTED without RetryInfo (not retryable) and INVALID_ARGUMENT. It also counts the
-/// read timeouts of [`ReadTimeout`].
+/// read timeouts of [`GateService`].
 pub fn otlp_status<B>(telemetry: &Telemetry, mut resp: http::Response<B>) -> http::Response<B> {
     let Some(status) = Status::from_header_map(resp.headers()) else {
         return resp;
@@ -76,10 +76,11 @@ pub fn otlp_status<B>(telemetry: &Telemetry, mut resp: http::Response<B>) -> htt
         {
             (Code::InvalidArgument, Outcome::Invalid)
         }
-        // Already the right code; counted here with the rest.
+        // Already the right codes; counted here with the rest.
         Code::DeadlineExceeded if msg.starts_with(READ_TIMEOUT_MESSAGE) => {
             (Code::DeadlineExceeded, Outcome::Timeout)
         }
+        Code::Unavailable if msg == BUSY_MESSAGE => (Code::Unavailable, Outcome::Refused),
         _ => return resp,
     };
     telemetry
@@ -96,36 +97,44 @@ pub fn otlp_status<B>(telemetry: &Telemetry, mut resp: http::Response<B>) -> htt
 
 const READ_TIMEOUT_MESSAGE: &str = "request message not received within";
 
-/// [`ReadTimeout`] for every service of a server.
-#[derive(Clone, Copy, Debug)]
-pub struct ReadTimeoutLayer(pub Duration);
+/// The OTLP/gRPC export method's path.
+pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-impl<S> tower::Layer<S> for ReadTimeoutLayer {
-    type Service = ReadTimeout<S>;
+/// [`GateService`] for every service of a server.
+#[derive(Clone, Debug)]
+pub struct GateLayer(pub Gate);
 
-    fn layer(&self, inner: S) -> ReadTimeout<S> {
-        ReadTimeout {
+impl<S> tower::Layer<S> for GateLayer {
+    type Service = GateService<S>;
+
+    fn layer(&self, inner: S) -> GateService<S> {
+        GateService {
             inner,
-            timeout: self.0,
+            gate: self.0.clone(),
         }
     }
 }
 
-/// Answers DEADLINE_EXCEEDED (retryable in OTLP) when a call has not produced its response within
-/// `--read-timeout`. A unary call's response waits for the whole request message, so a sender that
-/// stalls or trickles its message cannot hold a stream and its buffer for ever; a streaming
-/// response (`WatchFindings`) starts at once and is not cut. tonic's own `Server::timeout` would
-/// answer CANCELLED, which says the sender gave up.
+/// Export calls take their turn at the receivers' [`Gate`] before their message is read and
+/// decoded; every unary call must produce its response within `--read-timeout`, or is answered
+/// DEADLINE_EXCEEDED (retryable in OTLP). A unary call's response waits for the whole request
+/// message, so a sender that stalls or trickles it cannot hold a stream and its buffer for ever;
+/// a streaming response (`WatchFindings`) starts at once and is not cut. (tonic's own
+/// `Server::timeout` would answer CANCELLED, which says the sender gave up.)
 #[derive(Clone, Debug)]
-pub struct ReadTimeout<S> {
+pub struct GateService<S> {
     inner: S,
-    timeout: Duration,
+    gate: Gate,
 }
 
-impl<S, B> tower::Service<http::Request<B>> for ReadTimeout<S>
+impl<S, B> tower::Service<http::Request<B>> for GateService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -141,13 +150,29 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let timeout = self.timeout;
+        let gate = self.gate.clone();
+        let export = req.uri().path() == EXPORT_PATH;
         let call = self.inner.call(req);
         Box::pin(async move {
-            match tokio::time::timeout(timeout, call).await {
-                Ok(r) => r,
-                Err(_) => Ok(Status::deadline_exceeded(format!(
-                    "{READ_TIMEOUT_MESSAGE} {timeout:?} (--read-timeout)"
+            let answer = if export {
+                gate.run(call).await
+            } else {
+                match tokio::time::timeout(gate.read_timeout(), call).await {
+                    Ok(r) => Admission::Done(r),
+                    Err(_) => Admission::TimedOut,
+                }
+            };
+            match answer {
+                Admission::Done(r) => r,
+                Admission::Busy => Ok(Status::with_error_details(
+                    Code::Unavailable,
+                    BUSY_MESSAGE,
+                    ErrorDetails::with_retry_info(Some(Duration::from_secs(RETRY_AFTER_SECS))),
+                )
+                .into_http()),
+                Admission::TimedOut => Ok(Status::deadline_exceeded(format!(
+                    "{READ_TIMEOUT_MESSAGE} {:?} (--read-timeout)",
+                    gate.read_timeout()
                 ))
                 .into_http()),
             }

@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 use tonic::Code;
 
-use super::{Ingest, Outcome, Protocol, RETRY_AFTER_SECS, RequestLimits};
+use super::{Admission, BUSY_MESSAGE, Gate, Ingest, Outcome, Protocol, RETRY_AFTER_SECS};
 
 pub const PROTOBUF: &str = "application/x-protobuf";
 pub const JSON: &str = "application/json";
@@ -28,15 +28,20 @@ pub const JSON: &str = "application/json";
 #[derive(Clone)]
 struct HttpReceiver {
     ingest: Arc<Ingest>,
-    limits: RequestLimits,
+    max_bytes: usize,
+    gate: Gate,
 }
 
 /// The `/v1/traces` route.
-pub fn router(ingest: Arc<Ingest>, limits: RequestLimits) -> Router {
+pub fn router(ingest: Arc<Ingest>, max_bytes: usize, gate: Gate) -> Router {
     Router::new()
         .route("/v1/traces", post(export))
         .layer(DefaultBodyLimit::disable())
-        .with_state(HttpReceiver { ingest, limits })
+        .with_state(HttpReceiver {
+            ingest,
+            max_bytes,
+            gate,
+        })
 }
 
 /// An error on its way back to the sender.
@@ -85,16 +90,39 @@ async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) 
             return reply_error(Protocol::HttpJson, f);
         }
     };
-    match handle(&rx, &headers, body, protocol).await {
+    let answer = match rx.gate.run(handle(&rx, &headers, body, protocol)).await {
+        Admission::Done(answer) => answer,
+        Admission::Busy => Err(Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            Outcome::Refused,
+            BUSY_MESSAGE,
+        )),
+        Admission::TimedOut => Err(Failure::new(
+            StatusCode::REQUEST_TIMEOUT,
+            Code::DeadlineExceeded,
+            Outcome::Timeout,
+            format!(
+                "request body not received within {:?} (--read-timeout)",
+                rx.gate.read_timeout()
+            ),
+        )),
+    };
+    match answer {
         Ok(resp) => resp,
         Err(f) => {
             rx.ingest.count(protocol, f.outcome);
-            let timeout = f.outcome == Outcome::Timeout;
+            let outcome = f.outcome;
             let mut resp = reply_error(protocol, f);
-            if timeout {
-                // The rest of the body may still arrive: the connection cannot carry another request.
+            if matches!(outcome, Outcome::Timeout | Outcome::Refused) {
+                // The body was not read (or not all of it): the connection cannot carry another
+                // request.
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            if outcome == Outcome::Refused {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             resp
         }
@@ -107,39 +135,25 @@ async fn handle(
     body: Body,
     protocol: Protocol,
 ) -> Result<Response, Failure> {
-    let max = rx.limits.max_bytes;
+    let max = rx.max_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
         return Err(Failure::too_large(max));
     }
-    let read = tokio::time::timeout(rx.limits.read_timeout, axum::body::to_bytes(body, max));
-    let raw = read
-        .await
-        .map_err(|_| {
+    let raw = axum::body::to_bytes(body, max).await.map_err(|e| {
+        if is_length_limit(&e) {
+            Failure::too_large(max)
+        } else {
             Failure::new(
-                StatusCode::REQUEST_TIMEOUT,
-                Code::DeadlineExceeded,
-                Outcome::Timeout,
-                format!(
-                    "request body not received within {:?} (--read-timeout)",
-                    rx.limits.read_timeout
-                ),
+                StatusCode::BAD_REQUEST,
+                Code::InvalidArgument,
+                Outcome::Invalid,
+                format!("cannot read request body: {e}"),
             )
-        })?
-        .map_err(|e| {
-            if is_length_limit(&e) {
-                Failure::too_large(max)
-            } else {
-                Failure::new(
-                    StatusCode::BAD_REQUEST,
-                    Code::InvalidArgument,
-                    Outcome::Invalid,
-                    format!("cannot read request body: {e}"),
-                )
-            }
-        })?;
+        }
+    })?;
     let body = decompress(headers, raw, max)?;
     let req = match protocol {
         Protocol::HttpJson => {

@@ -31,6 +31,60 @@ pub struct RequestLimits {
     /// How long a body (HTTP) or message (gRPC) may take to arrive: a sender that trickles bytes
     /// (or stops) must not hold a connection, a task and a buffer forever.
     pub read_timeout: Duration,
+    /// Requests read and decoded at once, over both protocols.
+    pub max_concurrent: usize,
+}
+
+/// How long a request may wait for its turn at the [`Gate`] before it is refused, retryably.
+/// Bursts wait; a sustained overload is told to back off at once instead of piling up latency
+/// (and connections) until senders time out.
+pub const ADMISSION_WAIT: Duration = Duration::from_millis(200);
+
+/// What became of a request at the [`Gate`].
+pub enum Admission<T> {
+    Done(T),
+    /// No turn within [`ADMISSION_WAIT`]: refuse, retryably.
+    Busy,
+    /// The body or message did not arrive within the read timeout.
+    TimedOut,
+}
+
+/// The message of a refusal for [`Admission::Busy`].
+pub const BUSY_MESSAGE: &str = "too many requests in flight; retry later";
+
+/// Admission of export requests, shared by both receivers: at most `max_concurrent` are read and
+/// decoded at once, so the memory requests in flight take is bounded (a decoded request takes up
+/// to 23 times its size, see `memory::Budget`). The others wait, bodies unread, for up to
+/// [`ADMISSION_WAIT`].
+#[derive(Clone, Debug)]
+pub struct Gate {
+    permits: Arc<tokio::sync::Semaphore>,
+    read_timeout: Duration,
+}
+
+impl Gate {
+    pub fn new(limits: &RequestLimits) -> Self {
+        Gate {
+            permits: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
+            read_timeout: limits.read_timeout,
+        }
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout
+    }
+
+    /// Runs `work` in its turn, within the read timeout.
+    pub async fn run<F: Future>(&self, work: F) -> Admission<F::Output> {
+        let Ok(permit) = tokio::time::timeout(ADMISSION_WAIT, self.permits.acquire()).await else {
+            return Admission::Busy;
+        };
+        let _permit = permit.expect("the gate is never closed");
+        match tokio::time::timeout(self.read_timeout, work).await {
+            Ok(v) => Admission::Done(v),
+            Err(_) => Admission::TimedOut,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

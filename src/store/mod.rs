@@ -37,9 +37,10 @@ use crate::model::TraceId;
 pub const DB_FILE: &str = "grayscope.db";
 /// Batches of finalised traces queued for the writer at most.
 const QUEUE_BATCHES: usize = 256;
-/// Finalised traces queued or pending for the writer at most (about 1 KiB each with their spans):
-/// past it, workers wait.
-const QUEUE_TRACES: usize = 65_536;
+/// Spans in finalised traces queued or pending for the writer at most: past it, workers wait.
+/// Counted in spans, not traces, so that the memory it holds is bounded whatever the traces' size
+/// (at most about 150 bytes a span: its edge outcome, and its snapshot for a stored trace).
+pub const QUEUE_SPANS: usize = 524_288;
 /// Read connections kept open for the APIs.
 const READERS: usize = 4;
 
@@ -173,7 +174,7 @@ impl Store {
                 readers: Mutex::new(readers),
             }),
             tx,
-            room: Arc::new(Semaphore::new(QUEUE_TRACES)),
+            room: Arc::new(Semaphore::new(QUEUE_SPANS)),
         };
         let writer = Writer {
             stats,
@@ -193,9 +194,9 @@ impl Store {
         &self.inner.path
     }
 
-    /// Finalised traces queued for the writer or waiting in its next write.
-    pub fn queued_traces(&self) -> usize {
-        QUEUE_TRACES - self.room.available_permits()
+    /// Spans of finalised traces queued for the writer or waiting in its next write.
+    pub fn queued_spans(&self) -> usize {
+        QUEUE_SPANS - self.room.available_permits()
     }
 
     /// How far the store is behind: the age of the oldest finalised trace not yet committed.
@@ -211,7 +212,8 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
-        let n = batch.len().min(QUEUE_TRACES) as u32;
+        let spans: usize = batch.iter().map(|f| f.outcome.spans.max(1) as usize).sum();
+        let n = spans.min(QUEUE_SPANS) as u32;
         let permit = self
             .room
             .clone()

@@ -1,0 +1,182 @@
+//! The memory budget: the most memory grayscope holds, derived from its flags.
+//!
+//! Everything fed by senders is bounded, by a flag or by a constant; the budget adds those bounds
+//! up, each at a measured cost per item, so that an operator can size a container from the flags
+//! and an alert can compare the process's resident memory with it (`grayscope_memory_budget_bytes`
+//! and `grayscope_process_resident_bytes`). Past a bound grayscope finalises traces early, makes
+//! senders wait, or refuses with a retryable error; it does not grow.
+//!
+//! The costs per item come from `cargo bench --bench buffered_memory`: a buffered span holds
+//! 117 heap bytes, a request decodes to 4.5 times its size for typical spans and 22.3 times for the
+//! smallest valid ones. They are rounded up for the allocator's slack.
+
+use crate::aggregate::AggregateConfig;
+use crate::aggregate::metrics::MAX_SERIES;
+use crate::config::ServeConfig;
+use crate::intern::SymbolLimits;
+use crate::model::{SpanRecord, TraceId};
+use crate::receive::decode::{MAX_NAME_LEN, MAX_SERVICE_LEN, MAX_VALUE_LEN};
+
+/// Code, runtime, threads, the store's page caches (five connections of 2 MiB), the watch buffer.
+pub const FIXED: u64 = 64 << 20;
+/// A span held anywhere (assembling, queued for the store, kept for the API), with its share of
+/// the trace's tables.
+pub const SPAN: u64 = 160;
+/// A request being handled holds its body, its decompressed body, and its decoded form (at most
+/// 23 times its size, for a request of the smallest valid spans).
+pub const REQUEST_FACTOR: u64 = 2 + 23;
+/// Bookkeeping per interned string, besides the string itself.
+const STRING_OVERHEAD: u64 = 64;
+/// A verdict counter series: its key and count in a hash map.
+const SERIES: u64 = 64;
+/// Verdict counter families (edges, findings, traces, misrouted).
+const FAMILIES: u64 = 4;
+/// A remembered finalised trace id (set and queue entries).
+const TOMBSTONE: u64 = 48;
+
+/// One bounded part of grayscope's memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub name: &'static str,
+    pub bytes: u64,
+    /// Which flags and constants bound it.
+    pub bound_by: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub parts: Vec<Part>,
+}
+
+impl Budget {
+    pub fn of(cfg: &ServeConfig) -> Budget {
+        let n = |v: usize| v as u64;
+        let queued_span = 2 * n(std::mem::size_of::<(TraceId, SpanRecord)>());
+        let strings = SymbolLimits::default();
+        let part = |name, bytes, bound_by| Part {
+            name,
+            bytes,
+            bound_by,
+        };
+        Budget {
+            parts: vec![
+                part("fixed", FIXED, "code, runtime, store page caches"),
+                part(
+                    "requests",
+                    n(cfg.max_concurrent_requests) * REQUEST_FACTOR * n(cfg.max_request_bytes),
+                    "--max-concurrent-requests x 25 x --max-request-bytes",
+                ),
+                part(
+                    "queued_spans",
+                    n(cfg.queue_spans) * n(cfg.workers) * queued_span,
+                    "--queue-spans x --workers",
+                ),
+                part(
+                    "buffered_spans",
+                    n(cfg.max_buffered_spans) * SPAN,
+                    "--max-buffered-spans",
+                ),
+                part(
+                    "finished_traces",
+                    n(tombstones(cfg)) * n(cfg.workers) * TOMBSTONE,
+                    "--max-buffered-spans / 8, at least 4,096 per worker",
+                ),
+                part(
+                    "store_queue",
+                    n(crate::store::QUEUE_SPANS) * SPAN,
+                    "524,288 spans of finalised traces",
+                ),
+                part(
+                    "recent_traces",
+                    n(AggregateConfig::default().max_trace_spans) * SPAN,
+                    "500,000 spans of traces kept for the API",
+                ),
+                part(
+                    "strings",
+                    n(strings.services) * (n(MAX_SERVICE_LEN) + STRING_OVERHEAD)
+                        + n(strings.span_names) * (n(MAX_NAME_LEN) + STRING_OVERHEAD)
+                        + n(strings.values) * (n(MAX_VALUE_LEN) + STRING_OVERHEAD),
+                    "10,000 services, 200,000 span names, 10,000 values",
+                ),
+                part(
+                    "metric_series",
+                    FAMILIES * n(MAX_SERIES) * SERIES,
+                    "20,000 series per verdict metric",
+                ),
+            ],
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.parts.iter().map(|p| p.bytes).sum()
+    }
+}
+
+/// Finalised trace ids each worker remembers, so that a late retry is not a new broken trace.
+pub fn tombstones(cfg: &ServeConfig) -> usize {
+    (cfg.max_buffered_spans / cfg.workers / 8).max(4096)
+}
+
+/// This process's resident memory (`VmRSS` of `/proc/self/status`, Linux); `None` elsewhere.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServeArgs;
+
+    fn cfg(args: &[&str]) -> ServeConfig {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let mut argv = vec!["grayscope"];
+        argv.extend_from_slice(args);
+        Cli::parse_from(argv).serve.resolve().unwrap()
+    }
+
+    #[test]
+    fn every_flag_that_bounds_memory_moves_the_budget() {
+        let base = cfg(&["--workers", "2"]);
+        let b = Budget::of(&base);
+        let part = |b: &Budget, name: &str| b.parts.iter().find(|p| p.name == name).unwrap().bytes;
+        assert_eq!(part(&b, "requests"), 4 * 25 * (16 << 20));
+        assert_eq!(part(&b, "buffered_spans"), 2_000_000 * SPAN);
+        let smaller = Budget::of(&cfg(&[
+            "--workers",
+            "2",
+            "--max-concurrent-requests",
+            "2",
+            "--max-request-bytes",
+            "1MiB",
+            "--max-buffered-spans",
+            "100000",
+            "--queue-spans",
+            "1000",
+        ]));
+        assert_eq!(part(&smaller, "requests"), 2 * 25 * (1 << 20));
+        assert_eq!(part(&smaller, "buffered_spans"), 100_000 * SPAN);
+        assert!(part(&smaller, "queued_spans") < part(&b, "queued_spans"));
+        assert!(smaller.total() < b.total());
+        assert_eq!(b.total(), b.parts.iter().map(|p| p.bytes).sum::<u64>());
+    }
+
+    #[test]
+    fn resident_memory_is_read() {
+        let rss = resident_bytes().expect("Linux has /proc/self/statm");
+        assert!(rss > 1 << 20 && rss < 1 << 40, "{rss}");
+    }
+}
