@@ -672,7 +672,14 @@ async fn a_chain_100000_deep_is_walked_without_recursion() {
     for id in 1..=depth {
         // The stage changes at the very bottom.
         let stage = if id == depth { "stable" } else { "canary" };
-        let mut s = span(trace, id, (id > 1).then(|| id - 1), "step", stage);
+        // Every span named differently: the stored trace's string table has 100,000 entries.
+        let mut s = span(
+            trace,
+            id,
+            (id > 1).then(|| id - 1),
+            &format!("step {id}"),
+            stage,
+        );
         s.kind = SpanKind::Internal as i32;
         b = b.push(s);
     }

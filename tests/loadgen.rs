@@ -27,6 +27,7 @@ async fn run(wire: Wire, gzip: bool, seed: u64) {
         faults_out: Some(faults.clone()),
         server_pid: None,
         threads: 1,
+        rate: None,
     })
     .await
     .unwrap();

@@ -68,6 +68,9 @@ pub struct LoadgenArgs {
     /// Threads for the generator itself
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub threads: usize,
+    /// Send at this many spans per second at most, evenly paced [default: as fast as accepted]
+    #[arg(long, value_name = "SPANS_PER_SECOND")]
+    pub rate: Option<f64>,
 }
 
 /// What a run measured.
@@ -132,6 +135,15 @@ pub async fn generate(args: LoadgenArgs) -> anyhow::Result<Summary> {
     let record = args.faults_out.is_some();
     let nonce = args.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ crate::wall_ms();
     let next = Arc::new(AtomicU64::new(0));
+    anyhow::ensure!(
+        args.rate.is_none_or(|r| r > 0.0),
+        "--rate must be more than 0"
+    );
+    // The n-th request is due `n x interval` after the start: a paced run neither bursts nor
+    // drifts, whatever the latency of single requests.
+    let interval = args
+        .rate
+        .map(|r| Duration::from_secs_f64(templates[0].spans as f64 / r));
     let cpu_before = args.server_pid.and_then(proc_cpu_seconds);
     let started = Instant::now();
 
@@ -149,6 +161,12 @@ pub async fn generate(args: LoadgenArgs) -> anyhow::Result<Summary> {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if limit.is_some_and(|l| n >= l) {
                     break;
+                }
+                if let Some(every) = interval {
+                    tokio::time::sleep_until((started + every.mul_f64(n as f64)).into()).await;
+                    if deadline.is_some_and(|d| started.elapsed() >= d) {
+                        break;
+                    }
                 }
                 let t = &templates[(n % templates.len() as u64) as usize];
                 let mut expected = Vec::new();

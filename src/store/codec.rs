@@ -51,15 +51,15 @@ pub struct StoredSpan {
 
 /// Encodes a finalised trace with its strings resolved.
 pub fn encode(t: &TraceSnapshot, sym: &Symbols) -> Vec<u8> {
+    // A hash index, not a scan: a trace of 100,000 spans may have as many distinct names.
     let mut strings: Vec<String> = Vec::new();
+    let mut seen: std::collections::HashMap<std::sync::Arc<str>, u32, foldhash::fast::RandomState> =
+        Default::default();
     let mut index = |s: std::sync::Arc<str>| -> u32 {
-        match strings.iter().position(|x| **x == *s) {
-            Some(i) => i as u32,
-            None => {
-                strings.push(s.to_string());
-                (strings.len() - 1) as u32
-            }
-        }
+        *seen.entry(s).or_insert_with_key(|s| {
+            strings.push(s.to_string());
+            (strings.len() - 1) as u32
+        })
     };
     let base_ns = t.spans.iter().map(|s| s.start_ns).min().unwrap_or(0);
     let spans = t

@@ -1,0 +1,71 @@
+//! The path a request takes after it is decoded from the wire, as the collector runs it: span
+//! validation, assembly with a tight memory bound (so early finalisation and tombstones run too),
+//! verification, the verdict counters, the explanation of every finding, and a stored trace's
+//! encoding and decoding.
+
+use std::sync::Arc;
+
+use grayscope::aggregate::VerdictCounters;
+use grayscope::api::views::TraceView;
+use grayscope::assemble::{Assembler, AssemblerConfig};
+use grayscope::instances::{Clock, Instances};
+use grayscope::intern::{SymbolLimits, Symbols};
+use grayscope::receive::Decoder;
+use grayscope::store::codec;
+use grayscope::verify::Policy;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+pub fn verify(req: &ExportTraceServiceRequest) {
+    // Small tables, so that folding into "(other)" is reached as well.
+    let symbols = Arc::new(Symbols::new(&SymbolLimits {
+        services: 16,
+        span_names: 16,
+        values: 16,
+    }));
+    let instances = Arc::new(Instances::new([], 60_000));
+    let clock = Clock::new();
+    let decoder = Decoder::new(
+        symbols.clone(),
+        instances.clone(),
+        clock,
+        &[
+            "x-release-stage".into(),
+            "http.request.header.x-release-stage".into(),
+        ],
+        "deployment.stage",
+    );
+    let decoded = decoder.decode(req, 2);
+    let _ = decoded.error_message();
+    let mut asm = Assembler::new(
+        AssemblerConfig {
+            idle_ms: 1_000,
+            max_spans: 64,
+            tombstones: 16,
+            tombstone_ms: 1_000,
+            sample_clean: 1.0,
+        },
+        Arc::new(Policy::default()),
+        instances,
+    );
+    let mut out = Vec::new();
+    for (i, batch) in decoded.batches.into_iter().enumerate() {
+        asm.insert(batch, i as u64, 0, &mut out);
+    }
+    asm.drain(1_000_000, 0, &mut out);
+    let mut counters = VerdictCounters::new(8);
+    for f in &out {
+        counters.count(&f.outcome);
+        for finding in &f.outcome.findings {
+            let _ = finding.detail(&symbols);
+        }
+        if let Some(s) = &f.snapshot {
+            let view = TraceView::of(s, &symbols);
+            let stored = codec::decode(s.trace_id, &codec::encode(s, &symbols))
+                .expect("a trace grayscope encoded decodes");
+            // Findings live in their own table; the blob holds spans and judged edges.
+            assert_eq!(stored.spans.len(), view.spans.len());
+            assert_eq!(stored.edges.len(), view.edges.len());
+        }
+    }
+    let _ = counters.samples(&symbols);
+}
