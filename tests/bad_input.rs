@@ -121,22 +121,8 @@ async fn malformed_bodies_are_invalid_argument() {
     for wire in [Wire::Grpc, Wire::Http, Wire::HttpJson] {
         still_serves(&c, wire, 7).await;
     }
-    assert_eq!(
-        metric(
-            &c,
-            "grayscope_receiver_requests_total{protocol=\"grpc\",outcome=\"invalid\"}"
-        )
-        .await,
-        2.0
-    );
-    assert_eq!(
-        metric(
-            &c,
-            "grayscope_receiver_requests_total{protocol=\"http_protobuf\",outcome=\"invalid\"}"
-        )
-        .await,
-        3.0
-    );
+    assert_eq!(requests(&c, "grpc", "invalid").await, 2.0);
+    assert_eq!(requests(&c, "http_protobuf", "invalid").await, 3.0);
     c.shutdown().await.unwrap();
 }
 
@@ -168,14 +154,7 @@ async fn unsupported_content_types_and_encodings_are_415() {
             .1
             .contains("unsupported Content-Encoding \"br\"")
     );
-    assert_eq!(
-        metric(
-            &c,
-            "grayscope_receiver_requests_total{protocol=\"http_other\",outcome=\"unsupported\"}"
-        )
-        .await,
-        3.0
-    );
+    assert_eq!(requests(&c, "http_other", "unsupported").await, 3.0);
     // Parameters and case do not matter.
     let r = http
         .send_request(post(
@@ -243,24 +222,11 @@ async fn oversized_bodies_and_gzip_bombs_are_refused_without_retry() {
     for wire in [Wire::Grpc, Wire::Http] {
         still_serves(&c, wire, 9).await;
     }
-    assert_eq!(
-        metric(
-            &c,
-            "grayscope_receiver_requests_total{protocol=\"grpc\",outcome=\"too_large\"}"
-        )
-        .await,
-        2.0
-    );
-    assert_eq!(
-        metric(
-            &c,
-            "grayscope_receiver_requests_total{protocol=\"http_protobuf\",outcome=\"too_large\"}"
-        )
-        .await,
-        2.0
-    );
+    assert_eq!(requests(&c, "grpc", "too_large").await, 2.0);
+    assert_eq!(requests(&c, "http_protobuf", "too_large").await, 2.0);
     c.shutdown().await.unwrap();
 }
+
 #[tokio::test(flavor = "multi_thread")]
 async fn json_with_wrong_types_is_400_and_names_the_problem() {
     let c = spawn_collector(test_args()).await;

@@ -5,13 +5,14 @@
 //! accepted = finalised (idle, early, shutdown) + duplicate + conflicting + late + buffered +
 //! queued, exactly.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::binary::{Served, sum};
 use grayscope::loadgen::{RawClient, Template, Wire};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
@@ -24,112 +25,26 @@ const WORKERS: u64 = 2;
 const SENDERS: usize = 64;
 const FLOOD: Duration = Duration::from_secs(12);
 
-struct Server {
-    child: Child,
-    grpc: std::net::SocketAddr,
-    http: std::net::SocketAddr,
-    api: String,
-    _data: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let data = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_grayscope"))
-            .args([
-                "serve",
-                "--otlp-grpc",
-                "127.0.0.1:0",
-                "--otlp-http",
-                "127.0.0.1:0",
-            ])
-            .args(["--http", "127.0.0.1:0", "--log", "warn"])
+/// The collector under flood, with flags small enough that a flood is far past them.
+fn start(data: &std::path::Path) -> Served {
+    Served::start(
+        data,
+        &[
             // Nothing finishes by going idle: only the memory bound finalises.
-            .args(["--trace-idle", "1h"])
-            .args(["--max-buffered-spans", &MAX_BUFFERED.to_string()])
-            .args(["--queue-spans", &QUEUE_SPANS.to_string()])
-            .args(["--workers", &WORKERS.to_string()])
-            .args([
-                "--max-request-bytes",
-                "1MiB",
-                "--max-concurrent-requests",
-                "2",
-            ])
-            .arg("--data")
-            .arg(data.path())
-            .env_remove("GRAYSCOPE_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = |after: &str| -> String {
-            let rest = &line[line.find(after).expect(&line) + after.len()..];
-            rest.split([',', '\n']).next().unwrap().trim().to_string()
-        };
-        Server {
-            grpc: addr("OTLP/gRPC on ").parse().unwrap(),
-            http: addr("OTLP/HTTP on ").parse().unwrap(),
-            api: addr("metrics on http://"),
-            child,
-            _data: data,
-        }
-    }
-
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-
-    async fn metrics(&self) -> Metrics {
-        Metrics(
-            reqwest::get(format!("http://{}/metrics", self.api))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-        )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Metrics(String);
-
-impl Metrics {
-    /// The sum of the samples of `name` whose labels contain `label`.
-    fn sum_where(&self, name: &str, label: &str) -> u64 {
-        self.0
-            .lines()
-            .filter(|l| l.starts_with(name) && l.contains(label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    }
-
-    /// The sum of every sample of `name` (any labels).
-    fn sum(&self, name: &str) -> u64 {
-        self.0
-            .lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    }
+            "--trace-idle",
+            "1h",
+            "--max-buffered-spans",
+            &MAX_BUFFERED.to_string(),
+            "--queue-spans",
+            &QUEUE_SPANS.to_string(),
+            "--workers",
+            &WORKERS.to_string(),
+            "--max-request-bytes",
+            "1MiB",
+            "--max-concurrent-requests",
+            "2",
+        ],
+    )
 }
 
 fn request(spans: Vec<Span>) -> Bytes {
@@ -205,7 +120,8 @@ fn own_request(sender: u64, n: u64) -> (Bytes, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_is_refused_not_absorbed_and_every_span_is_accounted_for() {
-    let server = Server::start();
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path());
     let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
     let templates: Arc<Vec<Template>> = Arc::new(
         (0..8)
@@ -276,8 +192,8 @@ async fn a_flood_is_refused_not_absorbed_and_every_span_is_accounted_for() {
     while started.elapsed() < FLOOD {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let m = server.metrics().await;
-        assert!(m.sum("grayscope_buffered_spans") <= MAX_BUFFERED);
-        assert!(m.sum("grayscope_queued_spans") <= QUEUE_SPANS * WORKERS + 1000);
+        assert!(sum(&m, "grayscope_buffered_spans") <= MAX_BUFFERED);
+        assert!(sum(&m, "grayscope_queued_spans") <= QUEUE_SPANS * WORKERS + 1000);
         rss_kib.push(server.status_kib("VmRSS:"));
     }
     stop.store(true, Ordering::Relaxed);
@@ -290,7 +206,7 @@ async fn a_flood_is_refused_not_absorbed_and_every_span_is_accounted_for() {
     let m = loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let m = server.metrics().await;
-        if m.sum("grayscope_queued_spans") == 0 {
+        if sum(&m, "grayscope_queued_spans") == 0 {
             // Let the workers publish what they did with the last batch.
             tokio::time::sleep(Duration::from_millis(300)).await;
             break server.metrics().await;
@@ -298,19 +214,19 @@ async fn a_flood_is_refused_not_absorbed_and_every_span_is_accounted_for() {
         assert!(Instant::now() < deadline, "the queues never emptied");
     };
     let acked = accepted.load(Ordering::Relaxed);
-    assert_eq!(m.sum("grayscope_receiver_accepted_spans_total"), acked);
-    let finalised = m.sum("grayscope_spans_finalised_total");
+    assert_eq!(sum(&m, "grayscope_receiver_accepted_spans_total"), acked);
+    let finalised = sum(&m, "grayscope_spans_finalised_total");
     let accounted = finalised
-        + m.sum("grayscope_duplicate_spans_total")
-        + m.sum("grayscope_conflicting_spans_total")
-        + m.sum("grayscope_late_spans_total")
-        + m.sum("grayscope_buffered_spans")
-        + m.sum("grayscope_queued_spans");
+        + sum(&m, "grayscope_duplicate_spans_total")
+        + sum(&m, "grayscope_conflicting_spans_total")
+        + sum(&m, "grayscope_late_spans_total")
+        + sum(&m, "grayscope_buffered_spans")
+        + sum(&m, "grayscope_queued_spans");
     assert_eq!(accounted, acked, "every acknowledged span is accounted for");
     // Every finalised trace got its verdict.
     assert_eq!(
-        m.sum("grayscope_traces_total"),
-        m.sum("grayscope_traces_finalised_total")
+        sum(&m, "grayscope_traces_total"),
+        sum(&m, "grayscope_traces_finalised_total")
     );
 
     // It was a flood: far more than fits, much of it refused, the memory bound did the finalising.
@@ -323,14 +239,20 @@ async fn a_flood_is_refused_not_absorbed_and_every_span_is_accounted_for() {
     assert!(acked > 10 * MAX_BUFFERED, "{acked} spans accepted");
     assert!(refusals > 0, "senders were asked to retry");
     assert_eq!(
-        m.sum_where("grayscope_receiver_requests_total", "outcome=\"refused\""),
+        sum(
+            &m,
+            "grayscope_receiver_requests_total{protocol=\"grpc\",outcome=\"refused\"}"
+        ) + sum(
+            &m,
+            "grayscope_receiver_requests_total{protocol=\"http_protobuf\",outcome=\"refused\"}"
+        ),
         refusals,
         "every refusal counted"
     );
-    assert!(m.sum("grayscope_spans_finalised_total{reason=\"memory\"}") > 0);
+    assert!(sum(&m, "grayscope_spans_finalised_total{reason=\"memory\"}") > 0);
 
     // Memory: under the budget the flags give, and not growing while the flood went on.
-    let budget = m.sum("grayscope_memory_budget_bytes");
+    let budget = sum(&m, "grayscope_memory_budget_bytes");
     let peak = server.status_kib("VmHWM:") * 1024;
     eprintln!(
         "flood: peak RSS {} MiB, budget {} MiB",

@@ -1,53 +1,28 @@
 //! The store through the binary, as an operator meets it: findings and service-graph counters in
 //! a real SQLite file survive a graceful restart and a `kill -9`, and counting continues after.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::binary::Served;
 
 use serde_json::{Value, json};
 
-/// A `grayscope serve` child process on OS-chosen ports.
+/// A `grayscope serve` child process, with a runtime for talking to it from plain tests.
 struct Server {
-    child: Child,
-    http: String,
-    api: String,
+    served: Served,
     rt: tokio::runtime::Runtime,
 }
 
 impl Server {
     fn start(data: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_grayscope"))
-            .args([
-                "serve",
-                "--otlp-grpc",
-                "127.0.0.1:0",
-                "--otlp-http",
-                "127.0.0.1:0",
-            ])
-            .args(["--http", "127.0.0.1:0", "--trace-idle", "200ms"])
-            .args(["--flush-interval", "200ms", "--log", "warn"])
-            .arg("--data")
-            .arg(data)
-            .env_remove("GRAYSCOPE_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        // "grayscope: OTLP/gRPC on A, OTLP/HTTP on B, API and metrics on http://C"
-        let addr = |after: &str| -> String {
-            let rest = &line[line.find(after).expect(&line) + after.len()..];
-            rest.split([',', '\n']).next().unwrap().trim().to_string()
-        };
         Server {
-            http: addr("OTLP/HTTP on "),
-            api: addr("metrics on http://"),
-            child,
+            served: Served::start(
+                data,
+                &["--trace-idle", "200ms", "--flush-interval", "200ms"],
+            ),
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -58,7 +33,7 @@ impl Server {
     fn send(&self, body: &Value) {
         let status = self.rt.block_on(async {
             reqwest::Client::new()
-                .post(format!("http://{}/v1/traces", self.http))
+                .post(format!("http://{}/v1/traces", self.served.http))
                 .header("content-type", "application/json")
                 .body(body.to_string())
                 .send()
@@ -71,7 +46,7 @@ impl Server {
 
     fn get(&self, path: &str) -> Value {
         self.rt.block_on(async {
-            reqwest::get(format!("http://{}{path}", self.api))
+            reqwest::get(format!("http://{}{path}", self.served.api))
                 .await
                 .unwrap()
                 .json()
@@ -112,10 +87,10 @@ impl Server {
 
     fn signal(mut self, sig: i32) -> Option<i32> {
         // SAFETY: kill(2) on the pid of a child this test started and has not reaped yet.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+        assert_eq!(unsafe { libc::kill(self.served.child.id() as i32, sig) }, 0);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
+            if let Some(s) = self.served.child.try_wait().unwrap() {
                 return s.code();
             }
             assert!(
@@ -123,15 +98,6 @@ impl Server {
                 "still running after signal {sig}"
             );
             std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }

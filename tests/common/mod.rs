@@ -23,6 +23,7 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span, SpanData, Spa
 
 pub const STAGE: &str = "x-release-stage";
 
+pub mod binary;
 pub mod otlp;
 
 /// Serve options for tests: every port chosen by the OS, a short idle time.

@@ -1,0 +1,95 @@
+//! `grayscope serve` as a child process, as an operator runs it: for tests of what only a whole
+//! process shows (restarts, signals, resident memory).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A running `grayscope serve` on OS-chosen ports; killed when dropped.
+pub struct Served {
+    pub child: Child,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    /// host:port of the API and metrics.
+    pub api: String,
+}
+
+impl Served {
+    /// Starts `grayscope serve` with its store in `data` and `args` after the listen addresses.
+    pub fn start(data: &Path, args: &[&str]) -> Served {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_grayscope"))
+            .args([
+                "serve",
+                "--otlp-grpc",
+                "127.0.0.1:0",
+                "--otlp-http",
+                "127.0.0.1:0",
+            ])
+            .args(["--http", "127.0.0.1:0", "--log", "warn"])
+            .args(args)
+            .arg("--data")
+            .arg(data)
+            .env_remove("GRAYSCOPE_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        // "grayscope: OTLP/gRPC on A, OTLP/HTTP on B, API and metrics on http://C"
+        let addr = |after: &str| -> String {
+            let rest = &line[line.find(after).expect(&line) + after.len()..];
+            rest.split([',', '\n']).next().unwrap().trim().to_string()
+        };
+        Served {
+            grpc: addr("OTLP/gRPC on ").parse().unwrap(),
+            http: addr("OTLP/HTTP on ").parse().unwrap(),
+            api: addr("metrics on http://"),
+            child,
+        }
+    }
+
+    /// A `kB` field of `/proc/PID/status`, such as `VmRSS:` or `VmHWM:`.
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.api))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The sum of every sample of `name` (any labels, or exactly the labels given with it) in
+/// Prometheus text.
+pub fn sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
