@@ -3,6 +3,7 @@
 # its resident memory sampled every 10 s. Prints the curve and what was accepted and refused.
 #
 #   scripts/soak.sh [MINUTES] [SPANS_PER_SECOND] [PROTOCOL]     (defaults: 10 350000 http)
+#   SERVE_ARGS="--trace-idle 5s" scripts/soak.sh                 (more `serve` flags)
 #
 # The default rate is half of what one collector takes on a 2-core machine with the load generator
 # beside it (scripts/bench.sh); memory should rise while the first traces fill the buffers (one
@@ -26,7 +27,7 @@ cleanup() {
 trap cleanup EXIT
 
 "$bin" serve --otlp-grpc 127.0.0.1:0 --otlp-http 127.0.0.1:0 --http 127.0.0.1:0 --log warn \
-    --data "$work/data" >"$work/out" 2>"$work/err" &
+    --data "$work/data" ${SERVE_ARGS:-} >"$work/out" 2>"$work/err" &
 pid=$!
 for _ in $(seq 200); do grep -q "metrics on" "$work/out" 2>/dev/null && break; sleep 0.05; done
 line=$(head -n1 "$work/out")
