@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +20,7 @@ use crate::config::ServeConfig;
 use crate::demo;
 use crate::instances::{Clock, Instances};
 use crate::intern::{SymbolLimits, Symbols};
+use crate::listen::{self, Timeouts};
 use crate::receive::{self, Decoder, Ingest, RequestLimits};
 use crate::shard::{Shards, WorkerSetup};
 use crate::store::{Store, StoreConfig, StoreTask};
@@ -64,7 +64,7 @@ pub struct Collector {
     api_stop: CancellationToken,
     receivers: Vec<JoinHandle<anyhow::Result<()>>>,
     workers: Vec<JoinHandle<()>>,
-    api: JoinHandle<anyhow::Result<()>>,
+    api: JoinHandle<()>,
 }
 
 /// Builds the pipeline and starts serving on already-bound listeners.
@@ -177,8 +177,12 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         )),
         receivers_stop.clone(),
     );
-    let api = axum::serve(listeners.http, api::router(api_state))
-        .with_graceful_shutdown(api_stop.clone().cancelled_owned());
+    let api = listen::serve_http(
+        listeners.http,
+        api::router(api_state),
+        Timeouts::new(&telemetry, "http", cfg.read_timeout.0),
+        api_stop.clone(),
+    );
 
     tracing::info!(otlp_grpc = %addrs.0, otlp_http = %addrs.1, http = %addrs.2, "grayscope is listening");
     Ok(Collector {
@@ -195,7 +199,7 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         api_stop,
         receivers,
         workers,
-        api: tokio::spawn(async move { api.await.context("API server failed") }),
+        api: tokio::spawn(api),
     })
 }
 
@@ -210,6 +214,8 @@ pub fn serve_receivers(
     stop: CancellationToken,
 ) -> Vec<JoinHandle<anyhow::Result<()>>> {
     let telemetry = ingest.telemetry.clone();
+    let grpc_timeouts = Timeouts::new(&telemetry, "otlp_grpc", limits.read_timeout);
+    let http_timeouts = Timeouts::new(&telemetry, "otlp_http", limits.read_timeout);
     let gate = receive::Gate::new(&limits);
     // Layers added later sit inside: the status mapping sees the read timeout's answer.
     let grpc = tonic::transport::Server::builder()
@@ -220,26 +226,22 @@ pub fn serve_receivers(
         .add_service(receive::grpc::service(ingest.clone(), limits.max_bytes))
         .add_optional_service(query)
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            listen::grpc_incoming(grpc, grpc_timeouts, stop.clone()),
             stop.clone().cancelled_owned(),
         );
-    let http = axum::serve(
-        http.tap_io(no_delay),
+    let http = listen::serve_http(
+        http,
         receive::http::router(ingest, limits.max_bytes, gate),
-    )
-    .with_graceful_shutdown(stop.cancelled_owned());
+        http_timeouts,
+        stop,
+    );
     vec![
         tokio::spawn(async move { grpc.await.context("OTLP/gRPC server failed") }),
-        tokio::spawn(async move { http.await.context("OTLP/HTTP server failed") }),
+        tokio::spawn(async move {
+            http.await;
+            Ok(())
+        }),
     ]
-}
-
-/// Responses are small and latency matters more than packet count: without TCP_NODELAY, a response
-/// can wait ~40 ms for the sender's delayed ACK.
-fn no_delay(s: &mut tokio::net::TcpStream) {
-    if let Err(e) = s.set_nodelay(true) {
-        tracing::debug!("cannot set TCP_NODELAY: {e}");
-    }
 }
 
 impl Collector {
@@ -277,7 +279,7 @@ impl Collector {
         }
         self.store_task.stop(&self.store).await;
         self.api_stop.cancel();
-        self.api.await??;
+        self.api.await?;
         Ok(())
     }
 }

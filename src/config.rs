@@ -179,11 +179,12 @@ pub struct ServeArgs {
     #[arg(long, env = "GRAYSCOPE_MAX_REQUEST_BYTES", value_name = "SIZE")]
     pub max_request_bytes: Option<ByteSize>,
     /// A request's body (HTTP) or message (gRPC) must arrive within this long; a slower sender is
-    /// answered 408 / DEADLINE_EXCEEDED and may retry [default: 30s]
+    /// answered 408 / DEADLINE_EXCEEDED and may retry. A connection that sends no request (or no
+    /// complete HTTP/1.1 request head) within it is closed, idle keep-alive ones too [default: 30s]
     #[arg(long, env = "GRAYSCOPE_READ_TIMEOUT", value_name = "DURATION")]
     pub read_timeout: Option<Dur>,
-    /// Requests decoded at once; more wait (within --read-timeout) with their bodies unread. Bounds
-    /// the memory requests in flight take [default: twice the workers, at least 4]
+    /// Requests decoded at once; more wait up to 200 ms with their bodies unread, then are refused,
+    /// retryably. Bounds the memory requests in flight take [default: twice the workers, at least 4]
     #[arg(long, env = "GRAYSCOPE_MAX_CONCURRENT_REQUESTS", value_name = "N")]
     pub max_concurrent_requests: Option<usize>,
     /// A trace is finalised after this long without new spans [default: 10s]

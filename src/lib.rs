@@ -23,7 +23,8 @@
 //!   writer; every query the APIs answer.
 //! - [`api`]: the JSON API (OpenAPI at `/api/v1/openapi.json`), the gRPC query API, `/healthz`,
 //!   `/metrics`; [`check`]: the same pipeline, offline.
-//! - [`app`] wires `serve`; [`config`] reads flags, environment and TOML.
+//! - [`app`] wires `serve`; [`listen`] accepts its connections, with time limits; [`config`] reads
+//!   flags, environment and TOML.
 //! - [`propagation`]: the Rust side of gray release (read, keep, forward and record the stage), and
 //!   [`demo`], a mesh of services built with it that sends real traffic with chosen faults.
 //!
@@ -40,6 +41,7 @@ pub mod config;
 pub mod demo;
 pub mod instances;
 pub mod intern;
+pub mod listen;
 pub mod loadgen;
 pub mod memory;
 pub mod model;

@@ -39,6 +39,11 @@ pub struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkerLabels {
     pub worker: String,
 }
@@ -56,6 +61,8 @@ pub struct Telemetry {
     pub rejected_spans: Family<RejectLabels, Counter>,
     /// Spans refused with a retryable error because the workers' queues were full.
     pub refused_spans: Family<ProtocolLabels, Counter>,
+    /// Connections closed by `listen` for sending no request (head) within the read timeout.
+    pub connection_timeouts: Family<ListenerLabels, Counter>,
     pub buffered_spans: Family<WorkerLabels, Gauge>,
     pub buffered_traces: Family<WorkerLabels, Gauge>,
     pub buffered_bytes: Family<WorkerLabels, Gauge>,
@@ -82,6 +89,7 @@ impl Telemetry {
             accepted_spans: Family::default(),
             rejected_spans: Family::default(),
             refused_spans: Family::default(),
+            connection_timeouts: Family::default(),
             buffered_spans: Family::default(),
             buffered_traces: Family::default(),
             buffered_bytes: Family::default(),
@@ -113,6 +121,11 @@ impl Telemetry {
             "receiver_refused_spans",
             "Spans refused with a retryable error because verification could not keep up",
             t.refused_spans.clone(),
+        );
+        r.register(
+            "connection_timeouts",
+            "Connections closed because no request, or no complete HTTP/1.1 request head, arrived within --read-timeout (idle HTTP/1.1 keep-alive connections included)",
+            t.connection_timeouts.clone(),
         );
         r.register(
             "buffered_spans",
@@ -167,6 +180,11 @@ impl Telemetry {
                 .inc_by(0);
             t.refused_spans
                 .get_or_create(&ProtocolLabels { protocol })
+                .inc_by(0);
+        }
+        for listener in ["otlp_grpc", "otlp_http", "http"] {
+            t.connection_timeouts
+                .get_or_create(&ListenerLabels { listener })
                 .inc_by(0);
         }
         r.register_collector(Box::new(InternerCollector(symbols)));

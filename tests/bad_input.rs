@@ -4,7 +4,8 @@
 //! Malformed and truncated bodies, gzip that is corrupt, cut short or a bomb, wrong and missing
 //! content types, JSON with wrong types, bad ids, self-parenting spans and parent cycles,
 //! conflicting duplicates, a trace of 200,000 spans, a chain 100,000 deep, 100,000 service names,
-//! invalid UTF-8, 10 MiB attribute values, slow HTTP bodies and abandoned gRPC streams.
+//! invalid UTF-8, 10 MiB attribute values, slow HTTP bodies, silent connections and slow request
+//! heads, and abandoned gRPC streams.
 
 mod common;
 
@@ -755,7 +756,7 @@ fn with_read_timeout() -> grayscope::config::ServeArgs {
 }
 
 /// Sends `head` and then whatever `trickle` yields, one piece every 100 ms, and returns everything
-/// the server answered until it closed the connection, with how long that took.
+/// the server answered until it closed (or reset) the connection, with how long that took.
 async fn slow_post(addr: std::net::SocketAddr, head: &str, trickle: usize) -> (String, Duration) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(head.as_bytes()).await.unwrap();
@@ -771,10 +772,15 @@ async fn slow_post(addr: std::net::SocketAddr, head: &str, trickle: usize) -> (S
         wr
     });
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut buf))
+    // Closing with bytes unread makes the kernel send a reset rather than an end of stream.
+    match tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut buf))
         .await
         .expect("the server answers and closes within 10 s")
-        .unwrap();
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("{e}"),
+    }
     let took = started.elapsed();
     writer.abort();
     (String::from_utf8_lossy(&buf).into_owned(), took)
@@ -812,6 +818,73 @@ async fn slow_http_bodies_time_out_with_408() {
     }
     assert_eq!(requests(&c, "http_protobuf", "timeout").await, 2.0);
     still_serves(&c, Wire::Http, 9).await;
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_and_slow_connections_are_closed_after_the_read_timeout() {
+    let c = spawn_collector(with_read_timeout()).await;
+    let head = "POST /v1/traces HTTP/1.1\r\nhost: grayscope\r\n";
+    let cases = [
+        ("OTLP/HTTP, silent", c.otlp_http, "", 0),
+        ("OTLP/HTTP, a head a byte at a time", c.otlp_http, head, 100),
+        ("OTLP/gRPC, silent", c.otlp_grpc, "", 0),
+        (
+            "OTLP/gRPC, half the HTTP/2 preface",
+            c.otlp_grpc,
+            "PRI * HTTP/2.0\r\n",
+            0,
+        ),
+        ("API, silent", c.http, "", 0),
+    ];
+    for (what, addr, head, trickle) in cases {
+        let (answer, took) = slow_post(addr, head, trickle).await;
+        assert_eq!(answer, "", "{what}: closed without an answer");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "{what}: closed after {took:?}"
+        );
+    }
+    let timeouts = async |listener: &str| {
+        let sample = format!("grayscope_connection_timeouts_total{{listener=\"{listener}\"}}");
+        metric(&c, &sample).await
+    };
+    assert_eq!(timeouts("otlp_http").await, 2.0);
+    assert_eq!(timeouts("otlp_grpc").await, 2.0);
+    assert_eq!(timeouts("http").await, 1.0);
+
+    // A keep-alive connection is closed once it has waited that long for its next request.
+    let tcp = TcpStream::connect(c.otlp_http).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, String>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            http::Request::get("/healthz")
+                .header("host", "grayscope")
+                .body(String::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let idle = Instant::now();
+    assert_eq!(resp.status(), http::StatusCode::NOT_FOUND, "{resp:?}");
+    let _ = resp.into_body().collect().await;
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the idle connection is closed within 5 s")
+        .unwrap()
+        .unwrap();
+    assert!(
+        idle.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        idle.elapsed()
+    );
+    assert_eq!(timeouts("otlp_http").await, 3.0);
+
+    still_serves(&c, Wire::Http, 11).await;
+    still_serves(&c, Wire::Grpc, 12).await;
     c.shutdown().await.unwrap();
 }
 
