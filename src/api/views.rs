@@ -159,7 +159,8 @@ pub struct EdgeView {
 pub struct NodeView {
     #[schema(value_type = String)]
     pub name: Arc<str>,
-    /// An uninstrumented callee, known from `peer.service` / `server.address`.
+    /// An uninstrumented callee, known from `peer.service` / `server.address` (and not the name of
+    /// any service that exports spans).
     #[serde(rename = "virtual")]
     pub is_virtual: bool,
     /// Findings with no caller (orphans, root calls), counted on the service itself.

@@ -241,10 +241,15 @@ struct Nodes<'a> {
 }
 
 impl Nodes<'_> {
+    /// A callee known only by `peer.service` / `server.address` is a virtual node, unless a service
+    /// of that name exports spans: then it is that service (the calls whose server span did not
+    /// arrive count on its edge), not a second node of the same name.
     fn node(&self, id: i64) -> Option<NodeKey> {
         let (kind, name) = self.names.get(id)?;
         Some(match kind {
-            NameKind::Virtual => NodeKey::Virtual(self.sym.values.intern(&name)),
+            NameKind::Virtual if self.names.id(NameKind::Service, &name).is_none() => {
+                NodeKey::Virtual(self.sym.values.intern(&name))
+            }
             _ => NodeKey::Service(self.sym.services.intern(&name)),
         })
     }

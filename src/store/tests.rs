@@ -131,6 +131,36 @@ async fn the_graph_counts_calls_verdicts_first_breaks_and_routing_per_stage() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_callee_known_by_peer_service_and_by_its_own_spans_is_one_node() {
+    let k = Kit::new();
+    let dir = tempfile::tempdir().unwrap();
+    // users calls orders (whose server span arrives) and, by peer.service, orders again (whose
+    // server span does not) and a database that exports no spans at all.
+    let peer_call = |id: u64, peer: &str| {
+        let mut c = k.stage(k.span(id, Some(1), "users", SpanKind::Client), "canary");
+        c.peer = Some(k.v(peer));
+        c
+    };
+    let mut spans = call(&k, Some("canary"));
+    spans.push(peer_call(4, "orders"));
+    spans.push(peer_call(5, "postgres"));
+    let (store, task) = stored(&k, dir.path(), vec![finalise(&[(1, spans)], T0, 0.0)]).await;
+    let g = store.graph(Window::default()).await.unwrap();
+    let users = NodeKey::Service(k.svc("users"));
+    let orders = NodeKey::Service(k.svc("orders"));
+    assert_eq!(g.find_edge(users, orders).unwrap().stats(None).calls, 2);
+    assert!(
+        g.find_edge(users, NodeKey::Virtual(k.v("orders")))
+            .is_none()
+    );
+    let postgres = NodeKey::Virtual(k.v("postgres"));
+    assert_eq!(g.find_edge(users, postgres).unwrap().stats(None).calls, 1);
+    let keys: Vec<NodeKey> = g.graph.node_weights().map(|n| n.key).collect();
+    assert_eq!(keys.len(), 3, "users, orders and postgres: {keys:?}");
+    task.stop(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn findings_filter_and_page_without_gaps_or_duplicates() {
     let k = Kit::new();
     let dir = tempfile::tempdir().unwrap();

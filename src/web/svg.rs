@@ -60,22 +60,8 @@ fn url_part(s: &str) -> String {
 pub fn graph(g: &GraphView, query: &str) -> String {
     let names: Vec<&str> = g.nodes.iter().map(|n| &*n.name).collect();
     let index = |name: &str| names.iter().position(|n| *n == name);
-    // A callee known both as an instrumented service and by `peer.service` (a call whose server
-    // span did not arrive) has one name and two edges, which would be drawn on top of each other:
-    // draw the one that matters most, the worse, then the busier. Its page shows both.
-    let mut edges: Vec<&EdgeView> = Vec::new();
-    for e in &g.edges {
-        let rank = |e: &EdgeView| (edge_health(e).0 as u8, e.totals.calls);
-        match edges
-            .iter_mut()
-            .find(|d| d.caller == e.caller && d.callee == e.callee)
-        {
-            Some(d) if rank(e) > rank(d) => *d = e,
-            Some(_) => {}
-            None => edges.push(e),
-        }
-    }
-    let pairs: Vec<(usize, usize)> = edges
+    let pairs: Vec<(usize, usize)> = g
+        .edges
         .iter()
         .filter_map(|e| Some((index(&e.caller)?, index(&e.callee)?)))
         .collect();
@@ -102,7 +88,7 @@ pub fn graph(g: &GraphView, query: &str) -> String {
         );
     }
     s.push_str("</defs>");
-    for e in edges {
+    for e in &g.edges {
         let (Some(a), Some(b)) = (index(&e.caller), index(&e.callee)) else {
             continue;
         };
