@@ -7,7 +7,8 @@
 //! senders wait, or refuses with a retryable error; it does not grow.
 //!
 //! The costs per item come from `cargo bench --bench buffered_memory`: a buffered span holds
-//! 117 heap bytes, a request decodes to 4.5 times its size for typical spans and 22.3 times for the
+//! 112 heap bytes, a finalised one (with its trace's snapshot, as traces with findings keep it)
+//! 160, and a request decodes to 4.5 times its size for typical spans and 22.3 times for the
 //! smallest valid ones. They are rounded up for the allocator's slack.
 
 use crate::aggregate::AggregateConfig;
@@ -19,9 +20,11 @@ use crate::receive::decode::{MAX_NAME_LEN, MAX_SERVICE_LEN, MAX_VALUE_LEN};
 
 /// Code, runtime, threads, the store's page caches (five connections of 2 MiB), the watch buffer.
 pub const FIXED: u64 = 64 << 20;
-/// A span held anywhere (assembling, queued for the store, kept for the API), with its share of
-/// the trace's tables.
-pub const SPAN: u64 = 160;
+/// A span of a trace being assembled, with its share of the trace's tables.
+pub const BUFFERED_SPAN: u64 = 128;
+/// A span of a finalised trace (queued for the store, or kept for the API), with its share of the
+/// trace's outcome and snapshot.
+pub const FINALISED_SPAN: u64 = 192;
 /// A request being handled holds its body, its decompressed body, and its decoded form (at most
 /// 23 times its size, for a request of the smallest valid spans).
 pub const REQUEST_FACTOR: u64 = 2 + 23;
@@ -73,7 +76,7 @@ impl Budget {
                 ),
                 part(
                     "buffered_spans",
-                    n(cfg.max_buffered_spans) * SPAN,
+                    n(cfg.max_buffered_spans) * BUFFERED_SPAN,
                     "--max-buffered-spans",
                 ),
                 part(
@@ -83,12 +86,12 @@ impl Budget {
                 ),
                 part(
                     "store_queue",
-                    n(crate::store::QUEUE_SPANS) * SPAN,
+                    n(crate::store::QUEUE_SPANS) * FINALISED_SPAN,
                     "524,288 spans of finalised traces",
                 ),
                 part(
                     "recent_traces",
-                    n(AggregateConfig::default().max_trace_spans) * SPAN,
+                    n(AggregateConfig::default().max_trace_spans) * FINALISED_SPAN,
                     "500,000 spans of traces kept for the API",
                 ),
                 part(
@@ -154,7 +157,7 @@ mod tests {
         let b = Budget::of(&base);
         let part = |b: &Budget, name: &str| b.parts.iter().find(|p| p.name == name).unwrap().bytes;
         assert_eq!(part(&b, "requests"), 4 * 25 * (16 << 20));
-        assert_eq!(part(&b, "buffered_spans"), 2_000_000 * SPAN);
+        assert_eq!(part(&b, "buffered_spans"), 2_000_000 * BUFFERED_SPAN);
         let smaller = Budget::of(&cfg(&[
             "--workers",
             "2",
@@ -168,7 +171,7 @@ mod tests {
             "1000",
         ]));
         assert_eq!(part(&smaller, "requests"), 2 * 25 * (1 << 20));
-        assert_eq!(part(&smaller, "buffered_spans"), 100_000 * SPAN);
+        assert_eq!(part(&smaller, "buffered_spans"), 100_000 * BUFFERED_SPAN);
         assert!(part(&smaller, "queued_spans") < part(&b, "queued_spans"));
         assert!(smaller.total() < b.total());
         assert_eq!(b.total(), b.parts.iter().map(|p| p.bytes).sum::<u64>());
