@@ -1,8 +1,10 @@
 //! Wiring for `grayscope serve`: build the pipeline, bind the listeners, run until told to stop.
 //!
-//! Listeners are bound before anything starts, so a port conflict fails at once. Shutdown runs in
-//! stages: receivers stop accepting and finish in-flight requests, then workers finalise every
-//! buffered trace into the aggregate, and only then does the API stop, so nothing acknowledged is lost.
+//! The data directory is locked and the listeners are bound before anything starts, so a second
+//! process on the same directory, or a port conflict, fails at once. Shutdown runs in stages within
+//! one deadline (`--shutdown-grace`): receivers stop accepting and finish in-flight requests, workers
+//! finalise every buffered trace into the aggregate, the store writes what is queued, and only then
+//! does the API stop. What the store could not write by the deadline is counted and reported.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,25 +25,31 @@ use crate::intern::{SymbolLimits, Symbols};
 use crate::listen::{self, Timeouts};
 use crate::receive::{self, Decoder, Ingest, RequestLimits};
 use crate::shard::{Shards, WorkerSetup};
-use crate::store::{Store, StoreConfig, StoreTask};
+use crate::store::{DirLock, Store, StoreConfig, StoreTask, Tally};
 use crate::telemetry::{Sources, Telemetry};
 use crate::verify::Policy;
 
-/// The three listening sockets, bound up front.
+/// What the process holds exclusively, taken up front: the data directory and three listening
+/// sockets.
 pub struct Listeners {
+    pub data: DirLock,
     pub otlp_grpc: TcpListener,
     pub otlp_http: TcpListener,
     pub http: TcpListener,
 }
 
 impl Listeners {
+    /// Locks the data directory first: a second process started on it by mistake usually has the
+    /// same ports too, and the directory is what the operator must hear about.
     pub async fn bind(cfg: &ServeConfig) -> anyhow::Result<Self> {
+        let data = DirLock::acquire(&cfg.data)?;
         let bind = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} for {what}"))
         };
         Ok(Listeners {
+            data,
             otlp_grpc: bind(cfg.otlp_grpc, "OTLP/gRPC (--otlp-grpc)").await?,
             otlp_http: bind(cfg.otlp_http, "OTLP/HTTP (--otlp-http)").await?,
             http: bind(cfg.http, "the API (--http)").await?,
@@ -90,11 +98,11 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
     ));
     let (store, store_task) = Store::open(
         &StoreConfig {
-            dir: cfg.data.clone(),
             flush_interval: cfg.flush_interval.0,
             retention: cfg.retention.0,
             max_bytes: cfg.max_store_bytes,
         },
+        listeners.data,
         symbols.clone(),
     )?;
     tracing::info!("store: {}", store.path().display());
@@ -253,12 +261,14 @@ impl Collector {
         }
     }
 
-    /// Stops in stages; returns once every acknowledged span has been judged.
+    /// Stops in stages within `--shutdown-grace`; returns once every acknowledged span has been
+    /// judged, with what the store could not write by then (nothing, unless the store is failing).
     ///
-    /// Receivers get `--shutdown-grace` to finish their in-flight requests (a client that never
-    /// finishes its body must not hold the process); what they had acknowledged is queued already and
-    /// is finalised either way.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    /// Receivers may finish their in-flight requests until the deadline (a client that never
+    /// finishes its body must not hold the process); what they had acknowledged is queued already
+    /// and is finalised either way. Workers hand their traces to the store until the deadline; past
+    /// it the store is abandoned, so a store that cannot write never holds the process either.
+    pub async fn shutdown(self) -> anyhow::Result<Tally> {
         self.receivers_stop.cancel();
         let deadline = tokio::time::Instant::now() + self.shutdown_grace;
         for mut r in self.receivers {
@@ -274,13 +284,17 @@ impl Collector {
             }
         }
         self.shards.stop();
-        for w in self.workers {
-            w.await?;
+        for mut w in self.workers {
+            if tokio::time::timeout_at(deadline, &mut w).await.is_err() {
+                // Waiting for room in the store's queue: from here on its traces count as lost.
+                self.store.abandon();
+                w.await?;
+            }
         }
-        self.store_task.stop(&self.store).await;
+        let unwritten = self.store_task.stop(&self.store, deadline).await;
         self.api_stop.cancel();
         self.api.await?;
-        Ok(())
+        Ok(unwritten)
     }
 }
 
@@ -292,7 +306,7 @@ pub struct ServeDemo {
     pub rate: f64,
 }
 
-pub async fn serve(cfg: ServeConfig, demo: Option<ServeDemo>) -> anyhow::Result<()> {
+pub async fn serve(cfg: ServeConfig, demo: Option<ServeDemo>) -> anyhow::Result<Stopped> {
     let listeners = Listeners::bind(&cfg).await?;
     let collector = start(&cfg, listeners)?;
     println!(
@@ -325,14 +339,34 @@ pub async fn serve(cfg: ServeConfig, demo: Option<ServeDemo>) -> anyhow::Result<
     tracing::info!("shutting down: finalising buffered traces");
     let before = collector.aggregate.lock().totals.clone();
     let aggregate = collector.aggregate.clone();
-    collector.shutdown().await?;
+    let grace = collector.shutdown_grace;
+    let unwritten = collector.shutdown().await?;
     let after = aggregate.lock().totals.clone();
     tracing::info!(
-        "finalised at shutdown: {} traces, {} findings; stopped",
+        "finalised at shutdown: {} traces, {} findings",
         after.trace_count() - before.trace_count(),
         after.findings - before.findings
     );
-    Ok(())
+    if !unwritten.is_empty() {
+        tracing::error!(
+            "{} traces with {} findings could not be written to the store within --shutdown-grace \
+             ({grace:?}) and are lost; the log above says why the store failed",
+            unwritten.traces,
+            unwritten.findings
+        );
+        return Ok(Stopped::Lost(unwritten));
+    }
+    tracing::info!("stopped");
+    Ok(Stopped::Clean)
+}
+
+/// How `grayscope serve` ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Everything acknowledged was judged and written.
+    Clean,
+    /// Judged, but the store could not write this much before the deadline.
+    Lost(Tally),
 }
 
 async fn shutdown_signal() {

@@ -44,8 +44,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             init_logging(&cfg.log);
-            runtime()?.block_on(grayscope::app::serve(cfg, demo))?;
-            Ok(ExitCode::SUCCESS)
+            let rt = runtime()?;
+            let stopped = rt.block_on(grayscope::app::serve(cfg, demo))?;
+            // A store write cut short at the deadline may still sit in SQLite's busy wait on a
+            // blocking thread; the process does not wait for it.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            Ok(match stopped {
+                grayscope::app::Stopped::Clean => ExitCode::SUCCESS,
+                // Logged with the counts by serve; distinct from 2, a failure to start.
+                grayscope::app::Stopped::Lost(_) => ExitCode::FAILURE,
+            })
         }
         Command::Check(args) => grayscope::check::run(args).map(ExitCode::from),
         Command::Loadgen(args) => grayscope::loadgen::run(args).map(|()| ExitCode::SUCCESS),

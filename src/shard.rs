@@ -260,8 +260,9 @@ impl Worker {
             return;
         }
         self.aggregate.absorb(out);
+        // Refused only once the store is abandoned at shutdown, which counts and reports them.
         if let Err(e) = self.store.submit(std::mem::take(out)).await {
-            tracing::error!("worker {}: {e}", self.index);
+            tracing::debug!("worker {}: {e}", self.index);
         }
     }
 

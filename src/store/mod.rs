@@ -1,37 +1,47 @@
 //! The durable store: findings, per-minute edge counters and traces in an embedded SQLite file
 //! (`--data DIR/grayscope.db`), so that a restart, or a crash, finds everything where it was.
 //!
-//! One writer task batches whatever the workers finalise and writes it in one transaction every
-//! `--flush-interval`; a finding is durable within that interval. Readers (the APIs) use their
-//! own connections: in WAL mode they never wait for the writer. The queue to the writer is
-//! bounded; when the disk cannot keep up, workers wait, their queues fill, and senders are told to
-//! retry, exactly as when verification cannot keep up.
+//! One process owns a data directory ([`DirLock`]). One writer task batches whatever the workers
+//! finalise and writes it in one transaction every `--flush-interval`; a finding is durable within
+//! that interval. Readers (the APIs) use their own connections: in WAL mode they never wait for
+//! the writer. The queue to the writer is bounded; when the store cannot keep up, or fails, workers
+//! wait, their queues fill, and senders are told to retry, exactly as when verification cannot keep
+//! up. Every trace handed over is accounted for: written, set aside, or reported lost at shutdown.
 
 pub mod codec;
+mod failure;
+mod lock;
 mod names;
 mod read;
 mod retention;
 mod schema;
+mod stats;
 mod write;
+mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, InterruptHandle, OpenFlags};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::ServiceGraph;
+pub use failure::Reason;
+pub use lock::{DirLock, LOCK_FILE, LockError};
 pub use names::{NameKind, Names};
 pub use read::{FindingPage, FindingQuery, StageTraces, Window};
 pub use schema::{MIGRATIONS, MigrateError};
+pub use stats::Tally;
 
 use crate::api::views::{EdgeSeriesView, ServiceView, TraceView};
 use crate::assemble::Finalised;
 use crate::intern::Symbols;
 use crate::model::TraceId;
+use stats::Stats;
 
 /// File name of the database inside `--data`.
 pub const DB_FILE: &str = "grayscope.db";
@@ -43,31 +53,32 @@ const QUEUE_BATCHES: usize = 256;
 pub const QUEUE_SPANS: usize = 524_288;
 /// Read connections kept open for the APIs.
 const READERS: usize = 4;
+/// How long the writer waits for another connection's lock before the write counts as failed and
+/// is retried with backoff; short, so that the shutdown deadline can cut a stuck write.
+const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// After the shutdown deadline, how long an interrupted writer may take to notice.
+const ABANDON_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
-    pub dir: PathBuf,
     pub flush_interval: Duration,
     pub retention: Duration,
     pub max_bytes: u64,
 }
 
+/// SQLite's errors carry their cause twice (as message and as source): shown with `{:#}` they
+/// repeat themselves. These variants show it once, in their own message, and chain nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot create the data directory {path}: {source}")]
-    Dir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot open the store {path}: {source}")]
+    #[error("cannot open the store {}: {cause}", path.display())]
     Open {
         path: PathBuf,
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
-    #[error("cannot migrate the store {path}: {source}")]
-    Migrate { path: PathBuf, source: MigrateError },
+    #[error("cannot migrate the store {}: {cause}", path.display())]
+    Migrate { path: PathBuf, cause: MigrateError },
     #[error("store query failed: {0}")]
-    Query(#[from] rusqlite::Error),
+    Query(rusqlite::Error),
     #[error(transparent)]
     Decode(#[from] codec::DecodeError),
     #[error("the store's writer has stopped")]
@@ -76,25 +87,36 @@ pub enum StoreError {
     Write(String),
 }
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Query(e)
+    }
+}
+
 enum Msg {
     Batch(Vec<Finalised>, OwnedSemaphorePermit),
     Flush(oneshot::Sender<Result<(), String>>),
-    Stop,
 }
 
-/// What the store's metrics show.
-#[derive(Default)]
-struct Stats {
-    /// Finalisation time (Unix ms) of the oldest trace not yet committed; 0 when none.
-    oldest_pending_ms: AtomicU64,
+/// How the shutdown talks to the writer: stop (write what is queued, then end) and abandon (the
+/// deadline passed: count what is unwritten as lost, and end now).
+#[derive(Clone, Default)]
+struct Control {
+    stop: CancellationToken,
+    abandon: CancellationToken,
 }
 
 struct Inner {
-    stats: Arc<Stats>,
+    stats: Stats,
+    control: Control,
     path: PathBuf,
     names: Arc<Names>,
     symbols: Arc<Symbols>,
     readers: Mutex<Vec<Connection>>,
+    /// Cuts the writer's statement short when the shutdown deadline passes.
+    interrupt: InterruptHandle,
+    /// Held for as long as anything may use the store.
+    _lock: DirLock,
 }
 
 /// A handle on the store: cheap to clone, shared by the workers and the APIs.
@@ -109,34 +131,29 @@ pub struct Store {
 pub struct StoreTask(JoinHandle<()>);
 
 fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
+    let open_err = |cause| StoreError::Open {
         path: path.to_path_buf(),
-        source,
-    })?;
+        cause,
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
     let setup = || -> rusqlite::Result<()> {
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "foreign_keys", false)?;
         Ok(())
     };
-    setup().map_err(|source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    setup().map_err(open_err)?;
     Ok(conn)
 }
 
 impl Store {
-    /// Opens (or creates) the store in `cfg.dir`, migrates it, and starts the writer task. Must be
-    /// called within a tokio runtime.
+    /// Opens (or creates) the store in the locked directory, migrates it, and starts the writer
+    /// task. Must be called within a tokio runtime.
     pub fn open(
         cfg: &StoreConfig,
+        lock: DirLock,
         symbols: Arc<Symbols>,
     ) -> Result<(Store, StoreTask), StoreError> {
-        std::fs::create_dir_all(&cfg.dir).map_err(|source| StoreError::Dir {
-            path: cfg.dir.clone(),
-            source,
-        })?;
-        let path = cfg.dir.join(DB_FILE);
+        let path = lock.dir().join(DB_FILE);
         let mut conn = open_conn(&path, OpenFlags::default())?;
         let setup = |c: &Connection| -> rusqlite::Result<()> {
             // Incremental vacuum must be chosen before the first table exists; later it is a no-op.
@@ -145,15 +162,16 @@ impl Store {
             // WAL + NORMAL: a commit survives a crash of the process; only a power loss can take
             // back the last commits, never corrupt the file.
             c.pragma_update(None, "synchronous", "NORMAL")?;
+            c.busy_timeout(WRITER_BUSY_TIMEOUT)?;
             Ok(())
         };
-        setup(&conn).map_err(|source| StoreError::Open {
+        setup(&conn).map_err(|cause| StoreError::Open {
             path: path.clone(),
-            source,
+            cause,
         })?;
-        schema::migrate(&mut conn).map_err(|source| StoreError::Migrate {
+        schema::migrate(&mut conn).map_err(|cause| StoreError::Migrate {
             path: path.clone(),
-            source,
+            cause,
         })?;
         let names = Arc::new(Names::load(&conn)?);
         let mut readers = Vec::with_capacity(READERS);
@@ -164,29 +182,22 @@ impl Store {
             )?);
         }
         let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
-        let stats = Arc::new(Stats::default());
+        let inner = Arc::new(Inner {
+            stats: Stats::default(),
+            control: Control::default(),
+            path,
+            names,
+            symbols,
+            readers: Mutex::new(readers),
+            interrupt: conn.get_interrupt_handle(),
+            _lock: lock,
+        });
         let store = Store {
-            inner: Arc::new(Inner {
-                stats: stats.clone(),
-                path,
-                names: names.clone(),
-                symbols: symbols.clone(),
-                readers: Mutex::new(readers),
-            }),
+            inner: inner.clone(),
             tx,
             room: Arc::new(Semaphore::new(QUEUE_SPANS)),
         };
-        let writer = Writer {
-            stats,
-            conn: Some(conn),
-            names,
-            sym_ids: Default::default(),
-            symbols,
-            cfg: cfg.clone(),
-            pending: Vec::new(),
-            permits: Vec::new(),
-            failing: false,
-        };
+        let writer = writer::Writer::new(inner, conn, cfg.clone());
         Ok((store, StoreTask(tokio::spawn(writer.run(rx)))))
     }
 
@@ -207,23 +218,64 @@ impl Store {
         }
     }
 
-    /// Queues finalised traces for the next write; waits while the writer is behind.
+    /// Traces (and their findings) handed to the store and not written or dropped yet.
+    pub fn queued(&self) -> Tally {
+        self.inner.stats.queued()
+    }
+
+    pub fn written(&self) -> Tally {
+        self.inner.stats.written.get()
+    }
+
+    /// Traces set aside or lost, by reason.
+    pub fn dropped(&self) -> impl Iterator<Item = (Reason, Tally)> + '_ {
+        Reason::ALL
+            .into_iter()
+            .map(|r| (r, self.inner.stats.dropped[r.index()].get()))
+    }
+
+    /// Failed write transactions, by reason.
+    pub fn write_errors(&self) -> impl Iterator<Item = (Reason, u64)> + '_ {
+        Reason::ALL.into_iter().map(|r| {
+            (
+                r,
+                self.inner.stats.write_errors[r.index()].load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Queues finalised traces for the next write; waits while the writer is behind. Once the
+    /// store has been abandoned at shutdown, the traces are counted as lost instead.
     pub async fn submit(&self, batch: Vec<Finalised>) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
+        let stats = &self.inner.stats;
+        let tally = Tally::of(&batch);
+        stats.submitted.add(tally);
         let spans: usize = batch.iter().map(|f| f.outcome.spans.max(1) as usize).sum();
         let n = spans.min(QUEUE_SPANS) as u32;
-        let permit = self
-            .room
-            .clone()
-            .acquire_many_owned(n)
-            .await
-            .map_err(|_| StoreError::Stopped)?;
+        let Ok(permit) = self.room.clone().acquire_many_owned(n).await else {
+            stats.drop_as(Reason::Shutdown, tally);
+            return Err(StoreError::Stopped);
+        };
         self.tx
             .send(Msg::Batch(batch, permit))
             .await
-            .map_err(|_| StoreError::Stopped)
+            .map_err(|mpsc::error::SendError(msg)| {
+                if let Msg::Batch(b, _) = msg {
+                    stats.drop_as(Reason::Shutdown, Tally::of(&b));
+                }
+                StoreError::Stopped
+            })
+    }
+
+    /// Gives up on writing: what waits for room, what is queued and what the writer holds are
+    /// counted as lost, and a write in progress is interrupted. For the shutdown deadline.
+    pub fn abandon(&self) {
+        self.room.close();
+        self.inner.control.abandon.cancel();
+        self.inner.interrupt.interrupt();
     }
 
     /// Writes everything queued so far and returns when it is committed.
@@ -326,121 +378,26 @@ impl Store {
 
 impl StoreTask {
     /// Writes everything queued and stops the writer; call once nothing submits any more (the
-    /// workers have stopped). Readers keep working.
-    pub async fn stop(self, store: &Store) {
-        if store.tx.send(Msg::Stop).await.is_ok()
-            && let Err(e) = self.0.await
+    /// workers have stopped). If that is not done by `deadline`, abandons the rest. Returns what was
+    /// never written: traces still queued, or lost when abandoned. Readers keep working.
+    pub async fn stop(mut self, store: &Store, deadline: tokio::time::Instant) -> Tally {
+        store.inner.control.stop.cancel();
+        if tokio::time::timeout_at(deadline, &mut self.0)
+            .await
+            .is_err()
         {
-            tracing::error!("the store's writer failed: {e}");
-        }
-    }
-}
-
-struct Writer {
-    stats: Arc<Stats>,
-    conn: Option<Connection>,
-    names: Arc<Names>,
-    sym_ids: names::SymIds,
-    symbols: Arc<Symbols>,
-    cfg: StoreConfig,
-    pending: Vec<Finalised>,
-    /// Room in the queue taken by what is pending; released once it is written.
-    permits: Vec<OwnedSemaphorePermit>,
-    /// The last write failed: take nothing new until it succeeds, so the queue, not memory,
-    /// absorbs the backlog and senders are slowed down.
-    failing: bool,
-}
-
-impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut tick = tokio::time::interval(self.cfg.flush_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut retention = tokio::time::interval(retention::EVERY);
-        retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                msg = rx.recv(), if !self.failing => match msg {
-                    Some(Msg::Batch(b, permit)) => {
-                        if self.pending.is_empty()
-                            && let Some(oldest) = b.iter().map(|f| f.outcome.finalised_at_ms).min()
-                        {
-                            self.stats.oldest_pending_ms.store(oldest, Ordering::Relaxed);
-                        }
-                        self.pending.extend(b);
-                        self.permits.push(permit);
-                    }
-                    Some(Msg::Flush(done)) => {
-                        let _ = done.send(self.write().await);
-                    }
-                    Some(Msg::Stop) | None => {
-                        let _ = self.write().await;
-                        return;
-                    }
-                },
-                _ = tick.tick() => {
-                    let _ = self.write().await;
-                }
-                _ = retention.tick() => self.enforce_retention().await,
+            store.abandon();
+            if tokio::time::timeout(ABANDON_WAIT, &mut self.0)
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "the store's writer did not stop within {ABANDON_WAIT:?} of being interrupted"
+                );
             }
         }
-    }
-
-    /// Writes everything pending in one transaction, on a blocking thread.
-    async fn write(&mut self) -> Result<(), String> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut self.pending);
-        let Some(mut conn) = self.conn.take() else {
-            return Err("no connection".into());
-        };
-        let (names, symbols) = (self.names.clone(), self.symbols.clone());
-        let mut sym_ids = std::mem::take(&mut self.sym_ids);
-        let (conn, result, batch, sym_ids) = tokio::task::spawn_blocking(move || {
-            let r = write::write(&mut conn, &names, &mut sym_ids, &symbols, &batch);
-            (conn, r, batch, sym_ids)
-        })
-        .await
-        .expect("the store write does not panic");
-        self.conn = Some(conn);
-        self.sym_ids = sym_ids;
-        match result {
-            Ok(w) => {
-                self.failing = false;
-                self.permits.clear();
-                self.stats.oldest_pending_ms.store(0, Ordering::Relaxed);
-                tracing::trace!(findings = w.findings, traces = w.traces, "store write");
-                Ok(())
-            }
-            Err(e) => {
-                // Keep the batch for the next attempt: a full disk or a locked file may clear.
-                if !self.failing {
-                    tracing::error!(
-                        "writing to the store failed (retrying every --flush-interval): {e}"
-                    );
-                }
-                self.failing = true;
-                self.pending = batch;
-                Err(e.to_string())
-            }
-        }
-    }
-
-    async fn enforce_retention(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        let cfg = self.cfg.clone();
-        let (conn, result) = tokio::task::spawn_blocking(move || {
-            let r = retention::enforce(&mut conn, &cfg);
-            (conn, r)
-        })
-        .await
-        .expect("retention does not panic");
-        self.conn = Some(conn);
-        if let Err(e) = result {
-            tracing::error!("enforcing the store's retention failed: {e}");
-        }
+        let stats = &store.inner.stats;
+        stats.queued() + stats.dropped[Reason::Shutdown.index()].get()
     }
 }
 

@@ -38,14 +38,8 @@ struct Table {
     by_name: HashMap<(NameKind, Arc<str>), i64, RandomState>,
 }
 
-#[derive(Default)]
-pub struct Names {
-    table: RwLock<Table>,
-}
-
-impl Names {
-    /// Reads every stored name.
-    pub fn load(conn: &Connection) -> rusqlite::Result<Names> {
+impl Table {
+    fn load(conn: &Connection) -> rusqlite::Result<Table> {
         let mut t = Table::default();
         let mut stmt = conn.prepare("SELECT id, kind, name FROM names")?;
         let rows = stmt.query_map([], |r| {
@@ -64,9 +58,29 @@ impl Names {
             t.by_id.insert(id, (kind, name.clone()));
             t.by_name.insert((kind, name), id);
         }
+        Ok(t)
+    }
+}
+
+#[derive(Default)]
+pub struct Names {
+    table: RwLock<Table>,
+}
+
+impl Names {
+    /// Reads every stored name.
+    pub fn load(conn: &Connection) -> rusqlite::Result<Names> {
         Ok(Names {
-            table: RwLock::new(t),
+            table: RwLock::new(Table::load(conn)?),
         })
+    }
+
+    /// Reads every stored name again, replacing what is mirrored: the repair for a mirror that
+    /// no longer matches the database.
+    pub fn reload(&self, conn: &Connection) -> rusqlite::Result<()> {
+        let t = Table::load(conn)?;
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = t;
+        Ok(())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
@@ -140,14 +154,24 @@ impl<'a> NameWriter<'a> {
         if let Some(&id) = self.fresh.get(&key) {
             return Ok(id);
         }
-        let mut stmt = tx.prepare_cached("INSERT INTO names (kind, name) VALUES (?1, ?2)")?;
-        stmt.execute(params![kind as u8, name.as_ref()])?;
-        let id = tx.last_insert_rowid();
+        // The database may hold the name already although the mirror does not (written by an
+        // earlier run, or by another writer of a shared store): then its id is the one to use.
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO names (kind, name) VALUES (?1, ?2) ON CONFLICT (kind, name) DO NOTHING",
+            )?
+            .execute(params![kind as u8, name.as_ref()])?;
+        let id = if inserted == 1 {
+            tx.last_insert_rowid()
+        } else {
+            tx.prepare_cached("SELECT id FROM names WHERE kind = ?1 AND name = ?2")?
+                .query_row(params![kind as u8, name.as_ref()], |r| r.get(0))?
+        };
         self.fresh.insert(key, id);
         Ok(id)
     }
 
-    /// Publishes the names added by a committed transaction.
+    /// Publishes the names a committed transaction added or found.
     pub fn publish(self) {
         if self.fresh.is_empty() {
             return;

@@ -28,9 +28,13 @@ fn finalise(traces: &[(u128, Vec<SpanRecord>)], at_ms: u64, sample_clean: f64) -
     out
 }
 
-fn config(dir: &Path) -> StoreConfig {
+/// A shutdown deadline no healthy test store gets near.
+fn deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(30)
+}
+
+fn config() -> StoreConfig {
     StoreConfig {
-        dir: dir.to_path_buf(),
         flush_interval: Duration::from_millis(50),
         // Long enough that the writer's own retention runs keep the test data of 2023.
         retention: Duration::from_secs(3650 * 24 * 3600),
@@ -50,7 +54,8 @@ fn call(k: &Kit, stage_on_callee: Option<&str>) -> Vec<SpanRecord> {
 }
 
 async fn stored(k: &Kit, dir: &Path, batches: Vec<Vec<Finalised>>) -> (Store, StoreTask) {
-    let (store, task) = Store::open(&config(dir), k.sym.clone()).unwrap();
+    let (store, task) =
+        Store::open(&config(), DirLock::acquire(dir).unwrap(), k.sym.clone()).unwrap();
     for b in batches {
         store.submit(b).await.unwrap();
     }
@@ -127,7 +132,7 @@ async fn the_graph_counts_calls_verdicts_first_breaks_and_routing_per_stage() {
     store.flush().await.unwrap();
     let g = store.graph(Window::default()).await.unwrap();
     assert_eq!(g.find_edge(users, orders).unwrap().stats(None).calls, 8);
-    task.stop(&store).await;
+    task.stop(&store, deadline()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -157,7 +162,7 @@ async fn a_callee_known_by_peer_service_and_by_its_own_spans_is_one_node() {
     assert_eq!(g.find_edge(users, postgres).unwrap().stats(None).calls, 1);
     let keys: Vec<NodeKey> = g.graph.node_weights().map(|n| n.key).collect();
     assert_eq!(keys.len(), 3, "users, orders and postgres: {keys:?}");
-    task.stop(&store).await;
+    task.stop(&store, deadline()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -255,7 +260,7 @@ async fn findings_filter_and_page_without_gaps_or_duplicates() {
         }
     }
     assert_eq!(seen, (1..=40u128).rev().collect::<Vec<_>>());
-    task.stop(&store).await;
+    task.stop(&store, deadline()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -266,12 +271,17 @@ async fn traces_with_findings_and_sampled_clean_ones_are_readable_after_a_restar
     let mut traces = vec![(1u128, call(&k, None))];
     traces.extend(clean_ids.iter().map(|&t| (t, call(&k, Some("canary")))));
     let (store, task) = stored(&k, dir.path(), vec![finalise(&traces, T0, 0.1)]).await;
-    task.stop(&store).await;
+    task.stop(&store, deadline()).await;
     drop(store);
 
     // A new process: new symbols, the same file.
     let k2 = Kit::new();
-    let (store, task) = Store::open(&config(dir.path()), k2.sym.clone()).unwrap();
+    let (store, task) = Store::open(
+        &config(),
+        DirLock::acquire(dir.path()).unwrap(),
+        k2.sym.clone(),
+    )
+    .unwrap();
     let t = store
         .trace(TraceId(1))
         .await
@@ -295,7 +305,7 @@ async fn traces_with_findings_and_sampled_clean_ones_are_readable_after_a_restar
         assert_eq!(found, TraceId(id).sampled(0.1), "trace {id}");
     }
     assert!(store.trace(TraceId(99_999)).await.unwrap().is_none());
-    task.stop(&store).await;
+    task.stop(&store, deadline()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -311,18 +321,24 @@ async fn retention_deletes_what_is_old_and_keeps_the_rest() {
         vec![finalise(&old, T0, 0.0), finalise(&new, T0 + 8 * day, 0.0)],
     )
     .await;
-    task.stop(&store).await;
+    task.stop(&store, deadline()).await;
+    drop(store);
 
     let mut conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
     let cfg = StoreConfig {
         retention: Duration::from_secs(7 * 24 * 3600),
-        ..config(dir.path())
+        ..config()
     };
     let deleted = retention::enforce_at(&mut conn, &cfg, (T0 + 9 * day) as i64).unwrap();
     assert_eq!(deleted.findings, 10);
     assert_eq!(deleted.traces, 10);
     assert!(deleted.edge_minutes > 0);
-    let (store, task) = Store::open(&config(dir.path()), k.sym.clone()).unwrap();
+    let (store, task) = Store::open(
+        &config(),
+        DirLock::acquire(dir.path()).unwrap(),
+        k.sym.clone(),
+    )
+    .unwrap();
     let left = store
         .findings(FindingQuery {
             limit: 100,
@@ -334,7 +350,7 @@ async fn retention_deletes_what_is_old_and_keeps_the_rest() {
     assert!(left.findings.iter().all(|f| f.trace_id.0 > 10));
     assert!(store.trace(TraceId(3)).await.unwrap().is_none());
     assert!(store.trace(TraceId(13)).await.unwrap().is_some());
-    task.stop(&store).await;
+    task.stop(&store, deadline()).await;
 
     // By size: a bound below what is stored deletes the oldest first.
     let mut conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
@@ -357,10 +373,14 @@ fn a_store_from_a_newer_grayscope_is_refused_with_a_clear_error() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _g = rt.enter();
     let k = Kit::new();
-    let err = Store::open(&config(dir.path()), k.sym.clone())
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = Store::open(
+        &config(),
+        DirLock::acquire(dir.path()).unwrap(),
+        k.sym.clone(),
+    )
+    .err()
+    .expect("refused")
+    .to_string();
     assert!(
         err.contains("schema version 99, newer than this grayscope knows"),
         "{err}"
@@ -396,7 +416,12 @@ async fn a_store_of_the_first_schema_version_is_migrated_with_its_data() {
         )
         .unwrap();
     }
-    let (store, task) = Store::open(&config(dir.path()), k.sym.clone()).unwrap();
+    let (store, task) = Store::open(
+        &config(),
+        DirLock::acquire(dir.path()).unwrap(),
+        k.sym.clone(),
+    )
+    .unwrap();
     let page = store
         .findings(FindingQuery {
             limit: 10,
@@ -414,7 +439,7 @@ async fn a_store_of_the_first_schema_version_is_migrated_with_its_data() {
     store.flush().await.unwrap();
     let counts = store.trace_counts(Window::default()).await.unwrap();
     assert_eq!(counts, vec![(Some(std::sync::Arc::from("canary")), 1, 1)]);
-    task.stop(&store).await;
+    task.stop(&store, deadline()).await;
     let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))

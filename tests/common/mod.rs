@@ -53,7 +53,7 @@ impl std::ops::Deref for TestCollector {
 }
 
 impl TestCollector {
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+    pub async fn shutdown(mut self) -> anyhow::Result<grayscope::store::Tally> {
         self.collector
             .take()
             .expect("shut down once")
