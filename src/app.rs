@@ -98,6 +98,7 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
     ));
     let (store, store_task) = Store::open(
         &StoreConfig {
+            queue_spans: cfg.store_queue_spans,
             flush_interval: cfg.flush_interval.0,
             retention: cfg.retention.0,
             max_bytes: cfg.max_store_bytes,

@@ -203,6 +203,10 @@ pub struct ServeArgs {
     /// Spans queued per worker before senders are told to retry [default: 262144]
     #[arg(long, env = "GRAYSCOPE_QUEUE_SPANS", value_name = "N")]
     pub queue_spans: Option<usize>,
+    /// Spans of finalised traces queued for the store's writer before workers wait for it (and so
+    /// senders are told to retry) [default: 524288]
+    #[arg(long, env = "GRAYSCOPE_STORE_QUEUE_SPANS", value_name = "N")]
+    pub store_queue_spans: Option<usize>,
     /// Directory of the store (findings, edge counters, traces) [default: ./grayscope-data]
     #[arg(long, env = "GRAYSCOPE_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
@@ -279,6 +283,7 @@ pub struct ServeConfig {
     pub instance_ttl: Dur,
     pub workers: usize,
     pub queue_spans: usize,
+    pub store_queue_spans: usize,
     pub data: PathBuf,
     pub flush_interval: Dur,
     pub retention: Dur,
@@ -417,6 +422,10 @@ impl ServeArgs {
                     .unwrap_or_else(|| (2 * a.workers.unwrap_or(cpus)).max(4)),
             )?,
             queue_spans: positive("queue-spans", a.queue_spans.unwrap_or(262_144))?,
+            store_queue_spans: positive(
+                "store-queue-spans",
+                a.store_queue_spans.unwrap_or(crate::store::QUEUE_SPANS),
+            )?,
             data: a.data.unwrap_or_else(|| PathBuf::from("grayscope-data")),
             flush_interval: nonzero(
                 "flush-interval",
@@ -464,6 +473,7 @@ impl ServeArgs {
             instance_ttl: self.instance_ttl.or(file.instance_ttl),
             workers: self.workers.or(file.workers),
             queue_spans: self.queue_spans.or(file.queue_spans),
+            store_queue_spans: self.store_queue_spans.or(file.store_queue_spans),
             data: self.data.or(file.data),
             flush_interval: self.flush_interval.or(file.flush_interval),
             retention: self.retention.or(file.retention),

@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -84,8 +85,10 @@ fn init_logging(filter: &str) {
         eprintln!("grayscope: invalid log filter {filter:?} ({e}); using 'info'");
         tracing_subscriber::EnvFilter::new("info")
     });
+    // Colour only for a person at a terminal, not in a journal or a log file.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -86,8 +86,8 @@ impl Budget {
                 ),
                 part(
                     "store_queue",
-                    n(crate::store::QUEUE_SPANS) * FINALISED_SPAN,
-                    "524,288 spans of finalised traces",
+                    n(cfg.store_queue_spans) * FINALISED_SPAN,
+                    "--store-queue-spans",
                 ),
                 part(
                     "recent_traces",

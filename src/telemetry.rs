@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 use crate::aggregate::Aggregate;
 use crate::assemble::AssembleStats;
 use crate::intern::Symbols;
-use crate::store::Store;
+use crate::store::{Reason, Store};
 
 /// The content type of [`Telemetry::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -462,6 +462,70 @@ impl Collector for StoreCollector {
             None,
             lag.metric_type(),
         )?)?;
+        let queued = ConstGauge::new(self.0.queued().traces as i64);
+        queued.encode(encoder.encode_descriptor(
+            "store_queued_traces",
+            "Finalised traces handed to the store and not yet written or dropped",
+            None,
+            queued.metric_type(),
+        )?)?;
+        let counter = ConstCounter::new(0u64).metric_type();
+        let written = self.0.written();
+        for (name, help, n) in [
+            (
+                "store_written_traces",
+                "Finalised traces written to the store",
+                written.traces,
+            ),
+            (
+                "store_written_findings",
+                "Findings written to the store",
+                written.findings,
+            ),
+        ] {
+            ConstCounter::new(n).encode(encoder.encode_descriptor(name, help, None, counter)?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "store_write_errors",
+            "Store writes that failed and were rolled back, by reason (README: Store)",
+            None,
+            counter,
+        )?;
+        for (reason, n) in self.0.write_errors() {
+            if reason != Reason::Shutdown {
+                let labels = ReasonLabels {
+                    reason: reason.label(),
+                };
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        // Only the reasons a trace can be dropped for: the batch's own, and the shutdown deadline.
+        let dropped: Vec<_> = self
+            .0
+            .dropped()
+            .filter(|(r, _)| !r.is_store() || *r == Reason::Shutdown)
+            .collect();
+        for (name, help, traces) in [
+            (
+                "store_dropped_traces",
+                "Finalised traces never written: set aside because the store refuses them, or unwritten when --shutdown-grace ran out",
+                true,
+            ),
+            (
+                "store_dropped_findings",
+                "Findings in the dropped traces",
+                false,
+            ),
+        ] {
+            let mut m = encoder.encode_descriptor(name, help, None, counter)?;
+            for (reason, t) in &dropped {
+                let labels = ReasonLabels {
+                    reason: reason.label(),
+                };
+                let n = if traces { t.traces } else { t.findings };
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
         Ok(())
     }
 }

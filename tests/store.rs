@@ -1,12 +1,14 @@
 //! The store through the binary, as an operator meets it: findings and service-graph counters in
-//! a real SQLite file survive a graceful restart and a `kill -9`, and counting continues after.
+//! a real SQLite file survive a graceful restart and a `kill -9`, and counting continues after; a
+//! second process on the same directory is refused; a store that fails for a while loses nothing,
+//! and one that fails for good neither wedges the process nor loses anything without saying so.
 
 mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::binary::Served;
+use common::binary::{Served, sum};
 
 use serde_json::{Value, json};
 
@@ -16,18 +18,26 @@ struct Server {
     rt: tokio::runtime::Runtime,
 }
 
+/// Quick to finalise and to write, so that a test sees its findings stored within a second.
+const QUICK: [&str; 4] = ["--trace-idle", "200ms", "--flush-interval", "200ms"];
+
 impl Server {
     fn start(data: &Path) -> Server {
+        Server::of(Served::start(data, &QUICK))
+    }
+
+    fn of(served: Served) -> Server {
         Server {
-            served: Served::start(
-                data,
-                &["--trace-idle", "200ms", "--flush-interval", "200ms"],
-            ),
+            served,
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap(),
         }
+    }
+
+    fn metrics(&self) -> String {
+        self.rt.block_on(self.served.metrics())
     }
 
     fn send(&self, body: &Value) {
@@ -86,19 +96,7 @@ impl Server {
     }
 
     fn signal(mut self, sig: i32) -> Option<i32> {
-        // SAFETY: kill(2) on the pid of a child this test started and has not reaped yet.
-        assert_eq!(unsafe { libc::kill(self.served.child.id() as i32, sig) }, 0);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = self.served.child.try_wait().unwrap() {
-                return s.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running after signal {sig}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.served.signal(sig, Duration::from_secs(10))
     }
 }
 
@@ -171,4 +169,266 @@ fn findings_older_than_the_flush_interval_survive_kill_9() {
     s.wait_for_findings(30);
     assert_eq!(s.calls(), 30);
     assert_eq!(s.signal(libc::SIGTERM), Some(0));
+}
+
+/// Runs `cmd` to its end (at most 10 s): its exit code and its stderr.
+fn run_to_exit(mut cmd: std::process::Command) -> (Option<i32>, String) {
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_second_process_on_the_same_directory_exits_2_and_the_first_keeps_storing() {
+    let data = tempfile::tempdir().unwrap();
+    let first = Server::start(data.path());
+    let pid = first.served.child.id();
+
+    // Same directory, other ports: the mistake of a copied unit file.
+    let (code, stderr) = run_to_exit(Served::command(data.path(), &QUICK));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the data directory {} is in use by another grayscope process (pid {pid})",
+            data.path().display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+
+    first.send(&traces(1, 20));
+    first.wait_for_findings(20);
+    assert_eq!(first.calls(), 20);
+    assert_eq!(first.signal(libc::SIGKILL), None);
+
+    // The kernel released the lock with the process: nothing stale to clean up, no waiting.
+    let next = Server::start(data.path());
+    next.wait_for_findings(20);
+    next.send(&traces(100, 5));
+    next.wait_for_findings(25);
+    assert_eq!(next.signal(libc::SIGTERM), Some(0));
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_named_with_its_cause_once() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("grayscope.db"), vec![b'x'; 8192]).unwrap();
+    let (code, stderr) = run_to_exit(Served::command(data.path(), &QUICK));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "grayscope: cannot open the store {}: file is not a database",
+            data.path().join("grayscope.db").display()
+        )
+    );
+}
+
+/// Every span acknowledged is in exactly one place, and every trace finalised is written, set
+/// aside or still queued for the store.
+fn assert_accounted(m: &str) {
+    let accounted = sum(m, "grayscope_spans_finalised_total")
+        + sum(m, "grayscope_duplicate_spans_total")
+        + sum(m, "grayscope_conflicting_spans_total")
+        + sum(m, "grayscope_late_spans_total")
+        + sum(m, "grayscope_buffered_spans")
+        + sum(m, "grayscope_queued_spans");
+    assert_eq!(
+        accounted,
+        sum(m, "grayscope_receiver_accepted_spans_total"),
+        "every acknowledged span is accounted for"
+    );
+    assert_eq!(
+        sum(m, "grayscope_traces_finalised_total"),
+        sum(m, "grayscope_store_written_traces_total")
+            + sum(m, "grayscope_store_dropped_traces_total")
+            + sum(m, "grayscope_store_queued_traces"),
+        "every finalised trace is written, dropped or queued"
+    );
+}
+
+#[test]
+fn a_store_locked_by_another_connection_for_a_while_loses_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let log = data.path().join("stderr.log");
+    let mut cmd = Served::command(data.path(), &QUICK);
+    cmd.stderr(std::fs::File::create(&log).unwrap());
+    let s = Server::of(Served::spawn(cmd));
+
+    // A backup tool, say, holds the write lock: every write fails with SQLITE_BUSY until it ends.
+    let other = rusqlite::Connection::open(data.path().join("grayscope.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    s.send(&traces(1, 30));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sum(
+        &s.metrics(),
+        "grayscope_store_write_errors_total{reason=\"busy\"}",
+    ) < 3
+    {
+        assert!(Instant::now() < deadline, "no busy write errors");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = s.metrics();
+    assert_eq!(sum(&m, "grayscope_store_written_traces_total"), 0);
+    assert_eq!(sum(&m, "grayscope_store_queued_traces"), 30);
+    assert!(sum(&m, "grayscope_store_lag_seconds") < 60);
+    assert_accounted(&m);
+    s.send(&traces(100, 10));
+    other.execute_batch("COMMIT").unwrap();
+    drop(other);
+
+    s.wait_for_findings(40);
+    assert_eq!(s.calls(), 40);
+    let m = s.metrics();
+    assert_eq!(sum(&m, "grayscope_store_written_traces_total"), 40);
+    assert_eq!(sum(&m, "grayscope_store_written_findings_total"), 40);
+    assert_eq!(sum(&m, "grayscope_store_dropped_traces_total"), 0);
+    assert_eq!(sum(&m, "grayscope_store_queued_traces"), 0);
+    assert_accounted(&m);
+    assert_eq!(s.signal(libc::SIGTERM), Some(0));
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        stderr.matches("writing to the store").count(),
+        1,
+        "one line for the whole run of failures: {stderr}"
+    );
+    assert!(stderr.contains("(busy)"), "{stderr}");
+}
+
+#[test]
+fn a_store_that_fails_for_good_refuses_senders_and_sigterm_reports_what_was_lost() {
+    use grayscope::loadgen::{RawClient, Template, Wire};
+    use rand::SeedableRng;
+    use std::os::unix::process::CommandExt;
+
+    let data = tempfile::tempdir().unwrap();
+    let log = data.path().join("stderr.log");
+    let mut cmd = Served::command(
+        data.path(),
+        &[
+            "--trace-idle",
+            "100ms",
+            "--flush-interval",
+            "100ms",
+            "--shutdown-grace",
+            "2s",
+            "--workers",
+            "1",
+            "--queue-spans",
+            "5000",
+            "--store-queue-spans",
+            "20000",
+        ],
+    );
+    cmd.stderr(std::fs::File::create(&log).unwrap());
+    // The disk fills up: no file of the process may grow past 2 MiB. Writes past it fail with
+    // EFBIG (the signal that would otherwise kill the process is ignored, as a service manager's
+    // LimitFSIZE= leaves it).
+    // SAFETY: setrlimit and signal are async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 2 << 20,
+                rlim_max: 2 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut s = Server::of(Served::spawn(cmd));
+
+    // Traces with findings, whose spans are stored: the file grows until it cannot.
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+    let templates: Vec<Template> = (0..4)
+        .map(|_| Template::build(500, 0.5, Wire::Http, &mut rng))
+        .collect();
+    let client = RawClient::new(Wire::Http, s.served.http);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut accepted, mut n, mut refused_in_a_row) = (0u64, 0u64, 0);
+    let refusal = s.rt.block_on(async {
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "not refused for good after {accepted} spans"
+            );
+            let t = &templates[n as usize % templates.len()];
+            let r = client
+                .send(t.instance(1, n, None).into(), false)
+                .await
+                .unwrap();
+            if r.is_ok() {
+                accepted += t.spans as u64;
+                n += 1;
+                refused_in_a_row = 0;
+                continue;
+            }
+            // Verification falling behind refuses now and then; a store that cannot write
+            // refuses everyone until it can.
+            refused_in_a_row += 1;
+            if refused_in_a_row == 20 {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // Refused the way OTLP senders retry: the store's failure is not the sender's fault.
+    assert!(refusal.is_retryable(), "{refusal:?}");
+    assert_eq!(refusal.http, 503);
+    assert!(refusal.headers.contains_key("retry-after"));
+
+    let m = s.metrics();
+    let errors = sum(&m, "grayscope_store_write_errors_total{reason=\"io\"}")
+        + sum(&m, "grayscope_store_write_errors_total{reason=\"full\"}");
+    assert!(errors >= 2, "{m}");
+    assert_eq!(sum(&m, "grayscope_store_dropped_traces_total"), 0);
+    let queued = sum(&m, "grayscope_store_queued_traces");
+    assert!(queued > 0);
+    assert!(sum(&m, "grayscope_store_queued_spans") > 15_000, "{m}");
+    assert!(sum(&m, "grayscope_receiver_accepted_spans_total") >= accepted);
+    eprintln!("{accepted} spans accepted, then refused; {queued} traces wait for the store");
+
+    // SIGTERM ends it within the grace period (2 s, plus the interrupted write's second), with a
+    // count of what could not be written.
+    let t = Instant::now();
+    assert_eq!(
+        s.served.signal(libc::SIGTERM, Duration::from_secs(15)),
+        Some(1)
+    );
+    let took = t.elapsed();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    eprintln!("stopped after {took:?}; its log:\n{stderr}");
+    assert!(took < Duration::from_secs(5), "stopped after {took:?}");
+    let lost = stderr
+        .lines()
+        .find_map(|l| {
+            let (n, rest) = l.split_once(" traces with ")?;
+            rest.contains("could not be written to the store within --shutdown-grace")
+                .then(|| n.rsplit(' ').next()?.parse::<u64>().ok())?
+        })
+        .unwrap_or_else(|| panic!("no count of what was lost: {stderr}"));
+    assert!(lost >= queued, "{lost} lost, {queued} were queued");
+    assert_eq!(
+        stderr.matches("writing to the store").count(),
+        1,
+        "one line per reason: {stderr}"
+    );
 }

@@ -47,9 +47,10 @@ use stats::Stats;
 pub const DB_FILE: &str = "grayscope.db";
 /// Batches of finalised traces queued for the writer at most.
 const QUEUE_BATCHES: usize = 256;
-/// Spans in finalised traces queued or pending for the writer at most: past it, workers wait.
-/// Counted in spans, not traces, so that the memory it holds is bounded whatever the traces' size
-/// (at most about 150 bytes a span: its edge outcome, and its snapshot for a stored trace).
+/// Default of `--store-queue-spans`: spans in finalised traces queued or pending for the writer at
+/// most; past it, workers wait. Counted in spans, not traces, so that the memory it holds is
+/// bounded whatever the traces' size (the memory budget's `store_queue`). Two seconds and more of
+/// a busy collector's traffic: a short stall of the disk is absorbed without refusing anyone.
 pub const QUEUE_SPANS: usize = 524_288;
 /// Read connections kept open for the APIs.
 const READERS: usize = 4;
@@ -61,6 +62,7 @@ const ABANDON_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
+    pub queue_spans: usize,
     pub flush_interval: Duration,
     pub retention: Duration,
     pub max_bytes: u64,
@@ -125,6 +127,7 @@ pub struct Store {
     inner: Arc<Inner>,
     tx: mpsc::Sender<Msg>,
     room: Arc<Semaphore>,
+    capacity: usize,
 }
 
 /// The writer task; [`StoreTask::stop`] ends it.
@@ -195,7 +198,8 @@ impl Store {
         let store = Store {
             inner: inner.clone(),
             tx,
-            room: Arc::new(Semaphore::new(QUEUE_SPANS)),
+            room: Arc::new(Semaphore::new(cfg.queue_spans)),
+            capacity: cfg.queue_spans,
         };
         let writer = writer::Writer::new(inner, conn, cfg.clone());
         Ok((store, StoreTask(tokio::spawn(writer.run(rx)))))
@@ -207,7 +211,7 @@ impl Store {
 
     /// Spans of finalised traces queued for the writer or waiting in its next write.
     pub fn queued_spans(&self) -> usize {
-        QUEUE_SPANS - self.room.available_permits()
+        self.capacity.saturating_sub(self.room.available_permits())
     }
 
     /// How far the store is behind: the age of the oldest finalised trace not yet committed.
@@ -254,7 +258,7 @@ impl Store {
         let tally = Tally::of(&batch);
         stats.submitted.add(tally);
         let spans: usize = batch.iter().map(|f| f.outcome.spans.max(1) as usize).sum();
-        let n = spans.min(QUEUE_SPANS) as u32;
+        let n = spans.min(self.capacity) as u32;
         let Ok(permit) = self.room.clone().acquire_many_owned(n).await else {
             stats.drop_as(Reason::Shutdown, tally);
             return Err(StoreError::Stopped);
@@ -403,3 +407,5 @@ impl StoreTask {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod writer_tests;

@@ -8,7 +8,11 @@ use crate::testkit::Kit;
 use crate::verify::{NodeKey, Policy, Scope, Verdict};
 
 /// Finalises each trace through a real assembler, at wall time `at_ms`.
-fn finalise(traces: &[(u128, Vec<SpanRecord>)], at_ms: u64, sample_clean: f64) -> Vec<Finalised> {
+pub(super) fn finalise(
+    traces: &[(u128, Vec<SpanRecord>)],
+    at_ms: u64,
+    sample_clean: f64,
+) -> Vec<Finalised> {
     let mut asm = Assembler::new(
         AssemblerConfig {
             sample_clean,
@@ -29,12 +33,13 @@ fn finalise(traces: &[(u128, Vec<SpanRecord>)], at_ms: u64, sample_clean: f64) -
 }
 
 /// A shutdown deadline no healthy test store gets near.
-fn deadline() -> tokio::time::Instant {
+pub(super) fn deadline() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(30)
 }
 
-fn config() -> StoreConfig {
+pub(super) fn config() -> StoreConfig {
     StoreConfig {
+        queue_spans: QUEUE_SPANS,
         flush_interval: Duration::from_millis(50),
         // Long enough that the writer's own retention runs keep the test data of 2023.
         retention: Duration::from_secs(3650 * 24 * 3600),
@@ -43,10 +48,15 @@ fn config() -> StoreConfig {
 }
 
 /// users SERVER -> users CLIENT -> orders SERVER (canary instance); the callee's stage varies.
-fn call(k: &Kit, stage_on_callee: Option<&str>) -> Vec<SpanRecord> {
+pub(super) fn call(k: &Kit, stage_on_callee: Option<&str>) -> Vec<SpanRecord> {
+    call_to(k, "orders", stage_on_callee)
+}
+
+/// users SERVER -> users CLIENT -> `callee` SERVER (canary instance).
+pub(super) fn call_to(k: &Kit, callee: &str, stage_on_callee: Option<&str>) -> Vec<SpanRecord> {
     let a = k.stage(k.span(1, None, "users", SpanKind::Server), "canary");
     let b = k.stage(k.span(2, Some(1), "users", SpanKind::Client), "canary");
-    let mut c = k.instance(k.span(3, Some(2), "orders", SpanKind::Server), "canary");
+    let mut c = k.instance(k.span(3, Some(2), callee, SpanKind::Server), "canary");
     if let Some(s) = stage_on_callee {
         c = k.stage(c, s);
     }
@@ -64,7 +74,7 @@ async fn stored(k: &Kit, dir: &Path, batches: Vec<Vec<Finalised>>) -> (Store, St
 }
 
 const MINUTE: u64 = 60_000;
-const T0: u64 = 1_700_000_000_000;
+pub(super) const T0: u64 = 1_700_000_000_000;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_graph_counts_calls_verdicts_first_breaks_and_routing_per_stage() {

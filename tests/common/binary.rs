@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A running `grayscope serve` on OS-chosen ports; killed when dropped.
 pub struct Served {
@@ -18,27 +19,41 @@ pub struct Served {
 impl Served {
     /// Starts `grayscope serve` with its store in `data` and `args` after the listen addresses.
     pub fn start(data: &Path, args: &[&str]) -> Served {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_grayscope"))
-            .args([
-                "serve",
-                "--otlp-grpc",
-                "127.0.0.1:0",
-                "--otlp-http",
-                "127.0.0.1:0",
-            ])
-            .args(["--http", "127.0.0.1:0", "--log", "warn"])
-            .args(args)
-            .arg("--data")
-            .arg(data)
-            .env_remove("GRAYSCOPE_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        Served::spawn(Served::command(data, args))
+    }
+
+    /// The command [`Served::start`] runs, for a test to add to (its stderr, its limits).
+    pub fn command(data: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_grayscope"));
+        cmd.args([
+            "serve",
+            "--otlp-grpc",
+            "127.0.0.1:0",
+            "--otlp-http",
+            "127.0.0.1:0",
+        ])
+        .args(["--http", "127.0.0.1:0", "--log", "warn"])
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .env_remove("GRAYSCOPE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        cmd
+    }
+
+    /// Runs `cmd` and waits for it to say where it listens.
+    pub fn spawn(mut cmd: Command) -> Served {
+        let mut child = cmd.spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
+        assert!(
+            !line.is_empty(),
+            "grayscope serve exited at start: {:?}",
+            child.wait()
+        );
         // "grayscope: OTLP/gRPC on A, OTLP/HTTP on B, API and metrics on http://C"
         let addr = |after: &str| -> String {
             let rest = &line[line.find(after).expect(&line) + after.len()..];
@@ -49,6 +64,24 @@ impl Served {
             http: addr("OTLP/HTTP on ").parse().unwrap(),
             api: addr("metrics on http://"),
             child,
+        }
+    }
+
+    /// Sends `sig` and waits at most `within` for the process to end; its exit code, `None` when a
+    /// signal ended it.
+    pub fn signal(&mut self, sig: i32, within: Duration) -> Option<i32> {
+        // SAFETY: kill(2) on the pid of a child this test started and has not reaped yet.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running {within:?} after signal {sig}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
