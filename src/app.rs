@@ -265,20 +265,24 @@ impl Collector {
     /// Stops in stages within `--shutdown-grace`; returns once every acknowledged span has been
     /// judged, with what the store could not write by then (nothing, unless the store is failing).
     ///
-    /// Receivers may finish their in-flight requests until the deadline (a client that never
-    /// finishes its body must not hold the process); what they had acknowledged is queued already
-    /// and is finalised either way. Workers hand their traces to the store until the deadline; past
-    /// it the store is abandoned, so a store that cannot write never holds the process either.
+    /// Receivers may finish their in-flight requests for at most half the grace: a client that
+    /// never finishes its body must not hold the process, and what is acknowledged already matters
+    /// more than what is not (a cut request is answered with an error, and its sender retries), so
+    /// acknowledged data always keeps at least the other half to be written. Workers hand their
+    /// traces to the store until the deadline; past it the store is abandoned, so a store that
+    /// cannot write never holds the process either.
     pub async fn shutdown(self) -> anyhow::Result<Tally> {
         self.receivers_stop.cancel();
-        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.shutdown_grace;
+        let receivers_grace = self.shutdown_grace / 2;
         for mut r in self.receivers {
-            match tokio::time::timeout_at(deadline, &mut r).await {
+            match tokio::time::timeout_at(started + receivers_grace, &mut r).await {
                 Ok(done) => done??,
                 Err(_) => {
                     tracing::warn!(
-                        "a receiver still had requests in flight after {:?}; closing it",
-                        self.shutdown_grace
+                        "a receiver still had requests in flight after {receivers_grace:?} (half \
+                         of --shutdown-grace); closing it"
                     );
                     r.abort();
                 }

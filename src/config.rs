@@ -226,7 +226,8 @@ pub struct ServeArgs {
     /// [default: 500]
     #[arg(long, env = "GRAYSCOPE_MAX_LABEL_VALUES", value_name = "N")]
     pub max_label_values: Option<usize>,
-    /// At shutdown, how long receivers may take to finish in-flight requests [default: 10s]
+    /// At SIGINT/SIGTERM, how long the whole stop may take: in-flight requests, finalising and the
+    /// store's final write; what is unwritten by then is reported lost (exit status 1) [default: 10s]
     #[arg(long, env = "GRAYSCOPE_SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<Dur>,
     /// Log filter, as RUST_LOG [default: info]

@@ -291,7 +291,9 @@ fn serve_finalises_everything_it_accepted_on_sigterm() {
     let mut log = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
     assert!(
-        log.contains("still had requests in flight after 300ms; closing it"),
+        log.contains(
+            "still had requests in flight after 150ms (half of --shutdown-grace); closing it"
+        ),
         "{log}"
     );
     assert!(

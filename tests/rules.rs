@@ -47,12 +47,26 @@ fn the_rules_are_valid_and_every_alert_is_tested() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 8);
+    assert_eq!(alerts.len(), 10);
     for a in alerts {
         let firing = tests
             .split(&format!("alertname: {a}\n"))
             .skip(1)
             .any(|rest| rest.trim_start().starts_with("exp_alerts:\n"));
         assert!(firing, "no firing test for {a}");
+    }
+
+    // Every runbook an alert links to is in the README.
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    for anchor in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("runbook_url: \"README.md#"))
+    {
+        let anchor = anchor.trim_end_matches('"');
+        assert!(
+            readme.contains(&format!("<a id=\"{anchor}\"></a>")),
+            "README has no runbook {anchor}"
+        );
     }
 }
