@@ -1,4 +1,4 @@
-//! `grayscope::propagation` across three real servers on loopback: an axum entry service calls a
+//! `grayscope_propagation` across three real servers on loopback: an axum entry service calls a
 //! tonic service, which calls an axum service. The stage must survive HTTP -> gRPC -> HTTP, and a
 //! hop that skips the forwarding (it passes the trace context only, as plain tracing
 //! instrumentation does) must lose it where grayscope says it did.
@@ -15,8 +15,8 @@ use grayscope::demo::proto::orders_server::{Orders, OrdersServer};
 use grayscope::demo::proto::{
     ListOrdersReply, ListOrdersRequest, PlaceOrderReply, PlaceOrderRequest,
 };
-use grayscope::propagation::{
-    self, BaggageSpanProcessor, ForwardLayer, ForwardService, StageLayer,
+use grayscope_propagation::{
+    self as propagation, BaggageSpanProcessor, ForwardLayer, ForwardService, StageLayer,
 };
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;

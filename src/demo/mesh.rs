@@ -1,5 +1,5 @@
 //! The demo's services: real axum and tonic servers on loopback, each with its own tracer provider,
-//! calling each other through [`crate::propagation`] clients. A fault changes exactly one call.
+//! calling each other through [`grayscope_propagation`] clients. A fault changes exactly one call.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,8 +38,9 @@ use tower::ServiceExt as _;
 
 use super::export::{Counted, Exports};
 use super::{DemoError, DemoOptions, Export, FaultKind, Protocol, Svc};
-use crate::propagation::{
-    self, BaggageSpanProcessor, ForwardLayer, ForwardService, STAGE_HEADER, STAGE_KEY, StageLayer,
+use grayscope_propagation::{
+    self as propagation, BaggageSpanProcessor, ForwardLayer, ForwardService, STAGE_HEADER,
+    STAGE_KEY, StageLayer,
 };
 
 use super::proto as pb;

@@ -1,5 +1,5 @@
 //! `grayscope demo`: a small shop of real services on loopback, instrumented with the OpenTelemetry
-//! SDK and [`crate::propagation`], sending real traffic with chosen propagation bugs to any OTLP
+//! SDK and [`grayscope_propagation`], sending real traffic with chosen propagation bugs to any OTLP
 //! endpoint.
 //!
 //! ```text

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::DemoOptions;
 use super::export::Exports;
-use crate::propagation::STAGE_HEADER;
+use grayscope_propagation::STAGE_HEADER;
 
 /// Requests in flight at most; past it the rate drops instead of memory growing.
 const MAX_IN_FLIGHT: usize = 64;

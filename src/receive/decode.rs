@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use crate::instances::{Clock, Instances};
 use crate::intern::{RequestCache, Symbols};
 use crate::model::{SpanBatch, SpanId, SpanKind, SpanRecord, StatusCode, TraceId};
-use crate::stage::{KeyCache, KeyClass, StageKeys};
+use grayscope_propagation::keys::{KeyCache, KeyClass, StageKeys};
 
 /// Longest service name, span name and attribute value kept; longer ones are cut (at a character
 /// boundary). Interned strings live for the process, so their size must be bounded.

@@ -85,6 +85,7 @@ fn inject_writes_trace_context_baggage_and_the_header() {
     assert!(h.get("x-release-stage").is_none());
 }
 
+#[cfg(feature = "tonic")]
 #[test]
 fn the_interceptor_forwards_the_current_context_as_metadata() {
     let _g = with_stage(&Context::new(), "canary").attach();

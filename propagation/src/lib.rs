@@ -19,7 +19,7 @@
 //! An axum service that calls a gRPC service; no handler touches a header:
 //!
 //! ```no_run
-//! use grayscope::propagation::{BaggageSpanProcessor, ForwardLayer, StageLayer};
+//! use grayscope_propagation::{BaggageSpanProcessor, ForwardLayer, StageLayer};
 //! use opentelemetry::trace::TracerProvider as _;
 //! use opentelemetry_sdk::trace::SdkTracerProvider;
 //!
@@ -63,7 +63,9 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 
-use crate::stage::{KeyClass, StageKeys};
+pub mod keys;
+
+use keys::{KeyClass, StageKeys};
 
 /// The baggage key, gRPC metadata key and (lower-cased) HTTP header that carry the stage.
 pub const STAGE_KEY: &str = "x-release-stage";
@@ -147,7 +149,8 @@ pub fn inject(cx: &Context, headers: &mut HeaderMap) {
 
 /// A tonic client interceptor forwarding the current context as gRPC metadata:
 /// `OrdersClient::with_interceptor(channel, forward_metadata)`. It records no span; a
-/// [`ForwardLayer`] on the channel does both.
+/// [`ForwardLayer`] on the channel does both. (Feature `tonic`.)
+#[cfg(feature = "tonic")]
 pub fn forward_metadata(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
     inject(&Context::current(), req.metadata_mut().as_mut());
     Ok(req)
@@ -193,6 +196,19 @@ fn describe<B>(req: &Request<B>, route: Option<&str>) -> (String, Vec<KeyValue>)
             None => (method, attrs),
         }
     }
+}
+
+/// The route that matched a request, when the router says (axum, with feature `axum`).
+#[cfg(feature = "axum")]
+fn route<B>(req: &Request<B>) -> Option<String> {
+    req.extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_string())
+}
+
+#[cfg(not(feature = "axum"))]
+fn route<B>(_: &Request<B>) -> Option<String> {
+    None
 }
 
 /// Records how a call ended on its span: the HTTP status, or the gRPC status of a trailers-only
@@ -269,7 +285,7 @@ impl StageLayer {
     }
 }
 
-impl<S> tower::Layer<S> for StageLayer {
+impl<S> tower_layer::Layer<S> for StageLayer {
     type Service = StageService<S>;
     fn layer(&self, inner: S) -> Self::Service {
         StageService {
@@ -288,9 +304,9 @@ pub struct StageService<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S, B, R> tower::Service<Request<B>> for StageService<S>
+impl<S, B, R> tower_service::Service<Request<B>> for StageService<S>
 where
-    S: tower::Service<Request<B>, Response = Response<R>>,
+    S: tower_service::Service<Request<B>, Response = Response<R>>,
     S::Future: Send + 'static,
 {
     type Response = Response<R>;
@@ -305,11 +321,7 @@ where
         let mut cx = extract(req.headers(), self.layer.default.as_deref());
         let traced = self.layer.tracer.is_some();
         if let Some(tracer) = &self.layer.tracer {
-            let route = req
-                .extensions()
-                .get::<axum::extract::MatchedPath>()
-                .map(|m| m.as_str().to_string());
-            let (name, attrs) = describe(&req, route.as_deref());
+            let (name, attrs) = describe(&req, route(&req).as_deref());
             let span = tracer
                 .span_builder(name)
                 .with_kind(SpanKind::Server)
@@ -366,7 +378,7 @@ impl ForwardLayer {
     }
 }
 
-impl<S> tower::Layer<S> for ForwardLayer {
+impl<S> tower_layer::Layer<S> for ForwardLayer {
     type Service = ForwardService<S>;
     fn layer(&self, inner: S) -> Self::Service {
         ForwardService {
@@ -383,9 +395,9 @@ pub struct ForwardService<S> {
     layer: ForwardLayer,
 }
 
-impl<S, B, R> tower::Service<Request<B>> for ForwardService<S>
+impl<S, B, R> tower_service::Service<Request<B>> for ForwardService<S>
 where
-    S: tower::Service<Request<B>, Response = Response<R>>,
+    S: tower_service::Service<Request<B>, Response = Response<R>>,
     S::Future: Send + 'static,
 {
     type Response = Response<R>;
