@@ -70,7 +70,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
     let elapsed = rt.block_on(async {
         let cfg = StoreConfig {
-            queue_spans: grayscope::store::QUEUE_SPANS,
+            queue_spans: 1 << 20,
             flush_interval: Duration::from_secs(1),
             retention: Duration::from_secs(3600),
             max_bytes: u64::MAX,

@@ -79,7 +79,11 @@ pub struct Collector {
 pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collector> {
     let symbols = Arc::new(Symbols::new(&SymbolLimits::default()));
     let clock = Clock::new();
-    let policy = Arc::new(Policy::new(&cfg.verify, &symbols));
+    let policy = Arc::new(Policy::new(
+        &cfg.verify.allowed_stages,
+        &cfg.verify.exempt_roots,
+        &symbols,
+    ));
     let declared = cfg
         .verify
         .declared_instances
@@ -126,24 +130,21 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
             budget: budget.clone(),
         }),
     ));
-    let idle_ms = cfg.trace_idle.0.as_millis().max(1) as u64;
     let (shards, workers) = Shards::spawn(WorkerSetup {
         workers: cfg.workers,
         queue_spans: cfg.queue_spans,
-        assembler: AssemblerConfig {
-            idle_ms,
-            max_spans: cfg.max_buffered_spans,
-            tombstones: crate::memory::tombstones(cfg),
-            tombstone_ms: idle_ms * 3,
-            sample_clean: cfg.sample_clean,
-        },
+        assembler: AssemblerConfig::online(
+            cfg.trace_idle.0,
+            cfg.max_buffered_spans,
+            cfg.workers,
+            cfg.sample_clean,
+        ),
         policy,
         instances: instances.clone(),
         aggregate: aggregate.clone(),
         store: store.clone(),
         telemetry: telemetry.clone(),
         clock,
-        tick: Duration::from_millis((idle_ms / 4).clamp(5, 250)),
     });
     let ingest = Arc::new(Ingest {
         decoder: Decoder::new(

@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::api::views::FindingView;
 use crate::assemble::{Assembler, AssemblerConfig};
-use crate::config::{CheckArgs, ReportFormat};
+use crate::config::VerifyArgs;
 use crate::instances::{Clock, Instances};
 use crate::intern::{SymbolLimits, Symbols};
 use crate::receive::Decoder;
@@ -38,6 +38,24 @@ pub enum CheckError {
     Spans { path: PathBuf, message: String },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// OTLP/JSON files: one ExportTraceServiceRequest each, or one per line
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Report format
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ReportFormat,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    Text,
+    Json,
 }
 
 /// What a check found.
@@ -83,7 +101,11 @@ pub fn check(files: &[PathBuf], verify: crate::config::VerifyConfig) -> Result<R
     );
     let mut asm = Assembler::new(
         AssemblerConfig::offline(),
-        Arc::new(Policy::new(&verify, &symbols)),
+        Arc::new(Policy::new(
+            &verify.allowed_stages,
+            &verify.exempt_roots,
+            &symbols,
+        )),
         instances,
     );
     let mut out = Vec::new();

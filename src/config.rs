@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::Args;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,57 +35,12 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "grayscope",
-    version,
-    about = "Verifies gray-release stage propagation across every hop of your traces"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Run the collector: OTLP in, verdicts out (JSON API, metrics).
-    Serve(Box<ServeCommand>),
-    /// Verify OTLP/JSON files offline; exits 1 when there are findings (for CI).
-    Check(CheckArgs),
-    /// Send pre-built OTLP traffic with seeded faults to a collector and measure throughput.
-    Loadgen(crate::loadgen::LoadgenArgs),
-    /// Run a small instrumented service mesh that sends real traffic, with chosen propagation
-    /// faults, to any OTLP endpoint.
-    Demo(crate::demo::DemoArgs),
-}
-
-/// `grayscope serve`: the collector's options, and the demo mesh it can run alongside.
-#[derive(Args, Debug)]
-pub struct ServeCommand {
-    #[command(flatten)]
-    pub args: ServeArgs,
-    #[command(flatten)]
-    pub demo: ServeDemoArgs,
-}
-
-/// Flags of `serve --demo`; not config-file keys, since they describe a run, not a deployment.
-#[derive(Args, Debug, Default)]
-pub struct ServeDemoArgs {
-    /// Also run the demo mesh, exporting to this collector (trace-idle defaults to 2s, so that
-    /// findings show within seconds)
-    #[arg(long)]
-    pub demo: bool,
-    /// Fault for the demo mesh, KIND@CALLER->CALLEE, repeatable; `none` for a clean mesh
-    /// (default: missing@orders->payments)
-    #[arg(long = "fault", value_name = "SPEC", requires = "demo")]
-    pub faults: Vec<String>,
-    /// Requests per second the demo sends
-    #[arg(long, value_name = "N", requires = "demo", default_value_t = 20.0)]
-    pub demo_rate: f64,
-}
+/// Default of `--store-queue-spans`: two seconds and more of a busy collector's traffic, so that a
+/// short stall of the disk is absorbed without refusing anyone.
+pub const STORE_QUEUE_SPANS: usize = 524_288;
 
 /// Flags of `serve` that are not keys of the config file.
-const NOT_FILE_KEYS: [&str; 5] = ["config", "print-config", "demo", "fault", "demo-rate"];
+const NOT_FILE_KEYS: [&str; 2] = ["config", "print-config"];
 
 /// A duration written like `500ms`, `10s`, `15m`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,24 +193,6 @@ pub struct ServeArgs {
     pub verify: VerifyArgs,
 }
 
-#[derive(Args, Debug)]
-pub struct CheckArgs {
-    /// OTLP/JSON files: one ExportTraceServiceRequest each, or one per line
-    #[arg(required = true, value_name = "FILE")]
-    pub files: Vec<PathBuf>,
-    /// Report format
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: ReportFormat,
-    #[command(flatten)]
-    pub verify: VerifyArgs,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReportFormat {
-    Text,
-    Json,
-}
-
 /// Verification settings with defaults applied.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -357,13 +294,21 @@ impl VerifyArgs {
 }
 
 impl ServeArgs {
-    /// Applies the config file (if any) under the flags and environment, then the defaults.
+    /// Applies the config file (if any) under the flags and environment, then the built-in
+    /// defaults.
     pub fn resolve(self) -> Result<ServeConfig, ConfigError> {
+        self.resolve_over(ServeArgs::default())
+    }
+
+    /// Like [`ServeArgs::resolve`], with `defaults` between the config file and the built-in
+    /// defaults: flag > environment > file > `defaults` > built-in. For the defaults of a way of
+    /// running, such as `serve --demo`'s short trace-idle.
+    pub fn resolve_over(self, defaults: ServeArgs) -> Result<ServeConfig, ConfigError> {
         let file = match &self.config {
             Some(path) => read_file(path)?,
             None => ServeArgs::default(),
         };
-        let a = self.or(file);
+        let a = self.or(file).or(defaults);
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         let positive = |option: &'static str, v: usize| {
             if v == 0 {
@@ -425,7 +370,7 @@ impl ServeArgs {
             queue_spans: positive("queue-spans", a.queue_spans.unwrap_or(262_144))?,
             store_queue_spans: positive(
                 "store-queue-spans",
-                a.store_queue_spans.unwrap_or(crate::store::QUEUE_SPANS),
+                a.store_queue_spans.unwrap_or(STORE_QUEUE_SPANS),
             )?,
             data: a.data.unwrap_or_else(|| PathBuf::from("grayscope-data")),
             flush_interval: nonzero(
@@ -488,6 +433,11 @@ impl ServeArgs {
     }
 }
 
+/// The flags of [`ServeArgs`], to check file keys and environment variables against.
+fn serve_command() -> clap::Command {
+    ServeArgs::augment_args(clap::Command::new("serve"))
+}
+
 /// Reads a config file, rejecting keys that are not `serve` flags.
 fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -498,8 +448,7 @@ fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    let cmd = Cli::command();
-    let serve = cmd.find_subcommand("serve").expect("serve is a subcommand");
+    let serve = serve_command();
     for key in table.keys() {
         let known = serve
             .get_arguments()
@@ -521,19 +470,23 @@ fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
 mod tests {
     use super::*;
 
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
     fn parse(args: &[&str]) -> ServeArgs {
-        let mut full = vec!["grayscope", "serve"];
+        let mut full = vec!["serve"];
         full.extend_from_slice(args);
-        match Cli::try_parse_from(full).unwrap().command {
-            Command::Serve(s) => s.args,
-            other => panic!("{other:?}"),
-        }
+        Serve::try_parse_from(full).unwrap().args
     }
 
     #[test]
     fn every_flag_has_its_env_var_and_file_key() {
-        let cmd = Cli::command();
-        let serve = cmd.find_subcommand("serve").unwrap();
+        let serve = serve_command();
         for arg in serve.get_arguments() {
             let Some(long) = arg.get_long() else { continue };
             if long == "help" || NOT_FILE_KEYS.contains(&long) && long != "config" {
@@ -621,7 +574,7 @@ exempt-roots = ["cron:nightly export", "reporter"]
             e.to_string().contains("'orders' is not SERVICE=STAGE"),
             "{e}"
         );
-        assert!(Cli::try_parse_from(["grayscope", "serve", "--trace-idle", "10 parsecs"]).is_err());
+        assert!(Serve::try_parse_from(["serve", "--trace-idle", "10 parsecs"]).is_err());
         let e = parse(&["--config", "/nonexistent/g.toml"])
             .resolve()
             .unwrap_err();

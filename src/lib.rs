@@ -37,6 +37,7 @@ pub mod api;
 pub mod app;
 pub mod assemble;
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod instances;

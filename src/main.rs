@@ -2,7 +2,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use grayscope::config::{Cli, Command, ServeCommand};
+use grayscope::cli::{Cli, Command};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -21,25 +21,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(cmd) => {
-            let ServeCommand { mut args, demo } = *cmd;
-            let print = args.print_config;
-            let demo = if demo.demo {
-                if args.trace_idle.is_none() {
-                    args.trace_idle = Some("2s".parse().expect("a valid duration"));
-                }
-                let faults = if demo.faults.is_empty() {
-                    vec![DEFAULT_DEMO_FAULT.to_string()]
-                } else {
-                    demo.faults
-                };
-                Some(grayscope::app::ServeDemo {
-                    faults: grayscope::demo::parse_faults(&faults)?,
-                    rate: demo.demo_rate,
-                })
-            } else {
-                None
-            };
-            let cfg = args.resolve()?;
+            let print = cmd.args.print_config;
+            let (cfg, demo) = cmd.resolve()?;
             if print {
                 print!("{}", toml::to_string(&cfg)?);
                 return Ok(ExitCode::SUCCESS);
@@ -70,9 +53,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
 }
-
-/// The fault `serve --demo` shows when none is given: a newcomer sees one red hop.
-const DEFAULT_DEMO_FAULT: &str = "missing@orders->payments";
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()

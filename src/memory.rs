@@ -13,6 +13,7 @@
 
 use crate::aggregate::AggregateConfig;
 use crate::aggregate::metrics::MAX_SERIES;
+use crate::assemble::AssemblerConfig;
 use crate::config::ServeConfig;
 use crate::intern::SymbolLimits;
 use crate::model::{SpanRecord, TraceId};
@@ -81,7 +82,15 @@ impl Budget {
                 ),
                 part(
                     "finished_traces",
-                    n(tombstones(cfg)) * n(cfg.workers) * TOMBSTONE,
+                    n(AssemblerConfig::online(
+                        cfg.trace_idle.0,
+                        cfg.max_buffered_spans,
+                        cfg.workers,
+                        cfg.sample_clean,
+                    )
+                    .tombstones)
+                        * n(cfg.workers)
+                        * TOMBSTONE,
                     "--max-buffered-spans / 8, at least 4,096 per worker",
                 ),
                 part(
@@ -113,11 +122,6 @@ impl Budget {
     pub fn total(&self) -> u64 {
         self.parts.iter().map(|p| p.bytes).sum()
     }
-}
-
-/// Finalised trace ids each worker remembers, so that a late retry is not a new broken trace.
-pub fn tombstones(cfg: &ServeConfig) -> usize {
-    (cfg.max_buffered_spans / cfg.workers / 8).max(4096)
 }
 
 /// This process's resident memory (`VmRSS` of `/proc/self/status`, Linux); `None` elsewhere.

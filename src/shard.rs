@@ -51,6 +51,7 @@ pub struct Shards {
 pub struct WorkerSetup {
     pub workers: usize,
     pub queue_spans: usize,
+    /// One worker's assembler.
     pub assembler: AssemblerConfig,
     pub policy: Arc<Policy>,
     pub instances: Arc<Instances>,
@@ -58,7 +59,6 @@ pub struct WorkerSetup {
     pub store: Store,
     pub telemetry: Arc<Telemetry>,
     pub clock: Clock,
-    pub tick: Duration,
 }
 
 impl Shards {
@@ -66,15 +66,11 @@ impl Shards {
     pub fn spawn(setup: WorkerSetup) -> (Shards, Vec<JoinHandle<()>>) {
         let mut lanes = Vec::with_capacity(setup.workers);
         let mut handles = Vec::with_capacity(setup.workers);
-        let per_worker = setup.assembler.max_spans.div_ceil(setup.workers).max(1);
         for i in 0..setup.workers {
             let (tx, rx) = mpsc::unbounded_channel();
             let room = Arc::new(Semaphore::new(setup.queue_spans));
             let asm = Assembler::new(
-                AssemblerConfig {
-                    max_spans: per_worker,
-                    ..setup.assembler.clone()
-                },
+                setup.assembler.clone(),
                 setup.policy.clone(),
                 setup.instances.clone(),
             );
@@ -89,7 +85,7 @@ impl Shards {
                 room: room.clone(),
                 capacity: setup.queue_spans,
             };
-            handles.push(tokio::spawn(w.run(rx, setup.tick)));
+            handles.push(tokio::spawn(w.run(rx, setup.assembler.tick())));
 
             lanes.push(Lane {
                 tx,

@@ -11,6 +11,7 @@ mod snapshot;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use foldhash::fast::RandomState;
 
@@ -64,6 +65,30 @@ pub struct AssemblerConfig {
 }
 
 impl AssemblerConfig {
+    /// One worker's share of a collector finalising traces after `idle` without new spans and
+    /// holding at most `max_spans` over `workers` workers.
+    ///
+    /// Derived from them: a finalised trace's id is remembered for three idle times (a late retry
+    /// of its spans is then counted as late, not judged as a new, broken trace), and one id for
+    /// every eight spans a worker may hold, at least 4,096.
+    pub fn online(idle: Duration, max_spans: usize, workers: usize, sample_clean: f64) -> Self {
+        let idle_ms = (idle.as_millis() as u64).max(1);
+        let max_spans = max_spans.div_ceil(workers.max(1)).max(1);
+        AssemblerConfig {
+            idle_ms,
+            max_spans,
+            tombstones: (max_spans / 8).max(4096),
+            tombstone_ms: idle_ms.saturating_mul(3),
+            sample_clean,
+        }
+    }
+
+    /// How often a worker looks for idle traces: a quarter of the idle time, so a trace is
+    /// finalised at most 25 % late, between 5 ms and 250 ms.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis((self.idle_ms / 4).clamp(5, 250))
+    }
+
     /// Never finalises a trace on its own (no idle time, no memory bound, nothing remembered):
     /// the caller drains when all input is in. For `check` and benchmarks.
     pub fn offline() -> Self {

@@ -47,11 +47,6 @@ use stats::Stats;
 pub const DB_FILE: &str = "grayscope.db";
 /// Batches of finalised traces queued for the writer at most.
 const QUEUE_BATCHES: usize = 256;
-/// Default of `--store-queue-spans`: spans in finalised traces queued or pending for the writer at
-/// most; past it, workers wait. Counted in spans, not traces, so that the memory it holds is
-/// bounded whatever the traces' size (the memory budget's `store_queue`). Two seconds and more of
-/// a busy collector's traffic: a short stall of the disk is absorbed without refusing anyone.
-pub const QUEUE_SPANS: usize = 524_288;
 /// Read connections kept open for the APIs.
 const READERS: usize = 4;
 /// How long the writer waits for another connection's lock before the write counts as failed and

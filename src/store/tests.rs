@@ -39,7 +39,7 @@ pub(super) fn deadline() -> tokio::time::Instant {
 
 pub(super) fn config() -> StoreConfig {
     StoreConfig {
-        queue_spans: QUEUE_SPANS,
+        queue_spans: 1 << 20,
         flush_interval: Duration::from_millis(50),
         // Long enough that the writer's own retention runs keep the test data of 2023.
         retention: Duration::from_secs(3650 * 24 * 3600),

@@ -133,15 +133,16 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn new(cfg: &crate::config::VerifyConfig, sym: &crate::intern::Symbols) -> Self {
+    /// `allowed`: the stage values that are valid (empty: any); `exempt_roots`: (service, span
+    /// name or any) whose root CLIENT/PRODUCER spans are expected.
+    pub fn new(
+        allowed: &[String],
+        exempt_roots: &[(String, Option<String>)],
+        sym: &crate::intern::Symbols,
+    ) -> Self {
         Policy {
-            allowed: cfg
-                .allowed_stages
-                .iter()
-                .map(|s| sym.values.intern(s))
-                .collect(),
-            exempt_roots: cfg
-                .exempt_roots
+            allowed: allowed.iter().map(|s| sym.values.intern(s)).collect(),
+            exempt_roots: exempt_roots
                 .iter()
                 .map(|(svc, span)| {
                     (
