@@ -6,9 +6,9 @@
 use std::time::Instant;
 
 use grayscope::aggregate::{Count, ServiceGraph};
-use grayscope::api::views::GraphView;
 use grayscope::intern::{SymbolLimits, Symbols};
 use grayscope::verify::{NodeKey, Verdict};
+use grayscope::view::GraphView;
 
 fn main() {
     let sym = Symbols::new(&SymbolLimits::default());

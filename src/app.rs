@@ -23,11 +23,13 @@ use crate::demo;
 use crate::instances::{Clock, Instances};
 use crate::intern::{SymbolLimits, Symbols};
 use crate::listen::{self, Timeouts};
+use crate::read::Reader;
 use crate::receive::{self, Decoder, Ingest, RequestLimits};
 use crate::shard::{Shards, WorkerSetup};
 use crate::store::{DirLock, Store, StoreConfig, StoreTask, Tally};
 use crate::telemetry::{Sources, Telemetry};
 use crate::verify::Policy;
+use crate::web;
 
 /// What the process holds exclusively, taken up front: the data directory and three listening
 /// sockets.
@@ -166,12 +168,7 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
     let receivers_stop = CancellationToken::new();
     let api_stop = CancellationToken::new();
 
-    let api_state = ApiState {
-        aggregate: aggregate.clone(),
-        shards: shards.clone(),
-        store: store.clone(),
-        telemetry: telemetry.clone(),
-    };
+    let reader = Reader::new(aggregate.clone(), shards.clone(), store.clone());
     let receivers = serve_receivers(
         ingest,
         listeners.otlp_grpc,
@@ -181,15 +178,12 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
             read_timeout: cfg.read_timeout.0,
             max_concurrent: cfg.max_concurrent_requests,
         },
-        Some(api::grpc::service(
-            api_state.clone(),
-            receivers_stop.clone(),
-        )),
+        Some(api::grpc::service(reader.clone(), receivers_stop.clone())),
         receivers_stop.clone(),
     );
     let api = listen::serve_http(
         listeners.http,
-        api::router(api_state),
+        http_router(reader, telemetry.clone()),
         Timeouts::new(&telemetry, "http", cfg.read_timeout.0),
         api_stop.clone(),
     );
@@ -211,6 +205,15 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         workers,
         api: tokio::spawn(api),
     })
+}
+
+/// The `--http` address: the JSON API, the dashboard, and for any other path the API's 404.
+fn http_router(reader: Reader, telemetry: Arc<Telemetry>) -> axum::Router {
+    let api = api::router(ApiState {
+        reader: reader.clone(),
+        telemetry,
+    });
+    api.merge(web::router(reader)).fallback(api::not_found)
 }
 
 /// Serves OTLP/gRPC and OTLP/HTTP into `ingest` until `stop` is cancelled; each handle ends once

@@ -11,13 +11,13 @@ use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
-use crate::api::views::FindingView;
 use crate::assemble::{Assembler, AssemblerConfig};
 use crate::config::VerifyArgs;
 use crate::instances::{Clock, Instances};
 use crate::intern::{SymbolLimits, Symbols};
 use crate::receive::Decoder;
 use crate::verify::{Finding, Policy};
+use crate::view::FindingView;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {

@@ -46,12 +46,14 @@ pub mod listen;
 pub mod loadgen;
 pub mod memory;
 pub mod model;
+pub mod read;
 pub mod receive;
 pub mod shard;
 pub mod store;
 pub mod telemetry;
 pub mod testkit;
 pub mod verify;
+pub mod view;
 pub mod web;
 
 /// Unix time in milliseconds, for timestamps shown to users.

@@ -151,3 +151,61 @@ async fn a_large_graph_opens_on_its_broken_part() {
     assert_eq!(all.matches("class=\"edge-link\"").count(), 59);
     c.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_errors_are_pages_with_the_right_status_and_api_errors_are_json() {
+    let c = spawn_collector(test_args()).await;
+    let html = |path: &'static str| {
+        let http = c.http;
+        async move {
+            let r = reqwest::get(format!("http://{http}{path}")).await.unwrap();
+            let status = r.status().as_u16();
+            let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+            (status, ct, r.text().await.unwrap())
+        }
+    };
+    for (path, status, says) in [
+        ("/traces/nothex", 400, "&#39;nothex&#39; is not a trace id"),
+        (
+            "/traces/4bf92f3577b34da6a3ce929d0e0e4736",
+            404,
+            "trace 4bf92f3577b34da6a3ce929d0e0e4736 is unknown",
+        ),
+        (
+            "/?window=custom&since=soon",
+            400,
+            "invalid parameter &#39;since&#39;",
+        ),
+        (
+            "/edges/a/b?window=custom&until=yesterday-ish",
+            400,
+            "invalid parameter &#39;until&#39;",
+        ),
+        ("/edges/a/b", 404, "no edge a -&#62; b"),
+        // The findings form comes back with what was wrong in it, as the JSON API says it.
+        ("/findings?kind=ok", 400, "invalid parameter &#39;kind&#39;"),
+        (
+            "/findings?first_break=maybe",
+            400,
+            "invalid parameter &#39;first_break&#39;",
+        ),
+    ] {
+        let (s, ct, body) = html(path).await;
+        assert_eq!(s, status, "{path}: {body}");
+        assert!(ct.starts_with("text/html"), "{path}: {ct}");
+        assert!(body.contains(says), "{path}: {body}");
+        assert!(body.contains("<a href=\"/\""), "{path}: a way back");
+    }
+    let (s, ct, body) = html("/api/v1/findings?first_break=maybe").await;
+    assert_eq!(s, 400);
+    assert!(ct.starts_with("application/json"), "{ct}");
+    assert_eq!(
+        body,
+        r#"{"error":"invalid parameter 'first_break': 'maybe' is not true or false"}"#
+    );
+    let (s, ct, body) = html("/no/such/page").await;
+    assert_eq!(s, 404);
+    assert!(ct.starts_with("application/json"), "{ct}");
+    assert!(body.contains("no such endpoint"), "{body}");
+    c.shutdown().await.unwrap();
+}

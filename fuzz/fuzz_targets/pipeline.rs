@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use grayscope::aggregate::VerdictCounters;
-use grayscope::api::views::TraceView;
+use grayscope::view::TraceView;
 use grayscope::assemble::{Assembler, AssemblerConfig};
 use grayscope::instances::{Clock, Instances};
 use grayscope::intern::{SymbolLimits, Symbols};

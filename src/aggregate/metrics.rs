@@ -138,7 +138,7 @@ impl VerdictCounters {
     }
 
     fn finding(&mut self, f: &Finding) {
-        let stage = super::finding_stage(f);
+        let stage = f.stage();
         if f.kind == Verdict::Misrouted {
             let key = (
                 self.callees.of(Some(f.hop.callee)),

@@ -165,10 +165,5 @@ impl RecentTraces {
     }
 }
 
-/// The stage a finding concerns: the one the caller sent, else the one the callee carries.
-pub fn finding_stage(f: &Finding) -> Option<Sym> {
-    f.caller.and_then(|c| c.stage).or(f.callee.stage)
-}
-
 #[cfg(test)]
 mod tests;

@@ -7,11 +7,18 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
+use super::params::{self, Params};
+use super::{ApiError, ApiState, ErrorBody};
 use crate::aggregate::{ServiceGraph, StageStats};
 use crate::intern::Symbols;
+use crate::read::filter::{self, BadParam};
+use crate::store::Window;
 use crate::verify::Verdict;
 
 /// What a gate asks.
@@ -29,50 +36,47 @@ pub struct GateQuery {
 }
 
 impl GateQuery {
+    /// Its parameters' names.
+    pub const PARAMS: [&str; 7] = [
+        "stage",
+        "window",
+        "max_findings",
+        "min_consistency",
+        "caller",
+        "callee",
+        "allow_empty",
+    ];
+
     /// Reads a gate from string parameters (query string, or a Flagger webhook's `metadata`).
-    pub fn parse(p: &HashMap<String, String>) -> Result<GateQuery, (&'static str, String)> {
-        let get = |k: &str| p.get(k).map(String::as_str).filter(|v| !v.is_empty());
-        let stage = get("stage")
-            .ok_or(("stage", "is required (e.g. stage=canary)".to_string()))?
+    pub fn parse(p: &impl filter::Params) -> Result<GateQuery, BadParam> {
+        let stage = p
+            .get("stage")
+            .ok_or(BadParam {
+                name: "stage",
+                message: "is required (e.g. stage=canary)".to_string(),
+            })?
             .to_string();
-        let window = match get("window") {
-            None => Duration::from_secs(300),
-            Some(w) => humantime::parse_duration(w)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or(("window", format!("'{w}' is not a duration like 5m")))?,
-        };
-        let max_findings = match get("max_findings") {
-            None => 0,
-            Some(v) => v
-                .parse()
-                .map_err(|_| ("max_findings", format!("'{v}' is not a count")))?,
-        };
-        let min_consistency = match get("min_consistency") {
-            None => None,
-            Some(v) => Some(
-                v.parse::<f64>()
-                    .ok()
-                    .filter(|r| (0.0..=1.0).contains(r))
-                    .ok_or((
-                        "min_consistency",
-                        format!("'{v}' is not a ratio from 0 to 1"),
-                    ))?,
-            ),
-        };
-        let allow_empty = match get("allow_empty") {
-            None => false,
-            Some(v) => v
-                .parse()
-                .map_err(|_| ("allow_empty", format!("'{v}' is not true or false")))?,
-        };
+        let window = p
+            .parse("window", "a duration like 5m", |w| {
+                humantime::parse_duration(w).ok().filter(|d| !d.is_zero())
+            })?
+            .unwrap_or(Duration::from_secs(300));
+        let max_findings = p
+            .parse("max_findings", "a count", |v| v.parse().ok())?
+            .unwrap_or(0);
+        let min_consistency = p.parse("min_consistency", "a ratio from 0 to 1", |v| {
+            v.parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r))
+        })?;
+        let allow_empty = p
+            .parse("allow_empty", "true or false", |v| v.parse().ok())?
+            .unwrap_or(false);
         Ok(GateQuery {
             stage,
             window,
             max_findings,
             min_consistency,
-            caller: get("caller").map(str::to_string),
-            callee: get("callee").map(str::to_string),
+            caller: p.get("caller").map(str::to_string),
+            callee: p.get("callee").map(str::to_string),
             allow_empty,
         })
     }
@@ -183,4 +187,101 @@ fn kinds(s: &StageStats) -> Vec<(Verdict, u64)> {
         .filter(|v| v.is_finding() && s.first_breaks[**v as usize] > 0)
         .map(|&v| (v, s.first_breaks[v as usize]))
         .collect()
+}
+
+/// The gate's parameters, for the OpenAPI document.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct GateParams {
+    /// The stage being rolled out, e.g. `canary`
+    stage: String,
+    /// How far back to look, e.g. `5m` (default 5m; whole minutes)
+    window: Option<String>,
+    /// Findings (first breaks) allowed (default 0)
+    max_findings: Option<u64>,
+    /// Share of judged edges that must be ok or absent, 0 to 1 (default: not checked)
+    min_consistency: Option<f64>,
+    /// Only edges from this service
+    caller: Option<String>,
+    /// Only edges to this service
+    callee: Option<String>,
+    /// Pass when no edge carried the stage (default false: no traffic is no evidence)
+    allow_empty: Option<bool>,
+}
+
+async fn run(st: &ApiState, q: &GateQuery) -> Result<GateResult, ApiError> {
+    let since = crate::wall_ms().saturating_sub(q.window.as_millis() as u64);
+    let g = st
+        .reader
+        .graph(Window {
+            since_ms: Some(since),
+            until_ms: None,
+        })
+        .await?;
+    Ok(judge(q, &g, st.reader.symbols()))
+}
+
+/// Whether a stage's traffic kept its tag over a recent window: for Argo Rollouts `web` metrics
+/// (`successCondition: result.pass == true`). Always 200 with the verdict in `pass`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/gate",
+    tag = "gate",
+    params(GateParams),
+    responses(
+        (status = 200, description = "The verdict; `pass` says whether to promote", body = GateResult),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+    )
+)]
+pub async fn gate_get(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
+    params::only(&q, &GateQuery::PARAMS)?;
+    let query = GateQuery::parse(&q.0)?;
+    Ok(axum::Json(run(&st, &query).await?).into_response())
+}
+
+/// A Flagger webhook call; the gate's parameters come from its `metadata`.
+#[derive(serde::Deserialize, ToSchema)]
+#[allow(dead_code)]
+struct FlaggerWebhook {
+    name: Option<String>,
+    namespace: Option<String>,
+    phase: Option<String>,
+    /// The gate's parameters, as strings: `stage`, `window`, `max_findings`, ...
+    #[serde(default)]
+    metadata: HashMap<String, String>,
+}
+
+/// The gate as a Flagger webhook (`type: pre-rollout` or `rollout`): 200 when it passes, 412 with
+/// the same body when it does not, so that Flagger halts the rollout.
+#[utoipa::path(
+    post,
+    path = "/api/v1/gate/webhook",
+    tag = "gate",
+    request_body = FlaggerWebhook,
+    responses(
+        (status = 200, description = "Passed", body = GateResult),
+        (status = 412, description = "Did not pass", body = GateResult),
+        (status = 400, description = "Not a Flagger webhook payload, or bad metadata", body = ErrorBody),
+    )
+)]
+pub async fn gate_webhook(
+    State(st): State<ApiState>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let hook: FlaggerWebhook = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad("body", format!("not a Flagger webhook payload: {e}")))?;
+    let query = GateQuery::parse(&hook.metadata).map_err(|e| {
+        ApiError::BadParam(BadParam {
+            message: format!("{} (in metadata)", e.message),
+            ..e
+        })
+    })?;
+    let result = run(&st, &query).await?;
+    let status = if result.pass {
+        StatusCode::OK
+    } else {
+        StatusCode::PRECONDITION_FAILED
+    };
+    Ok((status, axum::Json(result)).into_response())
 }

@@ -9,11 +9,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::views::{FindingView, GraphView, SpanRef, StatsView, TraceView};
-use super::{ApiState, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::model::TraceId;
-use crate::store::{FindingQuery, StoreError, Window};
-use crate::verify::{Finding, Scope, Verdict};
+use crate::read::Reader;
+use crate::read::filter::{self, DEFAULT_LIMIT, FindingFilter, MAX_LIMIT};
+use crate::store::{StoreError, Window};
+use crate::verify::Finding;
+use crate::view::{FindingView, GraphView, SpanRef, StatsView, TraceView};
 
 pub mod pb {
     tonic::include_proto!("grayscope.v1");
@@ -27,13 +28,13 @@ const WATCH_QUEUE: usize = 256;
 const WATCH_GOODBYE: Duration = Duration::from_secs(10);
 
 pub struct QueryService {
-    state: ApiState,
+    reader: Reader,
     stop: CancellationToken,
 }
 
 /// The query service; `stop` ends every open watch (at shutdown).
-pub fn service(state: ApiState, stop: CancellationToken) -> QueryServer<QueryService> {
-    QueryServer::new(QueryService { state, stop })
+pub fn service(reader: Reader, stop: CancellationToken) -> QueryServer<QueryService> {
+    QueryServer::new(QueryService { reader, stop })
 }
 
 fn internal(e: StoreError) -> Status {
@@ -49,72 +50,29 @@ fn opt(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
 
-/// A filter checked once: the store query for listing, the matcher for watching.
-struct Filter {
-    kind: Option<Verdict>,
-    stage: Option<String>,
-    caller: Option<String>,
-    callee: Option<String>,
-    trace_id: Option<TraceId>,
-    scope: Option<Scope>,
-    first_break: Option<bool>,
+/// The request's filter, read with the same rules as the JSON API's query string.
+struct FilterParams(pb::FindingFilter);
+
+impl filter::Params for FilterParams {
+    fn get(&self, name: &str) -> Option<&str> {
+        let f = &self.0;
+        let v = match name {
+            "kind" => &f.kind,
+            "stage" => &f.stage,
+            "caller" => &f.caller,
+            "callee" => &f.callee,
+            "trace_id" => &f.trace_id,
+            "scope" => &f.scope,
+            "first_break" => return f.first_break.map(|b| if b { "true" } else { "false" }),
+            _ => return None,
+        };
+        opt(v)
+    }
 }
 
-impl Filter {
-    fn parse(f: Option<pb::FindingFilter>) -> Result<Filter, Status> {
-        let f = f.unwrap_or_default();
-        let kind = match opt(&f.kind) {
-            None => None,
-            Some(k) => Some(
-                Verdict::parse(k)
-                    .filter(|v| v.is_finding())
-                    .ok_or_else(|| bad("filter.kind", k, "a finding verdict"))?,
-            ),
-        };
-        let trace_id = match opt(&f.trace_id) {
-            None => None,
-            Some(t) => Some(
-                TraceId::from_hex(t).ok_or_else(|| bad("filter.trace_id", t, "32 hex digits"))?,
-            ),
-        };
-        let scope = match opt(&f.scope) {
-            None => None,
-            Some(s) => Some(
-                Scope::parse(s)
-                    .ok_or_else(|| bad("filter.scope", s, "cross_service or in_process"))?,
-            ),
-        };
-        Ok(Filter {
-            kind,
-            stage: opt(&f.stage).map(str::to_string),
-            caller: opt(&f.caller).map(str::to_string),
-            callee: opt(&f.callee).map(str::to_string),
-            trace_id,
-            scope,
-            first_break: f.first_break,
-        })
-    }
-
-    fn matches(&self, f: &FindingView) -> bool {
-        let stage = f
-            .caller
-            .as_ref()
-            .and_then(|c| c.stage.clone())
-            .or(f.callee.stage.clone());
-        self.kind.is_none_or(|k| k == f.kind)
-            && self.stage.as_deref().is_none_or(|s| match &stage {
-                None => s == "none",
-                Some(v) => **v == *s,
-            })
-            && self
-                .caller
-                .as_deref()
-                .is_none_or(|c| f.edge.caller.as_deref() == Some(c))
-            && self.callee.as_deref().is_none_or(|c| *f.edge.callee == *c)
-            && self.trace_id.is_none_or(|t| t == f.trace_id)
-            && self.scope.is_none_or(|s| s == f.scope)
-            && self.first_break.is_none_or(|b| b == f.first_break)
-    }
+fn parse_filter(f: Option<pb::FindingFilter>) -> Result<FindingFilter, Status> {
+    FindingFilter::parse(&FilterParams(f.unwrap_or_default()))
+        .map_err(|e| Status::invalid_argument(format!("filter.{}: {}", e.name, e.message)))
 }
 
 fn window(since: i64, until: i64) -> Result<Window, Status> {
@@ -262,7 +220,7 @@ impl pb::query_server::Query for QueryService {
         req: Request<pb::ListFindingsRequest>,
     ) -> Result<Response<pb::ListFindingsResponse>, Status> {
         let r = req.into_inner();
-        let f = Filter::parse(r.filter)?;
+        let f = parse_filter(r.filter)?;
         let w = window(r.since_unix_ms, r.until_unix_ms)?;
         let limit = match r.limit as usize {
             0 => DEFAULT_LIMIT,
@@ -279,21 +237,8 @@ impl pb::query_server::Query for QueryService {
             ),
         };
         let page = self
-            .state
-            .store
-            .findings(FindingQuery {
-                kind: f.kind,
-                stage: f.stage,
-                caller: f.caller,
-                callee: f.callee,
-                trace_id: f.trace_id,
-                scope: f.scope,
-                first_break: f.first_break,
-                since_ms: w.since_ms,
-                until_ms: w.until_ms,
-                before,
-                limit,
-            })
+            .reader
+            .findings(f.query(w, before, limit))
             .await
             .map_err(internal)?;
         Ok(Response::new(pb::ListFindingsResponse {
@@ -310,7 +255,7 @@ impl pb::query_server::Query for QueryService {
         let trace_id =
             TraceId::from_hex(&id).ok_or_else(|| bad("trace_id", &id, "32 hex digits"))?;
         let view = self
-            .state
+            .reader
             .trace(trace_id)
             .await
             .map_err(internal)?
@@ -324,17 +269,8 @@ impl pb::query_server::Query for QueryService {
     ) -> Result<Response<pb::ServiceGraph>, Status> {
         let r = req.into_inner();
         let w = window(r.since_unix_ms, r.until_unix_ms)?;
-        let g = self.state.store.graph(w).await.map_err(internal)?;
-        let sym = self.state.aggregate.symbols();
-        let stage = match opt(&r.stage) {
-            None => None,
-            Some("none") => Some(None),
-            Some(s) => match sym.values.get(s) {
-                Some(v) => Some(Some(v)),
-                None => return Ok(Response::new(pb::ServiceGraph::default())),
-            },
-        };
-        let view = GraphView::of(&g, stage, opt(&r.stage).map(str::to_string), sym);
+        let g = self.reader.graph(w).await.map_err(internal)?;
+        let view = self.reader.graph_view(&g, opt(&r.stage));
         Ok(Response::new(graph(&view)))
     }
 
@@ -344,10 +280,10 @@ impl pb::query_server::Query for QueryService {
         &self,
         req: Request<pb::WatchFindingsRequest>,
     ) -> Result<Response<Self::WatchFindingsStream>, Status> {
-        let filter = Filter::parse(req.into_inner().filter)?;
-        let rx = self.state.aggregate.watch();
+        let filter = parse_filter(req.into_inner().filter)?;
+        let rx = self.reader.watch();
         let (tx, out) = mpsc::channel(WATCH_QUEUE);
-        let sym = self.state.aggregate.symbols().clone();
+        let sym = self.reader.symbols().clone();
         tokio::spawn(watch(rx, tx, filter, sym, self.stop.clone()));
         Ok(Response::new(ReceiverStream::new(out)))
     }
@@ -357,7 +293,7 @@ impl pb::query_server::Query for QueryService {
 async fn watch(
     mut rx: broadcast::Receiver<Arc<Finding>>,
     tx: mpsc::Sender<Result<pb::Finding, Status>>,
-    filter: Filter,
+    filter: FindingFilter,
     sym: Arc<crate::intern::Symbols>,
     stop: CancellationToken,
 ) {

@@ -4,11 +4,11 @@
 
 use prost::Message;
 
-use crate::api::views::{TraceEdgeView, TraceSpanView, TraceView};
 use crate::assemble::TraceSnapshot;
 use crate::intern::Symbols;
 use crate::model::{SpanId, SpanKind, StatusCode, TraceId};
 use crate::verify::{Scope, Verdict};
+use crate::view::{TraceEdgeView, TraceSpanView, TraceView};
 
 #[derive(Clone, PartialEq, Message)]
 pub struct StoredTrace {

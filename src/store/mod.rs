@@ -37,10 +37,10 @@ pub use read::{FindingPage, FindingQuery, StageTraces, Window};
 pub use schema::{MIGRATIONS, MigrateError};
 pub use stats::Tally;
 
-use crate::api::views::{EdgeSeriesView, ServiceView, TraceView};
 use crate::assemble::Finalised;
 use crate::intern::Symbols;
 use crate::model::TraceId;
+use crate::view::{EdgeSeriesView, ServiceView, TraceView};
 use stats::Stats;
 
 /// File name of the database inside `--data`.

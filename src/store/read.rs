@@ -9,14 +9,14 @@ use rusqlite::{Connection, Row, params, params_from_iter};
 use super::names::{NameKind, Names};
 use super::write::{CALL, scope_code, scope_of, trace_key};
 use crate::aggregate::{Count, ServiceGraph, StageStats};
-use crate::api::views::{
-    EdgeSeriesView, FindingView, HopView, InstanceView, MinuteView, ServiceView, SpanRef, rfc3339,
-};
 use crate::intern::Symbols;
 use crate::model::Sym;
 use crate::model::{SpanId, SpanKind, TraceId};
 use crate::verify::NodeKey;
 use crate::verify::{Scope, Verdict};
+use crate::view::{
+    EdgeSeriesView, FindingView, HopView, InstanceView, MinuteView, ServiceView, SpanRef, rfc3339,
+};
 
 /// Which findings to read; every field narrows. Names are matched exactly.
 #[derive(Clone, Debug, Default)]
@@ -48,7 +48,7 @@ pub struct FindingPage {
 const FINDING_COLUMNS: &str =
     "id, observed_ms, trace_id, kind, scope, first_break, edge_caller, edge_callee,
     p_service, p_span, p_name, p_kind, p_stage, p_instance,
-    c_service, c_span, c_name, c_kind, c_stage, c_instance, detail";
+    c_service, c_span, c_name, c_kind, c_stage, c_instance, detail, stage";
 
 pub fn findings(
     conn: &Connection,
@@ -203,6 +203,7 @@ fn finding_row(r: &Row<'_>, names: &Names) -> rusqlite::Result<(i64, FindingView
                 callee: names.name(r.get(7)?),
             },
             detail: r.get(20)?,
+            stage: r.get::<_, Option<i64>>(21)?.map(|i| names.name(i)),
             observed_at: rfc3339(r.get::<_, i64>(1)? as u64),
         },
     ))

@@ -10,7 +10,6 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::codec;
 use super::names::{NameKind, NameWriter, Names, SymIds};
-use crate::aggregate::finding_stage;
 use crate::assemble::Finalised;
 use crate::intern::Symbols;
 use crate::model::{SpanRecord, Sym, TraceId};
@@ -173,7 +172,7 @@ pub fn write(
             for x in &o.findings {
                 let p = x.caller.as_ref().map(|p| ids.span(p)).transpose()?;
                 let c = ids.span(&x.callee)?;
-                let stage = ids.stage(finding_stage(x))?;
+                let stage = ids.stage(x.stage())?;
                 let edge_caller = x.hop.caller.map(|n| ids.node(n)).transpose()?;
                 let edge_callee = ids.node(x.hop.callee)?;
                 finding.execute(params![

@@ -25,7 +25,7 @@ fn dropped(store: &Store, reason: Reason) -> Tally {
         .map_or(Tally::default(), |(_, t)| t)
 }
 
-async fn findings(store: &Store) -> Vec<crate::api::views::FindingView> {
+async fn findings(store: &Store) -> Vec<crate::view::FindingView> {
     store
         .findings(FindingQuery {
             limit: 1000,

@@ -54,6 +54,12 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// The stage this finding concerns: the one the caller sent, else the one the judged span
+    /// has. Metrics, the store and every filter count a finding under it.
+    pub fn stage(&self) -> Option<Sym> {
+        self.caller.and_then(|c| c.stage).or(self.callee.stage)
+    }
+
     /// One sentence on what most likely went wrong at this hop.
     pub fn detail(&self, sym: &Symbols) -> String {
         let svc = |s: &SpanRecord| sym.services.resolve(s.service);

@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use super::esc;
 use super::layout::{NODE_H, layout};
-use crate::api::views::{EdgeView, GraphView};
+use crate::view::{EdgeView, GraphView};
 
 /// How an edge (or node) is doing, by its share of first-break findings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -75,6 +75,9 @@ pub struct FindingView {
     /// The service-graph edge this finding is counted on.
     pub edge: HopView,
     pub detail: String,
+    /// The stage the finding concerns ([`Finding::stage`]): what a stage filter matches.
+    #[serde(skip)]
+    pub stage: Option<Arc<str>>,
     pub observed_at: String,
 }
 
@@ -93,6 +96,7 @@ impl FindingView {
                 callee: f.hop.callee.name(sym),
             },
             detail: f.detail(sym),
+            stage: f.stage().map(|v| sym.values.resolve(v)),
             observed_at: rfc3339(f.observed_at_ms),
         }
     }

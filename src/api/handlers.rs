@@ -1,0 +1,179 @@
+//! The JSON API's endpoints, each documented for the OpenAPI document by its `#[utoipa::path]`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::params::{self, FindingParams, Params, WindowParams};
+use super::{ApiError, ApiState, ErrorBody};
+use crate::model::TraceId;
+use crate::read::filter::{self, FindingFilter};
+use crate::telemetry;
+use crate::view::{self, GraphView, TraceView};
+
+/// Findings, newest first, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/findings",
+    tag = "findings",
+    params(FindingParams),
+    responses(
+        (status = 200, description = "A page of findings, newest first", body = view::FindingsPage),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
+pub async fn findings(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
+    let known: Vec<&str> = FindingFilter::PARAMS
+        .into_iter()
+        .chain(["since", "until", "limit", "cursor"])
+        .collect();
+    params::only(&q, &known)?;
+    let query = FindingFilter::parse(&q.0)?.query(
+        filter::window(&q.0)?,
+        filter::cursor(&q.0)?,
+        filter::limit(&q.0)?,
+    );
+    let page = st.reader.findings(query).await?;
+    Ok(axum::Json(view::FindingsPage {
+        findings: page.findings,
+        next: page.next.map(|n| n.to_string()),
+    })
+    .into_response())
+}
+
+/// The service graph of a time window (default: everything stored).
+#[utoipa::path(
+    get,
+    path = "/api/v1/graph",
+    tag = "graph",
+    params(WindowParams),
+    responses(
+        (status = 200, description = "Services and the calls between them, with verdict counts", body = GraphView),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+    )
+)]
+pub async fn graph(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
+    params::only(&q, &params::WINDOW)?;
+    let g = st.reader.graph(filter::window(&q.0)?).await?;
+    Ok(axum::Json(st.reader.graph_view(&g, params::get(&q, "stage"))).into_response())
+}
+
+/// Every service seen, with its instance stages.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services",
+    tag = "graph",
+    responses((status = 200, description = "Services by name", body = view::ServicesPage))
+)]
+pub async fn services(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
+    params::only(&q, &[])?;
+    let services = st.reader.services().await?;
+    Ok(axum::Json(view::ServicesPage { services }).into_response())
+}
+
+/// One edge of the graph over time: counts per minute and example traces.
+#[utoipa::path(
+    get,
+    path = "/api/v1/edges/{caller}/{callee}",
+    tag = "graph",
+    params(
+        ("caller" = String, Path, description = "Service the calls come from"),
+        ("callee" = String, Path, description = "Service (or uninstrumented callee) they go to"),
+        WindowParams,
+    ),
+    responses(
+        (status = 200, description = "Per-minute counts, oldest first", body = view::EdgeSeriesView),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 404, description = "Either service is unknown", body = ErrorBody),
+    )
+)]
+pub async fn edge(
+    State(st): State<ApiState>,
+    Path((caller, callee)): Path<(String, String)>,
+    q: Params,
+) -> Result<Response, ApiError> {
+    params::only(&q, &params::WINDOW)?;
+    let w = filter::window(&q.0)?;
+    let stage = params::get(&q, "stage").map(str::to_string);
+    match st
+        .reader
+        .edge_series(caller.clone(), callee.clone(), stage, w)
+        .await?
+    {
+        Some(view) => Ok(axum::Json(view).into_response()),
+        None => Err(ApiError::NotFound(format!(
+            "no edge {caller} -> {callee}: grayscope has not seen both services"
+        ))),
+    }
+}
+
+/// One trace: its spans with both stages, every edge's verdict, and its findings; from memory
+/// while it is assembled, from the store afterwards.
+#[utoipa::path(
+    get,
+    path = "/api/v1/traces/{trace_id}",
+    tag = "traces",
+    params(("trace_id" = String, Path, description = "32 hex digits")),
+    responses(
+        (status = 200, description = "The trace", body = TraceView),
+        (status = 400, description = "Not a trace id", body = ErrorBody),
+        (status = 404, description = "Unknown trace", body = ErrorBody),
+    )
+)]
+pub async fn trace(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let trace_id = TraceId::from_hex(&id).ok_or_else(|| {
+        ApiError::bad("trace_id", format!("'{id}' is not a 32-digit hex trace id"))
+    })?;
+    match st.reader.trace(trace_id).await? {
+        Some(view) => Ok(axum::Json(view).into_response()),
+        None => Err(ApiError::NotFound(format!(
+            "trace {trace_id} is unknown: it was never received, or it had no findings and was not sampled (--sample-clean), or it is past --retention"
+        ))),
+    }
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3 document of this API", content_type = "application/json"))
+)]
+pub async fn openapi_json(
+    axum::Extension(doc): axum::Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Response {
+    axum::Json(doc.as_ref().clone()).into_response()
+}
+
+/// Liveness.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", content_type = "application/json"))
+)]
+pub async fn healthz() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+/// grayscope's own metrics, in OpenMetrics text.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text"))
+)]
+pub async fn metrics(State(st): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, telemetry::CONTENT_TYPE)],
+        st.telemetry.encode(),
+    )
+        .into_response()
+}
