@@ -22,12 +22,13 @@ use crate::config::ServeConfig;
 use crate::demo;
 use crate::instances::{Clock, Instances};
 use crate::intern::{SymbolLimits, Symbols};
-use crate::listen::{self, Timeouts};
+use crate::listen::{self, ListenMetrics, Timeouts};
 use crate::read::Reader;
-use crate::receive::{self, Decoder, Ingest, RequestLimits};
+use crate::receive::{self, Decoder, Ingest, IngestMetrics, RequestLimits};
+use crate::shard::WorkerMetrics;
 use crate::shard::{Shards, WorkerSetup};
 use crate::store::{DirLock, Store, StoreConfig, StoreTask, Tally};
-use crate::telemetry::{Sources, Telemetry};
+use crate::telemetry::{self, Telemetry};
 use crate::verify::Policy;
 use crate::web;
 
@@ -124,14 +125,16 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let telemetry = Arc::new(Telemetry::new(
-        symbols.clone(),
-        Some(Sources {
-            aggregate: aggregate.clone(),
-            store: store.clone(),
-            budget: budget.clone(),
-        }),
-    ));
+    // Each subsystem registers what it counts; after this, the registry is only read.
+    let mut registry = telemetry::registry();
+    let ingest_metrics = Arc::new(IngestMetrics::register(&mut registry));
+    let worker_metrics = Arc::new(WorkerMetrics::register(&mut registry));
+    let listen_metrics = ListenMetrics::register(&mut registry);
+    crate::intern::register_metrics(&symbols, &mut registry);
+    crate::aggregate::register_metrics(&aggregate, &mut registry);
+    store.register_metrics(&mut registry);
+    budget.register_metrics(&mut registry);
+    let telemetry = Arc::new(Telemetry::new(registry));
     let (shards, workers) = Shards::spawn(WorkerSetup {
         workers: cfg.workers,
         queue_spans: cfg.queue_spans,
@@ -145,7 +148,7 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         instances: instances.clone(),
         aggregate: aggregate.clone(),
         store: store.clone(),
-        telemetry: telemetry.clone(),
+        metrics: worker_metrics,
         clock,
     });
     let ingest = Arc::new(Ingest {
@@ -157,7 +160,7 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
             &cfg.verify.instance_stage_key,
         ),
         shards: shards.clone(),
-        telemetry: telemetry.clone(),
+        metrics: ingest_metrics,
     });
 
     let addrs = (
@@ -179,12 +182,13 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
             max_concurrent: cfg.max_concurrent_requests,
         },
         Some(api::grpc::service(reader.clone(), receivers_stop.clone())),
+        &listen_metrics,
         receivers_stop.clone(),
     );
     let api = listen::serve_http(
         listeners.http,
         http_router(reader, telemetry.clone()),
-        Timeouts::new(&telemetry, "http", cfg.read_timeout.0),
+        Timeouts::new(&listen_metrics, "http", cfg.read_timeout.0),
         api_stop.clone(),
     );
 
@@ -224,16 +228,17 @@ pub fn serve_receivers(
     http: TcpListener,
     limits: RequestLimits,
     query: Option<api::grpc::QueryServer<api::grpc::QueryService>>,
+    listen_metrics: &ListenMetrics,
     stop: CancellationToken,
 ) -> Vec<JoinHandle<anyhow::Result<()>>> {
-    let telemetry = ingest.telemetry.clone();
-    let grpc_timeouts = Timeouts::new(&telemetry, "otlp_grpc", limits.read_timeout);
-    let http_timeouts = Timeouts::new(&telemetry, "otlp_http", limits.read_timeout);
+    let metrics = ingest.metrics.clone();
+    let grpc_timeouts = Timeouts::new(listen_metrics, "otlp_grpc", limits.read_timeout);
+    let http_timeouts = Timeouts::new(listen_metrics, "otlp_http", limits.read_timeout);
     let gate = receive::Gate::new(&limits);
     // Layers added later sit inside: the status mapping sees the read timeout's answer.
     let grpc = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(move |r| {
-            receive::grpc::otlp_status::<tonic::body::Body>(&telemetry, r)
+            receive::grpc::otlp_status::<tonic::body::Body>(&metrics, r)
         }))
         .layer(receive::grpc::GateLayer(gate.clone()))
         .add_service(receive::grpc::service(ingest.clone(), limits.max_bytes))

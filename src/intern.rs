@@ -15,8 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use foldhash::fast::RandomState;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::model::Sym;
+use crate::telemetry::Registry;
 
 /// What an overflowing string becomes; it is always symbol 1 of every interner.
 pub const OTHER: &str = "(other)";
@@ -172,6 +177,51 @@ impl<'a> RequestCache<'a> {
             .seen
             .entry(s)
             .or_insert_with(|| self.interner.intern(s))
+    }
+}
+
+/// The interners' sizes and overflows, read at scrape time.
+pub fn register_metrics(symbols: &Arc<Symbols>, r: &mut Registry) {
+    r.register_collector(Box::new(InternerCollector(symbols.clone())));
+}
+
+/// Interner sizes and overflows, read at scrape time.
+#[derive(Debug)]
+struct InternerCollector(Arc<Symbols>);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: &'static str,
+}
+
+impl Collector for InternerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let tables = [
+            ("services", &self.0.services),
+            ("span_names", &self.0.names),
+            ("values", &self.0.values),
+        ];
+        let g = ConstGauge::new(0i64);
+        let mut m = encoder.encode_descriptor(
+            "interned_strings",
+            "Distinct strings interned, by table (bounded; see grayscope_interned_overflow_total)",
+            None,
+            g.metric_type(),
+        )?;
+        for (table, i) in tables {
+            ConstGauge::new(i.len() as i64).encode(m.encode_family(&TableLabels { table })?)?;
+        }
+        let c = ConstCounter::new(0u64);
+        let mut m = encoder.encode_descriptor(
+            "interned_overflow",
+            "Strings folded into '(other)' because their table was full",
+            None,
+            c.metric_type(),
+        )?;
+        for (table, i) in tables {
+            ConstCounter::new(i.overflowed()).encode(m.encode_family(&TableLabels { table })?)?;
+        }
+        Ok(())
     }
 }
 

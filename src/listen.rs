@@ -29,7 +29,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::telemetry::{ListenerLabels, Telemetry};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+
+use crate::telemetry::Registry;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -41,6 +44,35 @@ const PREFACE_POLL: Duration = Duration::from_millis(10);
 /// descriptors, say): retrying at once would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+/// Connections closed for sending no request (head) within the read timeout, by listener.
+#[derive(Clone, Default)]
+pub struct ListenMetrics {
+    connection_timeouts: Family<ListenerLabels, Counter>,
+}
+
+impl ListenMetrics {
+    pub fn register(r: &mut Registry) -> Self {
+        let m = ListenMetrics::default();
+        r.register(
+            "connection_timeouts",
+            "Connections closed because no request, or no complete HTTP/1.1 request head, arrived within --read-timeout (idle HTTP/1.1 keep-alive connections included)",
+            m.connection_timeouts.clone(),
+        );
+        // At zero from the start, so that a rate is 0 rather than absent.
+        for listener in ["otlp_grpc", "otlp_http", "http"] {
+            m.connection_timeouts
+                .get_or_create(&ListenerLabels { listener })
+                .inc_by(0);
+        }
+        m
+    }
+}
+
 /// One listener's time limit and the counter of the connections it closed for it.
 #[derive(Clone, Debug)]
 pub struct Timeouts {
@@ -51,8 +83,8 @@ pub struct Timeouts {
 
 impl Timeouts {
     /// `listener` names it in logs and in the counter's label: `otlp_grpc`, `otlp_http` or `http`.
-    pub fn new(telemetry: &Telemetry, listener: &'static str, read_timeout: Duration) -> Self {
-        let closed = telemetry
+    pub fn new(metrics: &ListenMetrics, listener: &'static str, read_timeout: Duration) -> Self {
+        let closed = metrics
             .connection_timeouts
             .get_or_create(&ListenerLabels { listener })
             .clone();

@@ -18,6 +18,10 @@ use crate::config::ServeConfig;
 use crate::intern::SymbolLimits;
 use crate::model::{SpanRecord, TraceId};
 use crate::receive::decode::{MAX_NAME_LEN, MAX_SERVICE_LEN, MAX_VALUE_LEN};
+use crate::telemetry::Registry;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
 
 /// Code, runtime, threads, the store's page caches (five connections of 2 MiB), the watch buffer.
 pub const FIXED: u64 = 64 << 20;
@@ -121,6 +125,48 @@ impl Budget {
 
     pub fn total(&self) -> u64 {
         self.parts.iter().map(|p| p.bytes).sum()
+    }
+}
+
+impl Budget {
+    /// `grayscope_memory_budget_bytes{part}` and `grayscope_process_resident_bytes`.
+    pub fn register_metrics(&self, r: &mut Registry) {
+        r.register_collector(Box::new(MemoryCollector(self.clone())));
+    }
+}
+
+/// The memory budget next to what the process holds, so that an alert can compare them.
+#[derive(Debug)]
+struct MemoryCollector(Budget);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartLabels {
+    part: &'static str,
+}
+
+impl Collector for MemoryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let g = ConstGauge::new(0i64);
+        let mut m = encoder.encode_descriptor(
+            "memory_budget_bytes",
+            "The most memory grayscope holds, by part, derived from its flags (README: Memory budget)",
+            None,
+            g.metric_type(),
+        )?;
+        for p in &self.0.parts {
+            ConstGauge::new(p.bytes as i64)
+                .encode(m.encode_family(&PartLabels { part: p.name })?)?;
+        }
+        if let Some(rss) = resident_bytes() {
+            let g = ConstGauge::new(rss as i64);
+            g.encode(encoder.encode_descriptor(
+                "process_resident_bytes",
+                "Resident memory of this process",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+        Ok(())
     }
 }
 

@@ -10,9 +10,10 @@ use common::*;
 use grayscope::app::serve_receivers;
 use grayscope::instances::{Clock, Instances};
 use grayscope::intern::{SymbolLimits, Symbols};
+use grayscope::listen::ListenMetrics;
 use grayscope::loadgen::{RawClient, Wire};
 use grayscope::model::SpanKind;
-use grayscope::receive::{Decoder, Ingest, RequestLimits};
+use grayscope::receive::{Decoder, Ingest, IngestMetrics, RequestLimits};
 use grayscope::shard::{LaneReceiver, Shards};
 use grayscope::telemetry::Telemetry;
 use grayscope::testkit::RequestBuilder;
@@ -114,7 +115,10 @@ struct Receivers {
 
 async fn receivers(queue_spans: usize) -> Receivers {
     let symbols = Arc::new(Symbols::new(&SymbolLimits::default()));
-    let telemetry = Arc::new(Telemetry::new(symbols.clone(), None));
+    let mut registry = grayscope::telemetry::registry();
+    let metrics = Arc::new(IngestMetrics::register(&mut registry));
+    let listen = ListenMetrics::register(&mut registry);
+    let telemetry = Arc::new(Telemetry::new(registry));
     let (shards, lanes) = Shards::unattended(1, queue_spans);
     let ingest = Arc::new(Ingest {
         decoder: Decoder::new(
@@ -125,7 +129,7 @@ async fn receivers(queue_spans: usize) -> Receivers {
             "deployment.stage",
         ),
         shards,
-        telemetry: telemetry.clone(),
+        metrics,
     });
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -136,7 +140,7 @@ async fn receivers(queue_spans: usize) -> Receivers {
         read_timeout: std::time::Duration::from_secs(10),
         max_concurrent: 4,
     };
-    serve_receivers(ingest, grpc, http, limits, None, stop.clone());
+    serve_receivers(ingest, grpc, http, limits, None, &listen, stop.clone());
     Receivers {
         grpc: RawClient::new(Wire::Grpc, ga),
         http: RawClient::new(Wire::Http, ha),

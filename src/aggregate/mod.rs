@@ -4,6 +4,7 @@
 //! one lock here is taken a few hundred times a second, not per span; readers (the API) take it
 //! briefly to copy what they need.
 
+mod collector;
 pub mod graph;
 pub mod metrics;
 
@@ -164,6 +165,8 @@ impl RecentTraces {
         }
     }
 }
+
+pub use collector::register as register_metrics;
 
 #[cfg(test)]
 mod tests;

@@ -14,9 +14,9 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::IngestMetrics;
 use super::{Admission, BUSY_MESSAGE, Gate, Ingest, Outcome, Protocol, RETRY_AFTER_SECS};
 use crate::shard::SubmitError;
-use crate::telemetry::{RequestLabels, Telemetry};
 
 pub struct GrpcReceiver {
     ingest: Arc<Ingest>,
@@ -57,7 +57,7 @@ impl TraceService for GrpcReceiver {
 /// them, on the way out, to what the OTLP specification asks for, and counts them:
 /// RESOURCE_EXHAUSTED without RetryInfo (not retryable) and INVALID_ARGUMENT. It also counts the
 /// read timeouts of [`GateService`].
-pub fn otlp_status<B>(telemetry: &Telemetry, mut resp: http::Response<B>) -> http::Response<B> {
+pub fn otlp_status<B>(metrics: &IngestMetrics, mut resp: http::Response<B>) -> http::Response<B> {
     let Some(status) = Status::from_header_map(resp.headers()) else {
         return resp;
     };
@@ -83,13 +83,7 @@ pub fn otlp_status<B>(telemetry: &Telemetry, mut resp: http::Response<B>) -> htt
         Code::Unavailable if msg == BUSY_MESSAGE => (Code::Unavailable, Outcome::Refused),
         _ => return resp,
     };
-    telemetry
-        .requests
-        .get_or_create(&RequestLabels {
-            protocol: Protocol::Grpc.as_str(),
-            outcome: outcome.as_str(),
-        })
-        .inc();
+    metrics.request(Protocol::Grpc, outcome);
     resp.headers_mut()
         .insert("grpc-status", http::HeaderValue::from(code as i32));
     resp

@@ -7,6 +7,7 @@
 pub mod decode;
 pub mod grpc;
 pub mod http;
+mod metrics;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +17,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 
 pub use decode::{Decoded, Decoder, Reject};
+pub use metrics::IngestMetrics;
 
 use crate::shard::{Shards, SubmitError};
-use crate::telemetry::{ProtocolLabels, RejectLabels, RequestLabels, Telemetry};
 
 /// How long a refused sender is asked to wait before retrying.
 pub const RETRY_AFTER_SECS: u64 = 1;
@@ -138,7 +139,7 @@ impl Outcome {
 pub struct Ingest {
     pub decoder: Decoder,
     pub shards: Shards,
-    pub telemetry: Arc<Telemetry>,
+    pub metrics: Arc<IngestMetrics>,
 }
 
 impl Ingest {
@@ -150,15 +151,8 @@ impl Ingest {
         protocol: Protocol,
     ) -> Result<Option<ExportTracePartialSuccess>, SubmitError> {
         let decoded = self.decoder.decode(req, self.shards.len());
-        let t = &self.telemetry;
-        let p = protocol.as_str();
         for &(reason, n) in &decoded.reasons {
-            t.rejected_spans
-                .get_or_create(&RejectLabels {
-                    protocol: p,
-                    reason: reason.as_str(),
-                })
-                .inc_by(n as u64);
+            self.metrics.rejected(protocol, reason.as_str(), n as u64);
         }
         let partial = (decoded.rejected > 0).then(|| ExportTracePartialSuccess {
             rejected_spans: decoded.rejected as i64,
@@ -166,15 +160,11 @@ impl Ingest {
         });
         let accepted = decoded.accepted as u64;
         if let Err(e) = self.shards.submit(decoded.batches) {
-            t.refused_spans
-                .get_or_create(&ProtocolLabels { protocol: p })
-                .inc_by(accepted);
+            self.metrics.refused(protocol, accepted);
             self.count(protocol, Outcome::Refused);
             return Err(e);
         }
-        t.accepted_spans
-            .get_or_create(&ProtocolLabels { protocol: p })
-            .inc_by(accepted);
+        self.metrics.accepted(protocol, accepted);
         self.count(
             protocol,
             if partial.is_some() {
@@ -187,12 +177,6 @@ impl Ingest {
     }
 
     pub fn count(&self, protocol: Protocol, outcome: Outcome) {
-        self.telemetry
-            .requests
-            .get_or_create(&RequestLabels {
-                protocol: protocol.as_str(),
-                outcome: outcome.as_str(),
-            })
-            .inc();
+        self.metrics.request(protocol, outcome);
     }
 }

@@ -11,6 +11,7 @@
 pub mod codec;
 mod failure;
 mod lock;
+mod metrics;
 mod names;
 mod read;
 mod retention;

@@ -5,10 +5,11 @@
 //! refused with a retryable error. Room is counted in spans (a semaphore per worker, released when the
 //! worker has processed the batch), which bounds queue memory whatever the request sizes.
 
+mod metrics;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -17,8 +18,9 @@ use crate::assemble::{AssembleStats, Assembler, AssemblerConfig, TraceSnapshot};
 use crate::instances::{Clock, Instances};
 use crate::model::{SpanBatch, TraceId};
 use crate::store::Store;
-use crate::telemetry::{Telemetry, WorkerLabels};
 use crate::verify::Policy;
+use metrics::WorkerGauges;
+pub use metrics::WorkerMetrics;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SubmitError {
@@ -57,7 +59,7 @@ pub struct WorkerSetup {
     pub instances: Arc<Instances>,
     pub aggregate: Arc<Aggregate>,
     pub store: Store,
-    pub telemetry: Arc<Telemetry>,
+    pub metrics: Arc<WorkerMetrics>,
     pub clock: Clock,
 }
 
@@ -76,11 +78,11 @@ impl Shards {
             );
             let w = Worker {
                 index: i,
-                gauges: WorkerGauges::new(&setup.telemetry, i),
+                gauges: setup.metrics.gauges(i),
                 asm,
                 aggregate: setup.aggregate.clone(),
                 store: setup.store.clone(),
-                telemetry: setup.telemetry.clone(),
+                metrics: setup.metrics.clone(),
                 clock: setup.clock,
                 room: room.clone(),
                 capacity: setup.queue_spans,
@@ -214,35 +216,13 @@ impl LaneReceiver {
     }
 }
 
-/// A worker's own gauges, looked up once.
-struct WorkerGauges {
-    spans: Gauge,
-    traces: Gauge,
-    bytes: Gauge,
-    queued: Gauge,
-}
-
-impl WorkerGauges {
-    fn new(t: &Telemetry, worker: usize) -> Self {
-        let l = WorkerLabels {
-            worker: worker.to_string(),
-        };
-        WorkerGauges {
-            spans: t.buffered_spans.get_or_create(&l).clone(),
-            traces: t.buffered_traces.get_or_create(&l).clone(),
-            bytes: t.buffered_bytes.get_or_create(&l).clone(),
-            queued: t.queued_spans.get_or_create(&l).clone(),
-        }
-    }
-}
-
 struct Worker {
     index: usize,
     gauges: WorkerGauges,
     asm: Assembler,
     aggregate: Arc<Aggregate>,
     store: Store,
-    telemetry: Arc<Telemetry>,
+    metrics: Arc<WorkerMetrics>,
     clock: Clock,
     room: Arc<Semaphore>,
     capacity: usize,
@@ -313,7 +293,7 @@ impl Worker {
 
     fn publish(&self, published: &mut AssembleStats) {
         let now = self.asm.stats();
-        self.telemetry.add_assembly(published, &now);
+        self.metrics.add_assembly(published, &now);
         *published = now;
         let g = &self.gauges;
         g.spans.set(self.asm.buffered_spans() as i64);
