@@ -12,7 +12,8 @@ use grayscope::instances::{Clock, Instances};
 use grayscope::intern::{SymbolLimits, Symbols};
 use grayscope::loadgen::{Template, Wire};
 use grayscope::receive::Decoder;
-use grayscope::store::{DB_FILE, DirLock, Store, StoreConfig};
+use grayscope::store::sqlite::DB_FILE;
+use grayscope::store::{DirLock, SqliteStore, Store, StoreConfig};
 use grayscope::verify::Policy;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
@@ -75,20 +76,17 @@ fn main() {
             retention: Duration::from_secs(3600),
             max_bytes: u64::MAX,
         };
-        let (store, task) =
-            Store::open(&cfg, DirLock::acquire(dir.path()).expect("locked"), symbols)
-                .expect("store opens");
+        let store = SqliteStore::open(&cfg, DirLock::acquire(dir.path()).expect("locked"), symbols)
+            .expect("store opens");
         let t = Instant::now();
         for b in batches {
             store.submit(b).await.expect("submitted");
         }
         store.flush().await.expect("written");
         let elapsed = t.elapsed();
-        task.stop(
-            &store,
-            tokio::time::Instant::now() + Duration::from_secs(60),
-        )
-        .await;
+        store
+            .stop(tokio::time::Instant::now() + Duration::from_secs(60))
+            .await;
         elapsed
     });
     let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).expect("the store opens");

@@ -27,7 +27,7 @@ use crate::read::Reader;
 use crate::receive::{self, Decoder, Ingest, IngestMetrics, RequestLimits};
 use crate::shard::WorkerMetrics;
 use crate::shard::{Shards, WorkerSetup};
-use crate::store::{DirLock, Store, StoreConfig, StoreTask, Tally};
+use crate::store::{DirLock, SharedStore, SqliteStore, StoreConfig, Tally};
 use crate::telemetry::{self, Telemetry};
 use crate::verify::Policy;
 use crate::web;
@@ -67,8 +67,7 @@ pub struct Collector {
     pub http: SocketAddr,
     pub aggregate: Arc<Aggregate>,
     pub telemetry: Arc<Telemetry>,
-    pub store: Store,
-    store_task: StoreTask,
+    pub store: SharedStore,
     shards: Shards,
     shutdown_grace: Duration,
     receivers_stop: CancellationToken,
@@ -103,7 +102,7 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
             ..AggregateConfig::default()
         },
     ));
-    let (store, store_task) = Store::open(
+    let store: SharedStore = Arc::new(SqliteStore::open(
         &StoreConfig {
             queue_spans: cfg.store_queue_spans,
             flush_interval: cfg.flush_interval.0,
@@ -112,8 +111,8 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         },
         listeners.data,
         symbols.clone(),
-    )?;
-    tracing::info!("store: {}", store.path().display());
+    )?);
+    tracing::info!("store: {}", store.location());
     let budget = crate::memory::Budget::of(cfg);
     tracing::info!(
         "memory budget: {} MiB at most ({})",
@@ -132,7 +131,7 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
     let listen_metrics = ListenMetrics::register(&mut registry);
     crate::intern::register_metrics(&symbols, &mut registry);
     crate::aggregate::register_metrics(&aggregate, &mut registry);
-    store.register_metrics(&mut registry);
+    crate::store::register_metrics(&store, &mut registry);
     budget.register_metrics(&mut registry);
     let telemetry = Arc::new(Telemetry::new(registry));
     let (shards, workers) = Shards::spawn(WorkerSetup {
@@ -200,7 +199,6 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
         aggregate,
         telemetry,
         store,
-        store_task,
         shards,
         shutdown_grace: cfg.shutdown_grace.0,
         receivers_stop,
@@ -305,7 +303,7 @@ impl Collector {
                 w.await?;
             }
         }
-        let unwritten = self.store_task.stop(&self.store, deadline).await;
+        let unwritten = self.store.stop(deadline).await;
         self.api_stop.cancel();
         self.api.await?;
         Ok(unwritten)

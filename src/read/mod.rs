@@ -14,7 +14,7 @@ use crate::aggregate::{Aggregate, ServiceGraph};
 use crate::intern::Symbols;
 use crate::model::TraceId;
 use crate::shard::Shards;
-use crate::store::{FindingPage, FindingQuery, StageTraces, Store, StoreError, Window};
+use crate::store::{FindingPage, FindingQuery, SharedStore, StageTraces, StoreError, Window};
 use crate::verify::Finding;
 use crate::view::{EdgeSeriesView, GraphView, ServiceView, TraceView};
 
@@ -23,11 +23,11 @@ use crate::view::{EdgeSeriesView, GraphView, ServiceView, TraceView};
 pub struct Reader {
     aggregate: Arc<Aggregate>,
     shards: Shards,
-    store: Store,
+    store: SharedStore,
 }
 
 impl Reader {
-    pub fn new(aggregate: Arc<Aggregate>, shards: Shards, store: Store) -> Self {
+    pub fn new(aggregate: Arc<Aggregate>, shards: Shards, store: SharedStore) -> Self {
         Reader {
             aggregate,
             shards,

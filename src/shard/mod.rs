@@ -17,7 +17,7 @@ use crate::aggregate::Aggregate;
 use crate::assemble::{AssembleStats, Assembler, AssemblerConfig, TraceSnapshot};
 use crate::instances::{Clock, Instances};
 use crate::model::{SpanBatch, TraceId};
-use crate::store::Store;
+use crate::store::SharedStore;
 use crate::verify::Policy;
 use metrics::WorkerGauges;
 pub use metrics::WorkerMetrics;
@@ -58,7 +58,7 @@ pub struct WorkerSetup {
     pub policy: Arc<Policy>,
     pub instances: Arc<Instances>,
     pub aggregate: Arc<Aggregate>,
-    pub store: Store,
+    pub store: SharedStore,
     pub metrics: Arc<WorkerMetrics>,
     pub clock: Clock,
 }
@@ -221,7 +221,7 @@ struct Worker {
     gauges: WorkerGauges,
     asm: Assembler,
     aggregate: Arc<Aggregate>,
-    store: Store,
+    store: SharedStore,
     metrics: Arc<WorkerMetrics>,
     clock: Clock,
     room: Arc<Semaphore>,

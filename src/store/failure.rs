@@ -96,46 +96,13 @@ impl Reason {
             _ => "retrying",
         }
     }
-
-    pub fn of(e: &rusqlite::Error) -> Reason {
-        use rusqlite::ErrorCode as C;
-        let Some(code) = e.sqlite_error_code() else {
-            return Reason::Other;
-        };
-        match code {
-            C::DatabaseBusy | C::DatabaseLocked => Reason::Busy,
-            C::SystemIoFailure
-            | C::FileLockingProtocolFailed
-            | C::NoLargeFileSupport
-            | C::CannotOpen => Reason::Io,
-            C::DiskFull => Reason::Full,
-            C::OutOfMemory => Reason::Memory,
-            C::OperationInterrupted => Reason::Interrupted,
-            C::DatabaseCorrupt | C::NotADatabase => Reason::Corrupt,
-            C::ReadOnly | C::PermissionDenied | C::AuthorizationForStatementDenied => {
-                Reason::ReadOnly
-            }
-            C::ConstraintViolation => Reason::Constraint,
-            C::TooBig => Reason::TooBig,
-            _ => Reason::Other,
-        }
-    }
 }
 
-/// A failed write: why, and SQLite's words for it.
+/// A failed write: why, and the database's words for it.
 #[derive(Clone, Debug)]
 pub struct Failure {
     pub reason: Reason,
     pub message: String,
-}
-
-impl From<rusqlite::Error> for Failure {
-    fn from(e: rusqlite::Error) -> Self {
-        Failure {
-            reason: Reason::of(&e),
-            message: e.to_string(),
-        }
-    }
 }
 
 impl std::fmt::Display for Failure {
@@ -170,40 +137,5 @@ mod tests {
             backoff(Duration::from_millis(200), 3),
             Duration::from_millis(800)
         );
-    }
-
-    #[test]
-    fn failures_of_the_store_are_retried_and_failures_of_a_batch_are_not() {
-        let sqlite = |code| {
-            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some("x".into()))
-        };
-        for (code, reason) in [
-            (rusqlite::ffi::SQLITE_BUSY, Reason::Busy),
-            (rusqlite::ffi::SQLITE_LOCKED, Reason::Busy),
-            (rusqlite::ffi::SQLITE_IOERR_WRITE, Reason::Io),
-            (rusqlite::ffi::SQLITE_FULL, Reason::Full),
-            (rusqlite::ffi::SQLITE_NOTADB, Reason::Corrupt),
-            (rusqlite::ffi::SQLITE_READONLY_DBMOVED, Reason::ReadOnly),
-        ] {
-            assert_eq!(Reason::of(&sqlite(code)), reason);
-            assert!(reason.is_store(), "{reason:?}");
-        }
-        for (code, reason) in [
-            (rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE, Reason::Constraint),
-            (rusqlite::ffi::SQLITE_CONSTRAINT_TRIGGER, Reason::Constraint),
-            (rusqlite::ffi::SQLITE_TOOBIG, Reason::TooBig),
-            (rusqlite::ffi::SQLITE_MISMATCH, Reason::Other),
-        ] {
-            assert_eq!(Reason::of(&sqlite(code)), reason);
-            assert!(!reason.is_store(), "{reason:?}");
-        }
-        assert_eq!(
-            Reason::of(&rusqlite::Error::InvalidQuery),
-            Reason::Other,
-            "an error rusqlite raises itself"
-        );
-        for (i, r) in Reason::ALL.iter().enumerate() {
-            assert_eq!(r.index(), i);
-        }
     }
 }

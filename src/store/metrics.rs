@@ -5,18 +5,16 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use super::{Reason, Store};
+use super::{Reason, SharedStore};
 use crate::telemetry::{ReasonLabels, Registry};
 
-impl Store {
-    /// `grayscope_store_*`.
-    pub fn register_metrics(&self, r: &mut Registry) {
-        r.register_collector(Box::new(StoreCollector(self.clone())));
-    }
+/// `grayscope_store_*`, read from the store's [`super::Health`] at every scrape.
+pub fn register_metrics(store: &SharedStore, r: &mut Registry) {
+    r.register_collector(Box::new(StoreCollector(store.clone())));
 }
 
 /// How far the store's writer is behind, and what became of what it was handed.
-struct StoreCollector(Store);
+struct StoreCollector(SharedStore);
 
 impl std::fmt::Debug for StoreCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -26,21 +24,22 @@ impl std::fmt::Debug for StoreCollector {
 
 impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let g = ConstGauge::new(self.0.queued_spans() as i64);
+        let h = self.0.health();
+        let g = ConstGauge::new(h.queued_spans as i64);
         g.encode(encoder.encode_descriptor(
             "store_queued_spans",
             "Spans of finalised traces waiting to be written to the store",
             None,
             g.metric_type(),
         )?)?;
-        let lag = ConstGauge::new(self.0.lag().as_secs_f64());
+        let lag = ConstGauge::new(h.lag.as_secs_f64());
         lag.encode(encoder.encode_descriptor(
             "store_lag_seconds",
             "Age of the oldest finalised trace not yet committed to the store (0 when caught up)",
             None,
             lag.metric_type(),
         )?)?;
-        let queued = ConstGauge::new(self.0.queued().traces as i64);
+        let queued = ConstGauge::new(h.queued.traces as i64);
         queued.encode(encoder.encode_descriptor(
             "store_queued_traces",
             "Finalised traces handed to the store and not yet written or dropped",
@@ -48,7 +47,7 @@ impl Collector for StoreCollector {
             queued.metric_type(),
         )?)?;
         let counter = ConstCounter::new(0u64).metric_type();
-        let written = self.0.written();
+        let written = h.written;
         for (name, help, n) in [
             (
                 "store_written_traces",
@@ -69,7 +68,7 @@ impl Collector for StoreCollector {
             None,
             counter,
         )?;
-        for (reason, n) in self.0.write_errors() {
+        for &(reason, n) in &h.write_errors {
             if reason != Reason::Shutdown {
                 let labels = ReasonLabels {
                     reason: reason.label(),
@@ -78,9 +77,9 @@ impl Collector for StoreCollector {
             }
         }
         // Only the reasons a trace can be dropped for: the batch's own, and the shutdown deadline.
-        let dropped: Vec<_> = self
-            .0
-            .dropped()
+        let dropped: Vec<_> = h
+            .dropped
+            .iter()
             .filter(|(r, _)| !r.is_store() || *r == Reason::Shutdown)
             .collect();
         for (name, help, traces) in [

@@ -1,3 +1,7 @@
+//! The store suite: what every [`Store`] implementation must do, run against each through the
+//! trait. A new implementation runs all of it by adding one line at the bottom.
+
+use std::path::Path;
 use std::sync::Arc;
 
 use super::*;
@@ -7,8 +11,12 @@ use crate::model::{SpanBatch, SpanKind, SpanRecord};
 use crate::testkit::Kit;
 use crate::verify::{NodeKey, Policy, Scope, Verdict};
 
+/// Opens a store of one implementation at `place` (a fresh temporary directory; the same one
+/// again for a restart), with [`config`] and `k`'s symbols.
+pub(super) type Opener = fn(&Kit, &Path) -> SharedStore;
+
 /// Finalises each trace through a real assembler, at wall time `at_ms`.
-pub(super) fn finalise(
+pub(crate) fn finalise(
     traces: &[(u128, Vec<SpanRecord>)],
     at_ms: u64,
     sample_clean: f64,
@@ -33,11 +41,11 @@ pub(super) fn finalise(
 }
 
 /// A shutdown deadline no healthy test store gets near.
-pub(super) fn deadline() -> tokio::time::Instant {
+pub(crate) fn deadline() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(30)
 }
 
-pub(super) fn config() -> StoreConfig {
+pub(crate) fn config() -> StoreConfig {
     StoreConfig {
         queue_spans: 1 << 20,
         flush_interval: Duration::from_millis(50),
@@ -48,12 +56,12 @@ pub(super) fn config() -> StoreConfig {
 }
 
 /// users SERVER -> users CLIENT -> orders SERVER (canary instance); the callee's stage varies.
-pub(super) fn call(k: &Kit, stage_on_callee: Option<&str>) -> Vec<SpanRecord> {
+pub(crate) fn call(k: &Kit, stage_on_callee: Option<&str>) -> Vec<SpanRecord> {
     call_to(k, "orders", stage_on_callee)
 }
 
 /// users SERVER -> users CLIENT -> `callee` SERVER (canary instance).
-pub(super) fn call_to(k: &Kit, callee: &str, stage_on_callee: Option<&str>) -> Vec<SpanRecord> {
+pub(crate) fn call_to(k: &Kit, callee: &str, stage_on_callee: Option<&str>) -> Vec<SpanRecord> {
     let a = k.stage(k.span(1, None, "users", SpanKind::Server), "canary");
     let b = k.stage(k.span(2, Some(1), "users", SpanKind::Client), "canary");
     let mut c = k.instance(k.span(3, Some(2), callee, SpanKind::Server), "canary");
@@ -63,30 +71,53 @@ pub(super) fn call_to(k: &Kit, callee: &str, stage_on_callee: Option<&str>) -> V
     vec![a, b, c]
 }
 
-async fn stored(k: &Kit, dir: &Path, batches: Vec<Vec<Finalised>>) -> (Store, StoreTask) {
-    let (store, task) =
-        Store::open(&config(), DirLock::acquire(dir).unwrap(), k.sym.clone()).unwrap();
+const MINUTE: u64 = 60_000;
+pub(crate) const T0: u64 = 1_700_000_000_000;
+
+/// A store at `place` holding `batches`, written.
+async fn stored(open: Opener, k: &Kit, place: &Path, batches: Vec<Vec<Finalised>>) -> SharedStore {
+    let store = open(k, place);
     for b in batches {
         store.submit(b).await.unwrap();
     }
     store.flush().await.unwrap();
-    (store, task)
+    store
 }
 
-const MINUTE: u64 = 60_000;
-pub(super) const T0: u64 = 1_700_000_000_000;
-
-#[tokio::test(flavor = "multi_thread")]
-async fn the_graph_counts_calls_verdicts_first_breaks_and_routing_per_stage() {
+/// A healthy store writes everything it is handed and stops with nothing unwritten.
+async fn everything_handed_over_is_written_and_accounted_for(open: Opener) {
     let k = Kit::new();
-    let dir = tempfile::tempdir().unwrap();
+    let place = tempfile::tempdir().unwrap();
+    let traces: Vec<_> = (1..=25u128)
+        .map(|t| (t, call(&k, if t % 5 == 0 { None } else { Some("canary") })))
+        .collect();
+    let store = stored(open, &k, place.path(), vec![finalise(&traces, T0, 0.0)]).await;
+    let h = store.health();
+    assert_eq!(
+        h.written,
+        Tally {
+            traces: 25,
+            findings: 5
+        }
+    );
+    assert_eq!(h.queued, Tally::default());
+    assert!(h.dropped.iter().all(|(_, t)| t.is_empty()));
+    assert!(h.write_errors.iter().all(|(_, n)| *n == 0));
+    assert_eq!(h.queued_spans, 0);
+    assert_eq!(h.lag, std::time::Duration::ZERO);
+    assert_eq!(store.stop(deadline()).await, Tally::default());
+}
+
+async fn the_graph_counts_calls_verdicts_first_breaks_and_routing_per_stage(open: Opener) {
+    let k = Kit::new();
+    let place = tempfile::tempdir().unwrap();
     let traces = vec![
         (1, call(&k, Some("canary"))),
         (2, call(&k, Some("canary"))),
         (3, call(&k, None)),
         (4, call(&k, Some("stable"))),
     ];
-    let (store, task) = stored(&k, dir.path(), vec![finalise(&traces, T0, 0.0)]).await;
+    let store = stored(open, &k, place.path(), vec![finalise(&traces, T0, 0.0)]).await;
     let g = store.graph(Window::default()).await.unwrap();
     let users = NodeKey::Service(k.svc("users"));
     let orders = NodeKey::Service(k.svc("orders"));
@@ -142,13 +173,12 @@ async fn the_graph_counts_calls_verdicts_first_breaks_and_routing_per_stage() {
     store.flush().await.unwrap();
     let g = store.graph(Window::default()).await.unwrap();
     assert_eq!(g.find_edge(users, orders).unwrap().stats(None).calls, 8);
-    task.stop(&store, deadline()).await;
+    store.stop(deadline()).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_callee_known_by_peer_service_and_by_its_own_spans_is_one_node() {
+async fn a_callee_known_by_peer_service_and_by_its_own_spans_is_one_node(open: Opener) {
     let k = Kit::new();
-    let dir = tempfile::tempdir().unwrap();
+    let place = tempfile::tempdir().unwrap();
     // users calls orders (whose server span arrives) and, by peer.service, orders again (whose
     // server span does not) and a database that exports no spans at all.
     let peer_call = |id: u64, peer: &str| {
@@ -159,7 +189,13 @@ async fn a_callee_known_by_peer_service_and_by_its_own_spans_is_one_node() {
     let mut spans = call(&k, Some("canary"));
     spans.push(peer_call(4, "orders"));
     spans.push(peer_call(5, "postgres"));
-    let (store, task) = stored(&k, dir.path(), vec![finalise(&[(1, spans)], T0, 0.0)]).await;
+    let store = stored(
+        open,
+        &k,
+        place.path(),
+        vec![finalise(&[(1, spans)], T0, 0.0)],
+    )
+    .await;
     let g = store.graph(Window::default()).await.unwrap();
     let users = NodeKey::Service(k.svc("users"));
     let orders = NodeKey::Service(k.svc("orders"));
@@ -172,13 +208,12 @@ async fn a_callee_known_by_peer_service_and_by_its_own_spans_is_one_node() {
     assert_eq!(g.find_edge(users, postgres).unwrap().stats(None).calls, 1);
     let keys: Vec<NodeKey> = g.graph.node_weights().map(|n| n.key).collect();
     assert_eq!(keys.len(), 3, "users, orders and postgres: {keys:?}");
-    task.stop(&store, deadline()).await;
+    store.stop(deadline()).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn findings_filter_and_page_without_gaps_or_duplicates() {
+async fn findings_filter_and_page_without_gaps_or_duplicates(open: Opener) {
     let k = Kit::new();
-    let dir = tempfile::tempdir().unwrap();
+    let place = tempfile::tempdir().unwrap();
     // One finding per trace: 1-30 missing, 31-40 changed; in three writes.
     let batches: Vec<Vec<Finalised>> = [(1..=15u128), (16..=30), (31..=40)]
         .into_iter()
@@ -189,7 +224,7 @@ async fn findings_filter_and_page_without_gaps_or_duplicates() {
             finalise(&traces, T0, 0.0)
         })
         .collect();
-    let (store, task) = stored(&k, dir.path(), batches).await;
+    let store = stored(open, &k, place.path(), batches).await;
     let q = |f: FindingQuery| {
         let store = store.clone();
         async move {
@@ -270,28 +305,22 @@ async fn findings_filter_and_page_without_gaps_or_duplicates() {
         }
     }
     assert_eq!(seen, (1..=40u128).rev().collect::<Vec<_>>());
-    task.stop(&store, deadline()).await;
+    store.stop(deadline()).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn traces_with_findings_and_sampled_clean_ones_are_readable_after_a_restart() {
+async fn traces_with_findings_and_sampled_clean_ones_are_readable_after_a_restart(open: Opener) {
     let k = Kit::new();
-    let dir = tempfile::tempdir().unwrap();
+    let place = tempfile::tempdir().unwrap();
     let clean_ids: Vec<u128> = (100..400).collect();
     let mut traces = vec![(1u128, call(&k, None))];
     traces.extend(clean_ids.iter().map(|&t| (t, call(&k, Some("canary")))));
-    let (store, task) = stored(&k, dir.path(), vec![finalise(&traces, T0, 0.1)]).await;
-    task.stop(&store, deadline()).await;
+    let store = stored(open, &k, place.path(), vec![finalise(&traces, T0, 0.1)]).await;
+    store.stop(deadline()).await;
     drop(store);
 
     // A new process: new symbols, the same file.
     let k2 = Kit::new();
-    let (store, task) = Store::open(
-        &config(),
-        DirLock::acquire(dir.path()).unwrap(),
-        k2.sym.clone(),
-    )
-    .unwrap();
+    let store = open(&k2, place.path());
     let t = store
         .trace(TraceId(1))
         .await
@@ -315,144 +344,24 @@ async fn traces_with_findings_and_sampled_clean_ones_are_readable_after_a_restar
         assert_eq!(found, TraceId(id).sampled(0.1), "trace {id}");
     }
     assert!(store.trace(TraceId(99_999)).await.unwrap().is_none());
-    task.stop(&store, deadline()).await;
+    store.stop(deadline()).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn retention_deletes_what_is_old_and_keeps_the_rest() {
-    let k = Kit::new();
-    let dir = tempfile::tempdir().unwrap();
-    let day = 24 * 3600 * 1000;
-    let old: Vec<_> = (1..=10u128).map(|t| (t, call(&k, None))).collect();
-    let new: Vec<_> = (11..=20u128).map(|t| (t, call(&k, None))).collect();
-    let (store, task) = stored(
-        &k,
-        dir.path(),
-        vec![finalise(&old, T0, 0.0), finalise(&new, T0 + 8 * day, 0.0)],
-    )
-    .await;
-    task.stop(&store, deadline()).await;
-    drop(store);
-
-    let mut conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-    let cfg = StoreConfig {
-        retention: Duration::from_secs(7 * 24 * 3600),
-        ..config()
+/// Runs every test of the suite against one implementation.
+macro_rules! suite {
+    ($implementation:ident, $open:expr) => {
+        mod $implementation {
+            suite!(@tests $open, the_graph_counts_calls_verdicts_first_breaks_and_routing_per_stage, a_callee_known_by_peer_service_and_by_its_own_spans_is_one_node, findings_filter_and_page_without_gaps_or_duplicates, traces_with_findings_and_sampled_clean_ones_are_readable_after_a_restart, everything_handed_over_is_written_and_accounted_for);
+        }
     };
-    let deleted = retention::enforce_at(&mut conn, &cfg, (T0 + 9 * day) as i64).unwrap();
-    assert_eq!(deleted.findings, 10);
-    assert_eq!(deleted.traces, 10);
-    assert!(deleted.edge_minutes > 0);
-    let (store, task) = Store::open(
-        &config(),
-        DirLock::acquire(dir.path()).unwrap(),
-        k.sym.clone(),
-    )
-    .unwrap();
-    let left = store
-        .findings(FindingQuery {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(left.findings.len(), 10);
-    assert!(left.findings.iter().all(|f| f.trace_id.0 > 10));
-    assert!(store.trace(TraceId(3)).await.unwrap().is_none());
-    assert!(store.trace(TraceId(13)).await.unwrap().is_some());
-    task.stop(&store, deadline()).await;
-
-    // By size: a bound below what is stored deletes the oldest first.
-    let mut conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-    let used = retention::used_bytes(&conn).unwrap();
-
-    let small = StoreConfig {
-        max_bytes: used / 2,
-        ..cfg
+    (@tests $open:expr, $($test:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread")]
+            async fn $test() {
+                super::$test($open).await
+            }
+        )*
     };
-    let deleted = retention::enforce_at(&mut conn, &small, (T0 + 9 * day) as i64).unwrap();
-    assert!(deleted.findings > 0, "{deleted:?}");
 }
 
-#[test]
-fn a_store_from_a_newer_grayscope_is_refused_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-    conn.pragma_update(None, "user_version", 99).unwrap();
-    drop(conn);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let _g = rt.enter();
-    let k = Kit::new();
-    let err = Store::open(
-        &config(),
-        DirLock::acquire(dir.path()).unwrap(),
-        k.sym.clone(),
-    )
-    .err()
-    .expect("refused")
-    .to_string();
-    assert!(
-        err.contains("schema version 99, newer than this grayscope knows"),
-        "{err}"
-    );
-}
-
-#[test]
-fn every_migration_applies_in_order_from_an_empty_file() {
-    let mut conn = Connection::open_in_memory().unwrap();
-    assert_eq!(schema::migrate(&mut conn).unwrap(), 0);
-    let v: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(v as usize, MIGRATIONS.len());
-    // Idempotent: a second open applies nothing.
-    assert_eq!(schema::migrate(&mut conn).unwrap(), MIGRATIONS.len());
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_store_of_the_first_schema_version_is_migrated_with_its_data() {
-    let k = Kit::new();
-    let dir = tempfile::tempdir().unwrap();
-    // Version 1 as it was written: only the first migration applied, holding one finding.
-    {
-        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        conn.execute_batch(MIGRATIONS[0]).unwrap();
-        conn.pragma_update(None, "user_version", 1).unwrap();
-        conn.execute_batch(
-            "INSERT INTO names (id, kind, name) VALUES (1, 0, 'users'), (2, 0, 'orders'), (3, 3, 'GET'), (4, 2, 'canary');
-             INSERT INTO findings (observed_ms, trace_id, kind, scope, first_break, stage, edge_caller, edge_callee,
-                c_service, c_span, c_name, c_kind, c_stage, c_instance, detail)
-             VALUES (1700000000000, x'0000000000000000000000000000002a', 2, 0, 1, 4, 1, 2, 2, 3, 3, 2, NULL, NULL, 'lost');",
-        )
-        .unwrap();
-    }
-    let (store, task) = Store::open(
-        &config(),
-        DirLock::acquire(dir.path()).unwrap(),
-        k.sym.clone(),
-    )
-    .unwrap();
-    let page = store
-        .findings(FindingQuery {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(page.findings.len(), 1);
-    assert_eq!(page.findings[0].trace_id, TraceId(42));
-    assert_eq!(&*page.findings[0].edge.callee, "orders");
-    assert_eq!(page.findings[0].detail, "lost");
-    // What version 2 added works on the migrated store.
-    let traces = vec![(1u128, call(&k, None)), (2, call(&k, Some("canary")))];
-    store.submit(finalise(&traces, T0, 0.0)).await.unwrap();
-    store.flush().await.unwrap();
-    let counts = store.trace_counts(Window::default()).await.unwrap();
-    assert_eq!(counts, vec![(Some(std::sync::Arc::from("canary")), 1, 1)]);
-    task.stop(&store, deadline()).await;
-    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-    let v: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(v as usize, MIGRATIONS.len());
-}
+suite!(sqlite, crate::store::sqlite::tests::open);

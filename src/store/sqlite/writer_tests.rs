@@ -3,29 +3,23 @@
 
 use rusqlite::Connection;
 
-use super::tests::{T0, call, call_to, config, deadline, finalise};
 use super::*;
+use crate::store::tests::{T0, call, call_to, config, deadline, finalise};
 use crate::testkit::Kit;
 
-fn open(k: &Kit, dir: &Path, cfg: StoreConfig) -> (Store, StoreTask) {
-    Store::open(&cfg, DirLock::acquire(dir).unwrap(), k.sym.clone()).unwrap()
+fn open(k: &Kit, dir: &Path, cfg: StoreConfig) -> SqliteStore {
+    SqliteStore::open(&cfg, DirLock::acquire(dir).unwrap(), k.sym.clone()).unwrap()
 }
 
-fn errors(store: &Store, reason: Reason) -> u64 {
-    store
-        .write_errors()
-        .find(|(r, _)| *r == reason)
-        .map_or(0, |(_, n)| n)
+fn errors(store: &SqliteStore, reason: Reason) -> u64 {
+    store.health().write_errors(reason)
 }
 
-fn dropped(store: &Store, reason: Reason) -> Tally {
-    store
-        .dropped()
-        .find(|(r, _)| *r == reason)
-        .map_or(Tally::default(), |(_, t)| t)
+fn dropped(store: &SqliteStore, reason: Reason) -> Tally {
+    store.health().dropped(reason)
 }
 
-async fn findings(store: &Store) -> Vec<crate::view::FindingView> {
+async fn findings(store: &SqliteStore) -> Vec<crate::view::FindingView> {
     store
         .findings(FindingQuery {
             limit: 1000,
@@ -40,7 +34,7 @@ async fn findings(store: &Store) -> Vec<crate::view::FindingView> {
 async fn names_already_in_the_database_are_used_not_added_again() {
     let k = Kit::new();
     let dir = tempfile::tempdir().unwrap();
-    let (store, task) = open(&k, dir.path(), config());
+    let store = open(&k, dir.path(), config());
     // Another writer adds names after this store read them.
     let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
     other
@@ -63,22 +57,22 @@ async fn names_already_in_the_database_are_used_not_added_again() {
     assert_eq!(found.len(), 1);
     assert_eq!(&*found[0].callee.service, "orders");
     assert_eq!(found[0].callee.instance_stage.as_deref(), Some("canary"));
-    assert!(store.write_errors().all(|(_, n)| n == 0));
+    assert!(store.health().write_errors.iter().all(|(_, n)| *n == 0));
     assert_eq!(
-        store.written(),
+        store.health().written,
         Tally {
             traces: 1,
             findings: 1
         }
     );
-    task.stop(&store, deadline()).await;
+    store.stop(deadline()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn traces_the_store_refuses_are_set_aside_and_the_rest_is_written() {
     let k = Kit::new();
     let dir = tempfile::tempdir().unwrap();
-    let (store, task) = open(&k, dir.path(), config());
+    let store = open(&k, dir.path(), config());
     // A rule of the database that some findings break, whoever writes them.
     Connection::open(dir.path().join(DB_FILE))
         .unwrap()
@@ -109,8 +103,8 @@ async fn traces_the_store_refuses_are_set_aside_and_the_rest_is_written() {
             findings: 2
         }
     );
-    assert_eq!(store.written().traces, 38);
-    assert_eq!(store.queued(), Tally::default());
+    assert_eq!(store.health().written.traces, 38);
+    assert_eq!(store.health().queued, Tally::default());
     assert!(errors(&store, Reason::Constraint) >= 2);
     let mut ids: Vec<u128> = findings(&store)
         .await
@@ -128,7 +122,7 @@ async fn traces_the_store_refuses_are_set_aside_and_the_rest_is_written() {
     store.flush().await.unwrap();
     assert_eq!(findings(&store).await.len(), 43);
     assert_eq!(errors(&store, Reason::Constraint), before);
-    task.stop(&store, deadline()).await;
+    store.stop(deadline()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -136,7 +130,7 @@ async fn a_store_locked_for_good_is_abandoned_at_the_deadline_with_what_was_lost
     let k = Kit::new();
     let dir = tempfile::tempdir().unwrap();
     // Room for two traces of three spans.
-    let (store, task) = open(
+    let store = open(
         &k,
         dir.path(),
         StoreConfig {
@@ -161,9 +155,7 @@ async fn a_store_locked_for_good_is_abandoned_at_the_deadline_with_what_was_lost
     assert!(!waiting.is_finished());
 
     let started = tokio::time::Instant::now();
-    let unwritten = task
-        .stop(&store, started + Duration::from_millis(300))
-        .await;
+    let unwritten = store.stop(started + Duration::from_millis(300)).await;
     let took = started.elapsed();
     assert!(
         took < Duration::from_millis(300) + WRITER_BUSY_TIMEOUT + Duration::from_millis(500),
@@ -176,7 +168,7 @@ async fn a_store_locked_for_good_is_abandoned_at_the_deadline_with_what_was_lost
     };
     assert_eq!(unwritten, lost);
     assert_eq!(dropped(&store, Reason::Shutdown), lost);
-    assert_eq!(store.queued(), Tally::default());
-    assert_eq!(store.written(), Tally::default());
+    assert_eq!(store.health().queued, Tally::default());
+    assert_eq!(store.health().written, Tally::default());
     drop(other);
 }

@@ -15,10 +15,10 @@ use rusqlite::Connection;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
-use super::failure::{self, Failure, Reason};
-use super::stats::Tally;
 use super::{Inner, Msg, StoreConfig, names, retention, write};
 use crate::assemble::Finalised;
+use crate::store::failure::{self, Failure, Reason};
+use crate::store::stats::Tally;
 
 /// At most one log line per reason a trace is set aside for, this often.
 const SET_ASIDE_LOG_EVERY: Duration = Duration::from_secs(600);

@@ -12,38 +12,12 @@ use crate::aggregate::{Count, ServiceGraph, StageStats};
 use crate::intern::Symbols;
 use crate::model::Sym;
 use crate::model::{SpanId, SpanKind, TraceId};
+use crate::store::{FindingPage, FindingQuery, StageTraces, Window};
 use crate::verify::NodeKey;
-use crate::verify::{Scope, Verdict};
+use crate::verify::Verdict;
 use crate::view::{
     EdgeSeriesView, FindingView, HopView, InstanceView, MinuteView, ServiceView, SpanRef, rfc3339,
 };
-
-/// Which findings to read; every field narrows. Names are matched exactly.
-#[derive(Clone, Debug, Default)]
-pub struct FindingQuery {
-    pub kind: Option<Verdict>,
-    /// A stage value, or `none` for findings without one.
-    pub stage: Option<String>,
-    pub caller: Option<String>,
-    pub callee: Option<String>,
-    pub trace_id: Option<TraceId>,
-    pub scope: Option<Scope>,
-    pub first_break: Option<bool>,
-    /// Unix ms, inclusive.
-    pub since_ms: Option<u64>,
-    /// Unix ms, exclusive.
-    pub until_ms: Option<u64>,
-    /// Only findings older than this cursor (from a previous page's `next`).
-    pub before: Option<i64>,
-    pub limit: usize,
-}
-
-/// One page of findings, newest first, and the cursor of the next page when there is one.
-#[derive(Debug)]
-pub struct FindingPage {
-    pub findings: Vec<FindingView>,
-    pub next: Option<i64>,
-}
 
 const FINDING_COLUMNS: &str =
     "id, observed_ms, trace_id, kind, scope, first_break, edge_caller, edge_callee,
@@ -207,31 +181,6 @@ fn finding_row(r: &Row<'_>, names: &Names) -> rusqlite::Result<(i64, FindingView
             observed_at: rfc3339(r.get::<_, i64>(1)? as u64),
         },
     ))
-}
-
-/// A time window, Unix ms; open ends are unbounded. Counters are per minute, so a window is
-/// widened to whole minutes.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Window {
-    pub since_ms: Option<u64>,
-    pub until_ms: Option<u64>,
-}
-
-impl Window {
-    fn minutes(&self) -> (i64, i64) {
-        (
-            self.since_ms.map_or(i64::MIN, |s| (s / 60_000) as i64),
-            self.until_ms
-                .map_or(i64::MAX, |u| u.div_ceil(60_000) as i64),
-        )
-    }
-
-    fn ms(&self) -> (i64, i64) {
-        (
-            self.since_ms.map_or(i64::MIN, |s| s as i64),
-            self.until_ms.map_or(i64::MAX, |u| u as i64),
-        )
-    }
 }
 
 /// Maps the store's names onto the live symbol tables, so the graph is the same structure (and
@@ -453,9 +402,6 @@ pub fn edge_series(
         examples,
     }))
 }
-
-/// (root stage, `None` when untagged; consistent traces; broken traces).
-pub type StageTraces = (Option<Arc<str>>, u64, u64);
 
 /// Finalised traces in `w` by root stage.
 pub fn trace_counts(

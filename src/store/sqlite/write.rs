@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use foldhash::fast::RandomState;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::codec;
 use super::names::{NameKind, NameWriter, Names, SymIds};
 use crate::assemble::Finalised;
 use crate::intern::Symbols;
 use crate::model::{SpanRecord, Sym, TraceId};
+use crate::store::codec;
 use crate::verify::{NodeKey, Scope};
 
 /// `edge_minutes.verdict` of the row counting calls.

@@ -1,0 +1,383 @@
+//! The store in an embedded SQLite file (`--data DIR/grayscope.db`), so that a restart, or a
+//! crash, finds everything where it was.
+//!
+//! One process owns a data directory ([`DirLock`]). One writer task batches whatever the workers
+//! finalise and writes it in one transaction every `--flush-interval`; a finding is durable within
+//! that interval. Readers (the APIs) use their own connections: in WAL mode they never wait for
+//! the writer. The queue to the writer is bounded; when the store cannot keep up, or fails, workers
+//! wait, their queues fill, and senders are told to retry, exactly as when verification cannot keep
+//! up. Every trace handed over is accounted for: written, set aside, or reported lost at shutdown.
+
+mod lock;
+mod names;
+mod read;
+mod retention;
+mod schema;
+mod write;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, InterruptHandle, OpenFlags};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use lock::{DirLock, LOCK_FILE, LockError};
+pub use names::{NameKind, Names};
+pub use schema::{MIGRATIONS, MigrateError};
+
+use super::stats::{Stats, Tally};
+use super::{
+    Failure, FindingPage, FindingQuery, Health, Reason, StageTraces, Store, StoreConfig,
+    StoreError, Window, codec,
+};
+use crate::aggregate::ServiceGraph;
+use crate::assemble::Finalised;
+use crate::intern::Symbols;
+use crate::model::TraceId;
+use crate::view::{EdgeSeriesView, ServiceView, TraceView};
+
+/// File name of the database inside `--data`.
+pub const DB_FILE: &str = "grayscope.db";
+/// Batches of finalised traces queued for the writer at most.
+const QUEUE_BATCHES: usize = 256;
+/// Read connections kept open for the APIs.
+const READERS: usize = 4;
+/// How long the writer waits for another connection's lock before the write counts as failed and
+/// is retried with backoff; short, so that the shutdown deadline can cut a stuck write.
+const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// After the shutdown deadline, how long an interrupted writer may take to notice.
+const ABANDON_WAIT: Duration = Duration::from_secs(2);
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Query(e.to_string())
+    }
+}
+
+impl From<MigrateError> for StoreError {
+    fn from(e: MigrateError) -> Self {
+        StoreError::Query(e.to_string())
+    }
+}
+
+/// Why SQLite failed, as the writer decides on it.
+pub fn reason(e: &rusqlite::Error) -> Reason {
+    use rusqlite::ErrorCode as C;
+    let Some(code) = e.sqlite_error_code() else {
+        return Reason::Other;
+    };
+    match code {
+        C::DatabaseBusy | C::DatabaseLocked => Reason::Busy,
+        C::SystemIoFailure
+        | C::FileLockingProtocolFailed
+        | C::NoLargeFileSupport
+        | C::CannotOpen => Reason::Io,
+        C::DiskFull => Reason::Full,
+        C::OutOfMemory => Reason::Memory,
+        C::OperationInterrupted => Reason::Interrupted,
+        C::DatabaseCorrupt | C::NotADatabase => Reason::Corrupt,
+        C::ReadOnly | C::PermissionDenied | C::AuthorizationForStatementDenied => Reason::ReadOnly,
+        C::ConstraintViolation => Reason::Constraint,
+        C::TooBig => Reason::TooBig,
+        _ => Reason::Other,
+    }
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure {
+            reason: reason(&e),
+            message: e.to_string(),
+        }
+    }
+}
+
+enum Msg {
+    Batch(Vec<Finalised>, OwnedSemaphorePermit),
+    Flush(oneshot::Sender<Result<(), String>>),
+}
+
+/// How the shutdown talks to the writer: stop (write what is queued, then end) and abandon (the
+/// deadline passed: count what is unwritten as lost, and end now).
+#[derive(Clone, Default)]
+struct Control {
+    stop: CancellationToken,
+    abandon: CancellationToken,
+}
+
+struct Inner {
+    stats: Stats,
+    control: Control,
+    path: PathBuf,
+    names: Arc<Names>,
+    symbols: Arc<Symbols>,
+    readers: Mutex<Vec<Connection>>,
+    /// Cuts the writer's statement short when the shutdown deadline passes.
+    interrupt: InterruptHandle,
+    /// Held for as long as anything may use the store.
+    _lock: DirLock,
+}
+
+/// The SQLite store: cheap to clone; its writer task runs until [`Store::stop`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+    tx: mpsc::Sender<Msg>,
+    room: Arc<Semaphore>,
+    capacity: usize,
+    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let open_err = |cause: rusqlite::Error| StoreError::Open {
+        where_: path.display().to_string(),
+        cause: cause.to_string(),
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+    let setup = || -> rusqlite::Result<()> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "foreign_keys", false)?;
+        Ok(())
+    };
+    setup().map_err(open_err)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store in the locked directory, migrates it, and starts the writer
+    /// task. Must be called within a tokio runtime.
+    pub fn open(
+        cfg: &StoreConfig,
+        lock: DirLock,
+        symbols: Arc<Symbols>,
+    ) -> Result<SqliteStore, StoreError> {
+        let path = lock.dir().join(DB_FILE);
+        let mut conn = open_conn(&path, OpenFlags::default())?;
+        let setup = |c: &Connection| -> rusqlite::Result<()> {
+            // Incremental vacuum must be chosen before the first table exists; later it is a no-op.
+            c.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+            c.pragma_update(None, "journal_mode", "WAL")?;
+            // WAL + NORMAL: a commit survives a crash of the process; only a power loss can take
+            // back the last commits, never corrupt the file.
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            c.busy_timeout(WRITER_BUSY_TIMEOUT)?;
+            Ok(())
+        };
+        setup(&conn).map_err(|cause| StoreError::Open {
+            where_: path.display().to_string(),
+            cause: cause.to_string(),
+        })?;
+        schema::migrate(&mut conn).map_err(|cause| StoreError::Migrate {
+            where_: path.display().to_string(),
+            cause: cause.to_string(),
+        })?;
+        let names = Arc::new(Names::load(&conn)?);
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(open_conn(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?);
+        }
+        let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
+        let inner = Arc::new(Inner {
+            stats: Stats::default(),
+            control: Control::default(),
+            path,
+            names,
+            symbols,
+            readers: Mutex::new(readers),
+            interrupt: conn.get_interrupt_handle(),
+            _lock: lock,
+        });
+        let writer = writer::Writer::new(inner.clone(), conn, cfg.clone());
+        Ok(SqliteStore {
+            inner,
+            tx,
+            room: Arc::new(Semaphore::new(cfg.queue_spans)),
+            capacity: cfg.queue_spans,
+            writer: Arc::new(Mutex::new(Some(tokio::spawn(writer.run(rx))))),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on a read connection, off the async workers.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &Names) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner
+                .readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_conn(
+                    &inner.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?,
+            };
+            let out = f(&conn, &inner.names);
+            let mut pool = inner.readers.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|_| StoreError::Stopped)?
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    fn location(&self) -> String {
+        self.inner.path.display().to_string()
+    }
+
+    async fn submit(&self, batch: Vec<Finalised>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let stats = &self.inner.stats;
+        let tally = Tally::of(&batch);
+        stats.submitted.add(tally);
+        let spans: usize = batch.iter().map(|f| f.outcome.spans.max(1) as usize).sum();
+        let n = spans.min(self.capacity) as u32;
+        let Ok(permit) = self.room.clone().acquire_many_owned(n).await else {
+            stats.drop_as(Reason::Shutdown, tally);
+            return Err(StoreError::Stopped);
+        };
+        self.tx
+            .send(Msg::Batch(batch, permit))
+            .await
+            .map_err(|mpsc::error::SendError(msg)| {
+                if let Msg::Batch(b, _) = msg {
+                    stats.drop_as(Reason::Shutdown, Tally::of(&b));
+                }
+                StoreError::Stopped
+            })
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Msg::Flush(done))
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        wait.await
+            .map_err(|_| StoreError::Stopped)?
+            .map_err(StoreError::Write)
+    }
+
+    async fn stop(&self, deadline: tokio::time::Instant) -> Tally {
+        self.inner.control.stop.cancel();
+        let task = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut task) = task
+            && tokio::time::timeout_at(deadline, &mut task).await.is_err()
+        {
+            self.abandon();
+            if tokio::time::timeout(ABANDON_WAIT, &mut task).await.is_err() {
+                tracing::error!(
+                    "the store's writer did not stop within {ABANDON_WAIT:?} of being interrupted"
+                );
+            }
+        }
+        let stats = &self.inner.stats;
+        stats.queued() + stats.dropped[Reason::Shutdown.index()].get()
+    }
+
+    fn abandon(&self) {
+        self.room.close();
+        self.inner.control.abandon.cancel();
+        self.inner.interrupt.interrupt();
+    }
+
+    fn health(&self) -> Health {
+        let stats = &self.inner.stats;
+        Health {
+            queued_spans: self.capacity.saturating_sub(self.room.available_permits()),
+            lag: match stats.oldest_pending_ms.load(Ordering::Relaxed) {
+                0 => Duration::ZERO,
+                ms => Duration::from_millis(crate::wall_ms().saturating_sub(ms)),
+            },
+            queued: stats.queued(),
+            written: stats.written.get(),
+            dropped: Reason::ALL
+                .into_iter()
+                .map(|r| (r, stats.dropped[r.index()].get()))
+                .collect(),
+            write_errors: Reason::ALL
+                .into_iter()
+                .map(|r| (r, stats.write_errors[r.index()].load(Ordering::Relaxed)))
+                .collect(),
+        }
+    }
+
+    async fn graph(&self, w: Window) -> Result<ServiceGraph, StoreError> {
+        let sym = self.inner.symbols.clone();
+        self.read(move |c, n| Ok(read::graph(c, n, &sym, w)?)).await
+    }
+
+    async fn trace_counts(&self, w: Window) -> Result<Vec<StageTraces>, StoreError> {
+        self.read(move |c, n| Ok(read::trace_counts(c, n, w)?))
+            .await
+    }
+
+    async fn services(&self) -> Result<Vec<ServiceView>, StoreError> {
+        self.read(|c, n| Ok(read::services(c, n)?)).await
+    }
+
+    async fn edge_series(
+        &self,
+        caller: String,
+        callee: String,
+        stage: Option<String>,
+        w: Window,
+    ) -> Result<Option<EdgeSeriesView>, StoreError> {
+        self.read(move |c, n| {
+            Ok(read::edge_series(
+                c,
+                n,
+                &caller,
+                &callee,
+                stage.as_deref(),
+                w,
+            )?)
+        })
+        .await
+    }
+
+    async fn findings(&self, q: FindingQuery) -> Result<FindingPage, StoreError> {
+        self.read(move |c, n| Ok(read::findings(c, n, &q)?)).await
+    }
+
+    async fn trace(&self, id: TraceId) -> Result<Option<TraceView>, StoreError> {
+        self.read(move |c, n| {
+            let Some(data) = write::stored_trace(c, id)? else {
+                return Ok(None);
+            };
+            let mut view = codec::decode(id, &data)?;
+            view.findings = read::trace_findings(c, n, id)?;
+            Ok(Some(view))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
+#[cfg(test)]
+mod writer_tests;
