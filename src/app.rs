@@ -232,13 +232,13 @@ pub fn serve_receivers(
     let metrics = ingest.metrics.clone();
     let grpc_timeouts = Timeouts::new(listen_metrics, "otlp_grpc", limits.read_timeout);
     let http_timeouts = Timeouts::new(listen_metrics, "otlp_http", limits.read_timeout);
-    let gate = receive::Gate::new(&limits);
+    let in_flight = receive::InFlight::new(&limits);
     // Layers added later sit inside: the status mapping sees the read timeout's answer.
     let grpc = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(move |r| {
             receive::grpc::otlp_status::<tonic::body::Body>(&metrics, r)
         }))
-        .layer(receive::grpc::GateLayer(gate.clone()))
+        .layer(receive::grpc::InFlightLayer(in_flight.clone()))
         .add_service(receive::grpc::service(ingest.clone(), limits.max_bytes))
         .add_optional_service(query)
         .serve_with_incoming_shutdown(
@@ -247,7 +247,7 @@ pub fn serve_receivers(
         );
     let http = listen::serve_http(
         http,
-        receive::http::router(ingest, limits.max_bytes, gate),
+        receive::http::router(ingest, limits.max_bytes, in_flight),
         http_timeouts,
         stop,
     );

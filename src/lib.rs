@@ -6,55 +6,83 @@
 //! Data flows one way, and the modules are named for the stage they own:
 //!
 //! ```text
-//! receive ──> shard ──> assemble ──> verify ──> aggregate ──> store ──> api (JSON + OpenAPI,
-//! (OTLP gRPC/  (by trace  (per-trace   (verdicts,   (totals,     (SQLite:      gRPC query,
-//!  HTTP, decode) id, bounded) petgraph)  first break) watch feed)  findings,     /metrics)
-//!                                                                 counters, traces)
+//! receive ──> shard ──> assemble ──> verify ──> aggregate ──> store ──> read ──> api, web
+//! (OTLP gRPC/  (by trace  (per-trace   (verdicts,   (totals,     (findings,   (the read    (JSON, gRPC,
+//!  HTTP, decode) id, bounded) petgraph)  first break) metrics)     counters,    model's      dashboard)
+//!                                                                 traces)      facade)
 //! ```
 //!
-//! - [`receive`]: OTLP/gRPC and OTLP/HTTP (protobuf, JSON, gzip) into compact [`model::SpanRecord`]s;
-//!   OTLP types stop here.
-//! - [`shard`]: one worker per trace id; all-or-nothing admission into bounded queues.
-//! - [`assemble`]: a worker's traces, each a petgraph call graph; idle and memory-bound finalisation.
-//! - [`verify`]: pure verdict logic (no I/O), the verdict table of the README.
-//! - [`aggregate`]: totals, recently finalised traces, the feed of new findings, and the service
-//!   graph model.
-//! - [`store`]: findings, per-minute edge counters and traces in SQLite, written in batches by one
-//!   writer; every query the APIs answer.
-//! - [`api`]: the JSON API (OpenAPI at `/api/v1/openapi.json`), the gRPC query API, `/healthz`,
-//!   `/metrics`; [`check`]: the same pipeline, offline.
-//! - [`app`] wires `serve`; [`listen`] accepts its connections, with time limits; [`config`] reads
-//!   flags, environment and TOML.
-//! - [`propagation`]: the Rust side of gray release (read, keep, forward and record the stage), and
-//!   [`demo`], a mesh of services built with it that sends real traffic with chosen faults.
+//! # The rule
 //!
-//! Shared below them: [`model`] (grayscope's own span types), [`intern`] (bounded string tables),
-//! [`stage`] (which attribute carries the stage), [`instances`] (which stages each service runs),
-//! [`telemetry`] (grayscope's own metrics).
+//! The modules are declared below from the top of the stack to its bottom, and **a module imports
+//! only modules declared after it**: a front end may use the read side, the read side the pipeline,
+//! anything the shared modules, and never the other way round. `tests/architecture.rs` fails when
+//! an import breaks the rule (and when `verify` does I/O, uses tokio or reads the configuration,
+//! when `telemetry` imports anything of grayscope, or when `loadgen` uses `testkit`). Test code is
+//! exempt: tests may build on anything.
+//!
+//! The service side of gray release (read, keep, forward and record the stage in a Rust service)
+//! is its own crate, `grayscope-propagation` (`propagation/`), which depends on nothing here; the
+//! collector uses its stage-key rules.
 
-pub mod aggregate;
-pub mod api;
-pub mod app;
-pub mod assemble;
-pub mod check;
+// Tools: the command line, the wiring of `serve`, and the commands beside it.
+
+// The command line: `serve`, `check`, `loadgen`, `demo`.
 pub mod cli;
-pub mod config;
+// Wiring for `serve`: build the pipeline, bind, run, stop within a deadline.
+pub mod app;
+// `check`: the pipeline offline, on OTLP/JSON files, for CI.
+pub mod check;
+// `demo`: an instrumented service mesh with chosen propagation faults.
 pub mod demo;
-pub mod instances;
-pub mod intern;
-pub mod listen;
-pub mod loadgen;
-pub mod memory;
-pub mod model;
-pub mod read;
-pub mod receive;
-pub mod shard;
-pub mod store;
-pub mod telemetry;
+// Builders for tests and benchmarks.
 pub mod testkit;
-pub mod verify;
-pub mod view;
+// `loadgen`: pre-built OTLP traffic with seeded faults.
+pub mod loadgen;
+// The memory budget that follows from the flags.
+pub mod memory;
+
+// Read side: the front ends, and the facade they ask.
+
+// The JSON API (OpenAPI at `/api/v1/openapi.json`), the gRPC query API, the rollout gate,
+// `/healthz`, `/metrics`.
+pub mod api;
+// The web dashboard, rendered on the server.
 pub mod web;
+// The read model's facade: traces wherever they are, findings, graphs; one parameter parser.
+pub mod read;
+
+// Pipeline: OTLP in, verdicts out, kept.
+
+// Accepting connections, with time limits, for every listener.
+pub mod listen;
+// OTLP/gRPC and OTLP/HTTP (protobuf, JSON, gzip) into compact span records; OTLP types stop here.
+pub mod receive;
+// One worker per trace id; all-or-nothing admission into bounded queues.
+pub mod shard;
+// Findings, per-minute edge counters and traces, behind a trait (SQLite).
+pub mod store;
+// The read model's types: what the store returns and the front ends show.
+pub mod view;
+// Totals, recently finalised traces, the feed of new findings, the service graph, verdict metrics.
+pub mod aggregate;
+// A worker's traces, each a petgraph call graph; idle and memory-bound finalisation.
+pub mod assemble;
+// Pure verdict logic (no I/O): the verdict table of the README.
+pub mod verify;
+
+// Shared: below everything.
+
+// Flags, environment and TOML, resolved into the `serve` configuration.
+pub mod config;
+// Which stages each service runs, for `misrouted`.
+pub mod instances;
+// Bounded string tables.
+pub mod intern;
+// The metrics registry every subsystem registers in.
+pub mod telemetry;
+// grayscope's own span types.
+pub mod model;
 
 /// Unix time in milliseconds, for timestamps shown to users.
 pub fn wall_ms() -> u64 {

@@ -4,7 +4,7 @@
 //! A peer that connects and then sends nothing, or sends its request head a byte a minute, holds a
 //! socket, a task and buffers for as long as it likes unless something times it out; enough such
 //! peers exhaust the process's file descriptors and nobody can export. The receivers bound request
-//! bodies ([`crate::receive::Gate`]); this module bounds what comes before a body, with the same
+//! bodies ([`crate::receive::InFlight`]); this module bounds what comes before a body, with the same
 //! `--read-timeout`:
 //!
 //! - every connection must show how it speaks within the timeout: the whole HTTP/2 preface, or a

@@ -69,21 +69,12 @@ pub use otlp::RequestBuilder;
 /// OTLP requests built by hand, shaped like the SDK's.
 pub mod otlp {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
     use crate::model::SpanKind;
 
-    pub fn kv(key: &str, value: &str) -> KeyValue {
-        KeyValue {
-            key: key.to_string(),
-            value: Some(AnyValue {
-                value: Some(Value::StringValue(value.to_string())),
-            }),
-            ..Default::default()
-        }
-    }
+    pub use crate::loadgen::kv;
 
     #[derive(Default)]
     pub struct RequestBuilder {

@@ -4,6 +4,10 @@ use opentelemetry::trace::{Tracer, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
 use super::*;
+use opentelemetry::trace::Span as _;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
+use std::time::Duration;
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();

@@ -20,7 +20,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 pub use client::{RawClient, Reply, Wire};
-pub use traffic::{ExpectedFinding, Fault, Template};
+pub use traffic::{ExpectedFinding, Fault, Template, kv};
 
 use crate::config::Dur;
 

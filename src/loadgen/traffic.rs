@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
@@ -20,9 +20,19 @@ use serde::Serialize;
 
 use super::client::Wire;
 use crate::model::SpanKind;
-use crate::testkit::otlp::kv;
 
 pub const SPANS_PER_TRACE: usize = 9;
+
+/// A string attribute, as OTLP carries it.
+pub fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(value.to_string())),
+        }),
+        ..Default::default()
+    }
+}
 
 /// The bugs the generator injects; each is one real propagation bug on one hop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

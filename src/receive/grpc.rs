@@ -15,7 +15,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::IngestMetrics;
-use super::{Admission, BUSY_MESSAGE, Gate, Ingest, Outcome, Protocol, RETRY_AFTER_SECS};
+use super::{Admission, BUSY_MESSAGE, InFlight, Ingest, Outcome, Protocol, RETRY_AFTER_SECS};
 use crate::shard::SubmitError;
 
 pub struct GrpcReceiver {
@@ -56,7 +56,7 @@ impl TraceService for GrpcReceiver {
 /// a message that can never fit), and an undecodable, cut-short or corrupt-gzip message as INTERNAL. This maps
 /// them, on the way out, to what the OTLP specification asks for, and counts them:
 /// RESOURCE_EXHAUSTED without RetryInfo (not retryable) and INVALID_ARGUMENT. It also counts the
-/// read timeouts of [`GateService`].
+/// read timeouts of [`InFlightService`].
 pub fn otlp_status<B>(metrics: &IngestMetrics, mut resp: http::Response<B>) -> http::Response<B> {
     let Some(status) = Status::from_header_map(resp.headers()) else {
         return resp;
@@ -94,34 +94,34 @@ const READ_TIMEOUT_MESSAGE: &str = "request message not received within";
 /// The OTLP/gRPC export method's path.
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-/// [`GateService`] for every service of a server.
+/// [`InFlightService`] for every service of a server.
 #[derive(Clone, Debug)]
-pub struct GateLayer(pub Gate);
+pub struct InFlightLayer(pub InFlight);
 
-impl<S> tower::Layer<S> for GateLayer {
-    type Service = GateService<S>;
+impl<S> tower::Layer<S> for InFlightLayer {
+    type Service = InFlightService<S>;
 
-    fn layer(&self, inner: S) -> GateService<S> {
-        GateService {
+    fn layer(&self, inner: S) -> InFlightService<S> {
+        InFlightService {
             inner,
-            gate: self.0.clone(),
+            in_flight: self.0.clone(),
         }
     }
 }
 
-/// Export calls take their turn at the receivers' [`Gate`] before their message is read and
+/// Export calls take their turn at the receivers' [`InFlight`] limit before their message is read and
 /// decoded; every unary call must produce its response within `--read-timeout`, or is answered
 /// DEADLINE_EXCEEDED (retryable in OTLP). A unary call's response waits for the whole request
 /// message, so a sender that stalls or trickles it cannot hold a stream and its buffer for ever;
 /// a streaming response (`WatchFindings`) starts at once and is not cut. (tonic's own
 /// `Server::timeout` would answer CANCELLED, which says the sender gave up.)
 #[derive(Clone, Debug)]
-pub struct GateService<S> {
+pub struct InFlightService<S> {
     inner: S,
-    gate: Gate,
+    in_flight: InFlight,
 }
 
-impl<S, B> tower::Service<http::Request<B>> for GateService<S>
+impl<S, B> tower::Service<http::Request<B>> for InFlightService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
         + Clone
@@ -144,14 +144,14 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let gate = self.gate.clone();
+        let in_flight = self.in_flight.clone();
         let export = req.uri().path() == EXPORT_PATH;
         let call = self.inner.call(req);
         Box::pin(async move {
             let answer = if export {
-                gate.run(call).await
+                in_flight.run(call).await
             } else {
-                match tokio::time::timeout(gate.read_timeout(), call).await {
+                match tokio::time::timeout(in_flight.read_timeout(), call).await {
                     Ok(r) => Admission::Done(r),
                     Err(_) => Admission::TimedOut,
                 }
@@ -166,7 +166,7 @@ where
                 .into_http()),
                 Admission::TimedOut => Ok(Status::deadline_exceeded(format!(
                     "{READ_TIMEOUT_MESSAGE} {:?} (--read-timeout)",
-                    gate.read_timeout()
+                    in_flight.read_timeout()
                 ))
                 .into_http()),
             }

@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 use tonic::Code;
 
-use super::{Admission, BUSY_MESSAGE, Gate, Ingest, Outcome, Protocol, RETRY_AFTER_SECS};
+use super::{Admission, BUSY_MESSAGE, InFlight, Ingest, Outcome, Protocol, RETRY_AFTER_SECS};
 
 pub const PROTOBUF: &str = "application/x-protobuf";
 pub const JSON: &str = "application/json";
@@ -29,18 +29,18 @@ pub const JSON: &str = "application/json";
 struct HttpReceiver {
     ingest: Arc<Ingest>,
     max_bytes: usize,
-    gate: Gate,
+    in_flight: InFlight,
 }
 
 /// The `/v1/traces` route.
-pub fn router(ingest: Arc<Ingest>, max_bytes: usize, gate: Gate) -> Router {
+pub fn router(ingest: Arc<Ingest>, max_bytes: usize, in_flight: InFlight) -> Router {
     Router::new()
         .route("/v1/traces", post(export))
         .layer(DefaultBodyLimit::disable())
         .with_state(HttpReceiver {
             ingest,
             max_bytes,
-            gate,
+            in_flight,
         })
 }
 
@@ -90,7 +90,11 @@ async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) 
             return reply_error(Protocol::HttpJson, f);
         }
     };
-    let answer = match rx.gate.run(handle(&rx, &headers, body, protocol)).await {
+    let answer = match rx
+        .in_flight
+        .run(handle(&rx, &headers, body, protocol))
+        .await
+    {
         Admission::Done(answer) => answer,
         Admission::Busy => Err(Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -104,7 +108,7 @@ async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) 
             Outcome::Timeout,
             format!(
                 "request body not received within {:?} (--read-timeout)",
-                rx.gate.read_timeout()
+                rx.in_flight.read_timeout()
             ),
         )),
     };

@@ -36,12 +36,12 @@ pub struct RequestLimits {
     pub max_concurrent: usize,
 }
 
-/// How long a request may wait for its turn at the [`Gate`] before it is refused, retryably.
+/// How long a request may wait for its turn among the [`InFlight`] requests limit before it is refused, retryably.
 /// Bursts wait; a sustained overload is told to back off at once instead of piling up latency
 /// (and connections) until senders time out.
 pub const ADMISSION_WAIT: Duration = Duration::from_millis(200);
 
-/// What became of a request at the [`Gate`].
+/// What became of a request among the [`InFlight`] requests.
 pub enum Admission<T> {
     Done(T),
     /// No turn within [`ADMISSION_WAIT`]: refuse, retryably.
@@ -58,14 +58,14 @@ pub const BUSY_MESSAGE: &str = "too many requests in flight; retry later";
 /// to 23 times its size, see `memory::Budget`). The others wait, bodies unread, for up to
 /// [`ADMISSION_WAIT`].
 #[derive(Clone, Debug)]
-pub struct Gate {
+pub struct InFlight {
     permits: Arc<tokio::sync::Semaphore>,
     read_timeout: Duration,
 }
 
-impl Gate {
+impl InFlight {
     pub fn new(limits: &RequestLimits) -> Self {
-        Gate {
+        InFlight {
             permits: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
             read_timeout: limits.read_timeout,
         }
@@ -80,7 +80,7 @@ impl Gate {
         let Ok(permit) = tokio::time::timeout(ADMISSION_WAIT, self.permits.acquire()).await else {
             return Admission::Busy;
         };
-        let _permit = permit.expect("the gate is never closed");
+        let _permit = permit.expect("the in-flight limit is never closed");
         match tokio::time::timeout(self.read_timeout, work).await {
             Ok(v) => Admission::Done(v),
             Err(_) => Admission::TimedOut,

@@ -44,11 +44,20 @@ use grayscope_propagation::{
 };
 
 use super::proto as pb;
+use faulty::FaultService;
+use otel::{bind, provider};
+use services::{
+    GatewayService, InventoryService, OrdersService, UsersService, charge, checkout, place_order,
+};
 
 use pb::inventory_client::InventoryClient;
 use pb::inventory_server::{Inventory, InventoryServer};
 use pb::orders_client::OrdersClient;
 use pb::orders_server::{Orders, OrdersServer};
+
+mod faulty;
+mod otel;
+mod services;
 
 /// The stage the gateway gives untagged requests.
 const DEFAULT_STAGE: &str = "stable";
@@ -159,112 +168,6 @@ impl<C: Clone> Edge<C> {
             _ => call.await,
         }
     }
-}
-
-/// Rewrites the outgoing headers of one call after the caller's client has injected them: the
-/// `changed` and `typo` faults live on the wire, below the CLIENT span, as a buggy middleware would.
-#[derive(Clone)]
-struct FaultService<S> {
-    inner: S,
-    fault: Option<FaultKind>,
-}
-
-impl<S, B> tower::Service<Request<B>> for FaultService<S>
-where
-    S: tower::Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        match self.fault {
-            Some(FaultKind::Changed) => {
-                let headers = req.headers_mut();
-                edit_baggage(headers, |cx| propagation::with_stage(cx, DEFAULT_STAGE));
-                headers.insert(STAGE_HEADER, http::HeaderValue::from_static(DEFAULT_STAGE));
-            }
-            Some(FaultKind::Typo) => {
-                let headers = req.headers_mut();
-                edit_baggage(headers, |cx| {
-                    let mut baggage = propagation::copy_baggage(cx);
-                    if let Some((value, _)) = baggage.remove(STAGE_KEY) {
-                        let _ = baggage.insert(TYPO_KEY, value);
-                    }
-                    cx.with_baggage(baggage)
-                });
-                headers.remove(STAGE_HEADER);
-            }
-            _ => {}
-        }
-        self.inner.call(req)
-    }
-}
-
-fn edit_baggage(headers: &mut HeaderMap, edit: impl FnOnce(&Context) -> Context) {
-    let bp = BaggagePropagator::new();
-    let cx = edit(&bp.extract(&HeaderExtractor(headers)));
-    headers.remove("baggage");
-    bp.inject_context(&cx, &mut HeaderInjector(headers));
-}
-
-/// A service's OpenTelemetry setup: its own resource and exporter, as in production.
-fn provider(
-    options: &DemoOptions,
-    exports: &Arc<Exports>,
-    service: Svc,
-    stage: &str,
-) -> Result<SdkTracerProvider, DemoError> {
-    let Export { protocol, url } = &options.export;
-    let exporter = match protocol {
-        Protocol::Grpc => SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(url.clone())
-            .build(),
-        Protocol::Http => SpanExporter::builder()
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(url.clone())
-            .build(),
-    }
-    .map_err(|e| DemoError::Exporter {
-        service: service.to_string(),
-        message: e.to_string(),
-    })?;
-    let exporter = Counted {
-        inner: exporter,
-        exports: exports.clone(),
-    };
-    let batch = BatchSpanProcessor::builder(exporter)
-        .with_batch_config(
-            BatchConfigBuilder::default()
-                .with_scheduled_delay(options.batch_delay)
-                .build(),
-        )
-        .build();
-    let resource = Resource::builder()
-        .with_service_name(service.name())
-        .with_attributes([
-            KeyValue::new("deployment.stage", stage.to_string()),
-            KeyValue::new("service.instance.id", format!("{service}-{stage}")),
-            KeyValue::new("service.namespace", "grayscope-demo"),
-        ])
-        .build();
-    Ok(SdkTracerProvider::builder()
-        .with_span_processor(BaggageSpanProcessor::new())
-        .with_span_processor(batch)
-        .with_resource(resource)
-        .build())
-}
-
-async fn bind(service: &'static str) -> Result<TcpListener, DemoError> {
-    TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .map_err(|source| DemoError::Bind { service, source })
 }
 
 /// The running services.
@@ -536,145 +439,4 @@ impl<C> Edge<C> {
             fault: self.fault,
         }
     }
-}
-
-#[derive(Deserialize)]
-struct CheckoutQuery {
-    user: String,
-    item: String,
-}
-
-struct GatewayService {
-    users: Edge<HttpTarget>,
-    orders: Edge<OrdersClient<GrpcChannel>>,
-}
-
-/// The gateway: places the order through users, then shows the user's recent orders.
-async fn checkout(
-    State(gw): State<Arc<GatewayService>>,
-    Query(q): Query<CheckoutQuery>,
-) -> Result<Json<Value>, (StatusCode, String)> {
-    let path = format!("/users/{}/orders", q.user);
-    let body = json!({ "item": q.item });
-    let placed = gw
-        .users
-        .call(move |t| t.post(path, body))
-        .await
-        .map_err(bad_gateway)?;
-    let user = q.user.clone();
-    let recent = gw
-        .orders
-        .call(move |mut c| async move {
-            Ok(c.list_orders(pb::ListOrdersRequest { user })
-                .await?
-                .into_inner())
-        })
-        .await
-        .map_err(bad_gateway)?;
-    Ok(Json(json!({
-        "stage": propagation::current_stage().map(|s| s.to_string()),
-        "order": placed,
-        "recent_orders_served_by": recent.served_by,
-    })))
-}
-
-struct UsersService {
-    orders: Edge<OrdersClient<GrpcChannel>>,
-}
-
-#[derive(Deserialize)]
-struct NewOrder {
-    item: String,
-}
-
-/// Users: places an order for a user with the orders service.
-async fn place_order(
-    State(users): State<Arc<UsersService>>,
-    Path(user): Path<String>,
-    Json(order): Json<NewOrder>,
-) -> Result<Json<Value>, (StatusCode, String)> {
-    let reply = users
-        .orders
-        .call(move |mut c| async move {
-            Ok(c.place_order(pb::PlaceOrderRequest {
-                user,
-                item: order.item,
-                quantity: 1,
-            })
-            .await?
-            .into_inner())
-        })
-        .await
-        .map_err(bad_gateway)?;
-    Ok(Json(
-        json!({ "order_id": reply.order_id, "served_by": reply.served_by }),
-    ))
-}
-
-#[derive(Clone)]
-struct OrdersService {
-    stage: String,
-    next_order: Arc<AtomicU64>,
-    payments: Edge<HttpTarget>,
-    inventory: Edge<InventoryClient<GrpcChannel>>,
-}
-
-#[tonic::async_trait]
-impl Orders for OrdersService {
-    async fn place_order(
-        &self,
-        req: tonic::Request<pb::PlaceOrderRequest>,
-    ) -> Result<tonic::Response<pb::PlaceOrderReply>, tonic::Status> {
-        let req = req.into_inner();
-        let order_id = format!(
-            "{}-{}",
-            self.stage,
-            self.next_order.fetch_add(1, Ordering::Relaxed)
-        );
-        let charge = json!({ "order_id": order_id, "user": req.user });
-        self.payments
-            .call(move |t| t.post("/charge".into(), charge))
-            .await?;
-        let (item, quantity) = (req.item, req.quantity);
-        self.inventory
-            .call(move |mut c| async move {
-                Ok(c.reserve(pb::ReserveRequest { item, quantity })
-                    .await?
-                    .into_inner())
-            })
-            .await?;
-        Ok(tonic::Response::new(pb::PlaceOrderReply {
-            order_id,
-            served_by: self.stage.clone(),
-        }))
-    }
-
-    async fn list_orders(
-        &self,
-        req: tonic::Request<pb::ListOrdersRequest>,
-    ) -> Result<tonic::Response<pb::ListOrdersReply>, tonic::Status> {
-        let user = req.into_inner().user;
-        Ok(tonic::Response::new(pb::ListOrdersReply {
-            order_ids: vec![format!("{user}-1")],
-            served_by: self.stage.clone(),
-        }))
-    }
-}
-
-#[derive(Clone)]
-struct InventoryService;
-
-#[tonic::async_trait]
-impl Inventory for InventoryService {
-    async fn reserve(
-        &self,
-        _: tonic::Request<pb::ReserveRequest>,
-    ) -> Result<tonic::Response<pb::ReserveReply>, tonic::Status> {
-        Ok(tonic::Response::new(pb::ReserveReply { reserved: true }))
-    }
-}
-
-/// Payments: the last hop of checkout.
-async fn charge(Json(_): Json<Value>) -> Json<Value> {
-    Json(json!({ "charged": true }))
 }

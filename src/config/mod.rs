@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use clap::Args;
+
+mod verify;
 use serde::{Deserialize, Serialize};
+pub use verify::{VerifyArgs, VerifyConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -66,48 +69,6 @@ impl Serialize for Dur {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(self.0))
     }
-}
-
-/// What decides verdicts; shared by `serve` and `check`.
-#[derive(Args, Deserialize, Serialize, Debug, Default, Clone)]
-#[serde(rename_all = "kebab-case")]
-pub struct VerifyArgs {
-    /// Span attribute keys that carry the request's stage, first found wins
-    /// [default: x-release-stage,http.request.header.x-release-stage]
-    #[arg(
-        long,
-        env = "GRAYSCOPE_STAGE_KEYS",
-        value_delimiter = ',',
-        value_name = "KEY,..."
-    )]
-    pub stage_keys: Option<Vec<String>>,
-    /// Resource attribute key naming the deployment stage of an instance [default: deployment.stage]
-    #[arg(long, env = "GRAYSCOPE_INSTANCE_STAGE_KEY", value_name = "KEY")]
-    pub instance_stage_key: Option<String>,
-    /// Allowed stage values; any other value is `invalid_value` [default: any value]
-    #[arg(
-        long,
-        env = "GRAYSCOPE_ALLOWED_STAGES",
-        value_delimiter = ',',
-        value_name = "STAGE,..."
-    )]
-    pub allowed_stages: Option<Vec<String>>,
-    /// Instances that count as live for misrouting even before they send a span: SERVICE=STAGE
-    #[arg(
-        long,
-        env = "GRAYSCOPE_DECLARED_INSTANCES",
-        value_delimiter = ',',
-        value_name = "SERVICE=STAGE,..."
-    )]
-    pub declared_instances: Option<Vec<String>>,
-    /// Services whose root CLIENT/PRODUCER spans are expected (jobs): SERVICE or SERVICE:SPAN_NAME
-    #[arg(
-        long,
-        env = "GRAYSCOPE_EXEMPT_ROOTS",
-        value_delimiter = ',',
-        value_name = "SERVICE[:SPAN],..."
-    )]
-    pub exempt_roots: Option<Vec<String>>,
 }
 
 #[derive(Args, Deserialize, Serialize, Debug, Default, Clone)]
@@ -193,19 +154,6 @@ pub struct ServeArgs {
     pub verify: VerifyArgs,
 }
 
-/// Verification settings with defaults applied.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub struct VerifyConfig {
-    pub stage_keys: Vec<String>,
-    pub instance_stage_key: String,
-    pub allowed_stages: Vec<String>,
-    /// (service, stage)
-    pub declared_instances: Vec<(String, String)>,
-    /// (service, optional span name)
-    pub exempt_roots: Vec<(String, Option<String>)>,
-}
-
 /// `serve` settings with defaults applied.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -232,65 +180,6 @@ pub struct ServeConfig {
     pub log: String,
     #[serde(flatten)]
     pub verify: VerifyConfig,
-}
-
-impl VerifyArgs {
-    fn or(self, file: VerifyArgs) -> VerifyArgs {
-        VerifyArgs {
-            stage_keys: self.stage_keys.or(file.stage_keys),
-            instance_stage_key: self.instance_stage_key.or(file.instance_stage_key),
-            allowed_stages: self.allowed_stages.or(file.allowed_stages),
-            declared_instances: self.declared_instances.or(file.declared_instances),
-            exempt_roots: self.exempt_roots.or(file.exempt_roots),
-        }
-    }
-
-    pub fn resolve(self) -> Result<VerifyConfig, ConfigError> {
-        let stage_keys = self.stage_keys.unwrap_or_else(|| {
-            vec![
-                "x-release-stage".into(),
-                "http.request.header.x-release-stage".into(),
-            ]
-        });
-        if stage_keys.is_empty() || stage_keys.iter().any(|k| k.is_empty()) {
-            return Err(ConfigError::Invalid {
-                option: "stage-keys",
-                message: "needs at least one non-empty key".into(),
-            });
-        }
-        let declared_instances = self
-            .declared_instances
-            .unwrap_or_default()
-            .into_iter()
-            .map(|d| match d.split_once('=') {
-                Some((svc, stage)) if !svc.is_empty() && !stage.is_empty() => {
-                    Ok((svc.to_string(), stage.to_string()))
-                }
-                _ => Err(ConfigError::Invalid {
-                    option: "declared-instances",
-                    message: format!("'{d}' is not SERVICE=STAGE"),
-                }),
-            })
-            .collect::<Result<_, _>>()?;
-        let exempt_roots = self
-            .exempt_roots
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| match e.split_once(':') {
-                Some((svc, span)) => (svc.to_string(), Some(span.to_string())),
-                None => (e, None),
-            })
-            .collect();
-        Ok(VerifyConfig {
-            stage_keys,
-            instance_stage_key: self
-                .instance_stage_key
-                .unwrap_or_else(|| "deployment.stage".into()),
-            allowed_stages: self.allowed_stages.unwrap_or_default(),
-            declared_instances,
-            exempt_roots,
-        })
-    }
 }
 
 impl ServeArgs {
@@ -467,137 +356,4 @@ fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Serve {
-        #[command(flatten)]
-        args: ServeArgs,
-    }
-
-    fn parse(args: &[&str]) -> ServeArgs {
-        let mut full = vec!["serve"];
-        full.extend_from_slice(args);
-        Serve::try_parse_from(full).unwrap().args
-    }
-
-    #[test]
-    fn every_flag_has_its_env_var_and_file_key() {
-        let serve = serve_command();
-        for arg in serve.get_arguments() {
-            let Some(long) = arg.get_long() else { continue };
-            if long == "help" || NOT_FILE_KEYS.contains(&long) && long != "config" {
-                continue;
-            }
-            let want = format!("GRAYSCOPE_{}", long.to_uppercase().replace('-', "_"));
-            assert_eq!(
-                arg.get_env().and_then(|e| e.to_str()),
-                Some(want.as_str()),
-                "--{long}"
-            );
-        }
-    }
-
-    #[test]
-    fn defaults() {
-        let c = parse(&[]).resolve().unwrap();
-        assert_eq!(c.otlp_grpc.to_string(), "127.0.0.1:4317");
-        assert_eq!(c.otlp_http.to_string(), "127.0.0.1:4318");
-        assert_eq!(c.http.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.max_request_bytes, 16 << 20);
-        assert_eq!(c.trace_idle.0, Duration::from_secs(10));
-        assert_eq!(c.instance_ttl.0, Duration::from_secs(900));
-        assert_eq!(c.max_buffered_spans, 2_000_000);
-        assert_eq!(
-            c.verify.stage_keys,
-            ["x-release-stage", "http.request.header.x-release-stage"]
-        );
-        assert_eq!(c.verify.instance_stage_key, "deployment.stage");
-    }
-
-    #[test]
-    fn flags_override_the_file_which_overrides_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("g.toml");
-        std::fs::write(
-            &path,
-            r#"
-trace-idle = "500ms"
-max-request-bytes = "1MiB"
-workers = 3
-allowed-stages = ["stable", "canary"]
-declared-instances = ["orders=canary"]
-exempt-roots = ["cron:nightly export", "reporter"]
-"#,
-        )
-        .unwrap();
-        let p = path.to_str().unwrap();
-        let c = parse(&["--config", p, "--workers", "5"]).resolve().unwrap();
-        assert_eq!(c.trace_idle.0, Duration::from_millis(500));
-        assert_eq!(c.max_request_bytes, 1 << 20);
-        assert_eq!(c.workers, 5);
-        assert_eq!(c.verify.allowed_stages, ["stable", "canary"]);
-        assert_eq!(
-            c.verify.declared_instances,
-            [("orders".to_string(), "canary".to_string())]
-        );
-        assert_eq!(
-            c.verify.exempt_roots,
-            [
-                ("cron".to_string(), Some("nightly export".to_string())),
-                ("reporter".to_string(), None)
-            ]
-        );
-    }
-
-    #[test]
-    fn bad_config_is_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("g.toml");
-        std::fs::write(&path, "trace_idel = \"1s\"\n").unwrap();
-        let e = parse(&["--config", path.to_str().unwrap()])
-            .resolve()
-            .unwrap_err();
-        assert!(e.to_string().contains("unknown key 'trace_idel'"), "{e}");
-        std::fs::write(&path, "trace-idle = \"soon\"\n").unwrap();
-        let e = parse(&["--config", path.to_str().unwrap()])
-            .resolve()
-            .unwrap_err();
-        assert!(e.to_string().contains("not a duration"), "{e}");
-        let e = parse(&["--declared-instances", "orders"])
-            .resolve()
-            .unwrap_err();
-        assert!(
-            e.to_string().contains("'orders' is not SERVICE=STAGE"),
-            "{e}"
-        );
-        assert!(Serve::try_parse_from(["serve", "--trace-idle", "10 parsecs"]).is_err());
-        let e = parse(&["--config", "/nonexistent/g.toml"])
-            .resolve()
-            .unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("cannot read config file /nonexistent/g.toml"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn lists_split_on_commas() {
-        let c = parse(&[
-            "--stage-keys",
-            "a,b",
-            "--allowed-stages",
-            "stable",
-            "--allowed-stages",
-            "canary",
-        ])
-        .resolve()
-        .unwrap();
-        assert_eq!(c.verify.stage_keys, ["a", "b"]);
-        assert_eq!(c.verify.allowed_stages, ["stable", "canary"]);
-    }
-}
+mod tests;

@@ -1,0 +1,121 @@
+//! What decides verdicts: the stage keys, allowed values, declared instances and exempt roots,
+//! shared by `serve` and `check`.
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+/// What decides verdicts; shared by `serve` and `check`.
+#[derive(Args, Deserialize, Serialize, Debug, Default, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub struct VerifyArgs {
+    /// Span attribute keys that carry the request's stage, first found wins
+    /// [default: x-release-stage,http.request.header.x-release-stage]
+    #[arg(
+        long,
+        env = "GRAYSCOPE_STAGE_KEYS",
+        value_delimiter = ',',
+        value_name = "KEY,..."
+    )]
+    pub stage_keys: Option<Vec<String>>,
+    /// Resource attribute key naming the deployment stage of an instance [default: deployment.stage]
+    #[arg(long, env = "GRAYSCOPE_INSTANCE_STAGE_KEY", value_name = "KEY")]
+    pub instance_stage_key: Option<String>,
+    /// Allowed stage values; any other value is `invalid_value` [default: any value]
+    #[arg(
+        long,
+        env = "GRAYSCOPE_ALLOWED_STAGES",
+        value_delimiter = ',',
+        value_name = "STAGE,..."
+    )]
+    pub allowed_stages: Option<Vec<String>>,
+    /// Instances that count as live for misrouting even before they send a span: SERVICE=STAGE
+    #[arg(
+        long,
+        env = "GRAYSCOPE_DECLARED_INSTANCES",
+        value_delimiter = ',',
+        value_name = "SERVICE=STAGE,..."
+    )]
+    pub declared_instances: Option<Vec<String>>,
+    /// Services whose root CLIENT/PRODUCER spans are expected (jobs): SERVICE or SERVICE:SPAN_NAME
+    #[arg(
+        long,
+        env = "GRAYSCOPE_EXEMPT_ROOTS",
+        value_delimiter = ',',
+        value_name = "SERVICE[:SPAN],..."
+    )]
+    pub exempt_roots: Option<Vec<String>>,
+}
+
+/// Verification settings with defaults applied.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct VerifyConfig {
+    pub stage_keys: Vec<String>,
+    pub instance_stage_key: String,
+    pub allowed_stages: Vec<String>,
+    /// (service, stage)
+    pub declared_instances: Vec<(String, String)>,
+    /// (service, optional span name)
+    pub exempt_roots: Vec<(String, Option<String>)>,
+}
+
+impl VerifyArgs {
+    pub(super) fn or(self, file: VerifyArgs) -> VerifyArgs {
+        VerifyArgs {
+            stage_keys: self.stage_keys.or(file.stage_keys),
+            instance_stage_key: self.instance_stage_key.or(file.instance_stage_key),
+            allowed_stages: self.allowed_stages.or(file.allowed_stages),
+            declared_instances: self.declared_instances.or(file.declared_instances),
+            exempt_roots: self.exempt_roots.or(file.exempt_roots),
+        }
+    }
+
+    pub fn resolve(self) -> Result<VerifyConfig, ConfigError> {
+        let stage_keys = self.stage_keys.unwrap_or_else(|| {
+            vec![
+                "x-release-stage".into(),
+                "http.request.header.x-release-stage".into(),
+            ]
+        });
+        if stage_keys.is_empty() || stage_keys.iter().any(|k| k.is_empty()) {
+            return Err(ConfigError::Invalid {
+                option: "stage-keys",
+                message: "needs at least one non-empty key".into(),
+            });
+        }
+        let declared_instances = self
+            .declared_instances
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| match d.split_once('=') {
+                Some((svc, stage)) if !svc.is_empty() && !stage.is_empty() => {
+                    Ok((svc.to_string(), stage.to_string()))
+                }
+                _ => Err(ConfigError::Invalid {
+                    option: "declared-instances",
+                    message: format!("'{d}' is not SERVICE=STAGE"),
+                }),
+            })
+            .collect::<Result<_, _>>()?;
+        let exempt_roots = self
+            .exempt_roots
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| match e.split_once(':') {
+                Some((svc, span)) => (svc.to_string(), Some(span.to_string())),
+                None => (e, None),
+            })
+            .collect();
+        Ok(VerifyConfig {
+            stage_keys,
+            instance_stage_key: self
+                .instance_stage_key
+                .unwrap_or_else(|| "deployment.stage".into()),
+            allowed_stages: self.allowed_stages.unwrap_or_default(),
+            declared_instances,
+            exempt_roots,
+        })
+    }
+}

@@ -1,0 +1,58 @@
+//! Each service's OpenTelemetry setup and its listening socket.
+
+use super::*;
+
+/// A service's OpenTelemetry setup: its own resource and exporter, as in production.
+pub(super) fn provider(
+    options: &DemoOptions,
+    exports: &Arc<Exports>,
+    service: Svc,
+    stage: &str,
+) -> Result<SdkTracerProvider, DemoError> {
+    let Export { protocol, url } = &options.export;
+    let exporter = match protocol {
+        Protocol::Grpc => SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(url.clone())
+            .build(),
+        Protocol::Http => SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(url.clone())
+            .build(),
+    }
+    .map_err(|e| DemoError::Exporter {
+        service: service.to_string(),
+        message: e.to_string(),
+    })?;
+    let exporter = Counted {
+        inner: exporter,
+        exports: exports.clone(),
+    };
+    let batch = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_scheduled_delay(options.batch_delay)
+                .build(),
+        )
+        .build();
+    let resource = Resource::builder()
+        .with_service_name(service.name())
+        .with_attributes([
+            KeyValue::new("deployment.stage", stage.to_string()),
+            KeyValue::new("service.instance.id", format!("{service}-{stage}")),
+            KeyValue::new("service.namespace", "grayscope-demo"),
+        ])
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(BaggageSpanProcessor::new())
+        .with_span_processor(batch)
+        .with_resource(resource)
+        .build())
+}
+
+pub(super) async fn bind(service: &'static str) -> Result<TcpListener, DemoError> {
+    TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|source| DemoError::Bind { service, source })
+}
