@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::model::TraceId;
 use crate::read::Reader;
 use crate::read::filter::{self, DEFAULT_LIMIT, FindingFilter, MAX_LIMIT};
-use crate::store::{StoreError, Window};
+use crate::store::{FindingQuery, StoreError, Window};
 use crate::verify::Finding;
 use crate::view::{FindingView, GraphView, SpanRef, StatsView, TraceView};
 
@@ -238,7 +238,12 @@ impl pb::query_server::Query for QueryService {
         };
         let page = self
             .reader
-            .findings(f.query(w, before, limit))
+            .findings(FindingQuery {
+                filter: f,
+                window: w,
+                before,
+                limit,
+            })
             .await
             .map_err(internal)?;
         Ok(Response::new(pb::ListFindingsResponse {

@@ -11,6 +11,7 @@ use super::params::{self, FindingParams, Params, WindowParams};
 use super::{ApiError, ApiState, ErrorBody};
 use crate::model::TraceId;
 use crate::read::filter::{self, FindingFilter};
+use crate::store::FindingQuery;
 use crate::telemetry;
 use crate::view::{self, GraphView, TraceView};
 
@@ -32,11 +33,12 @@ pub async fn findings(State(st): State<ApiState>, q: Params) -> Result<Response,
         .chain(["since", "until", "limit", "cursor"])
         .collect();
     params::only(&q, &known)?;
-    let query = FindingFilter::parse(&q.0)?.query(
-        filter::window(&q.0)?,
-        filter::cursor(&q.0)?,
-        filter::limit(&q.0)?,
-    );
+    let query = FindingQuery {
+        filter: FindingFilter::parse(&q.0)?,
+        window: filter::window(&q.0)?,
+        before: filter::cursor(&q.0)?,
+        limit: filter::limit(&q.0)?,
+    };
     let page = st.reader.findings(query).await?;
     Ok(axum::Json(view::FindingsPage {
         findings: page.findings,

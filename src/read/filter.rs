@@ -3,9 +3,9 @@
 //! value is the same [`BadParam`] everywhere, naming the parameter and what it should be.
 
 use crate::model::TraceId;
-use crate::store::{FindingQuery, Window};
+pub use crate::store::FindingFilter;
+use crate::store::Window;
 use crate::verify::{Scope, Verdict};
-use crate::view::FindingView;
 
 /// Findings on a page when the caller does not say.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -104,19 +104,7 @@ pub fn cursor(p: &impl Params) -> Result<Option<i64>, BadParam> {
     })
 }
 
-/// Which findings to list or to watch.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FindingFilter {
-    pub kind: Option<Verdict>,
-    /// The stage the finding concerns, or `none`.
-    pub stage: Option<String>,
-    pub caller: Option<String>,
-    pub callee: Option<String>,
-    pub trace_id: Option<TraceId>,
-    pub scope: Option<Scope>,
-    pub first_break: Option<bool>,
-}
-
+/// The filter read from parameters; defined with the store's query, read here.
 impl FindingFilter {
     /// Its parameters' names.
     pub const PARAMS: [&str; 7] = [
@@ -148,40 +136,6 @@ impl FindingFilter {
             scope: p.parse("scope", "cross_service or in_process", Scope::parse)?,
             first_break: p.parse("first_break", "true or false", |s| s.parse().ok())?,
         })
-    }
-
-    /// The store query for one page of what the filter selects.
-    pub fn query(self, w: Window, before: Option<i64>, limit: usize) -> FindingQuery {
-        FindingQuery {
-            kind: self.kind,
-            stage: self.stage,
-            caller: self.caller,
-            callee: self.callee,
-            trace_id: self.trace_id,
-            scope: self.scope,
-            first_break: self.first_break,
-            since_ms: w.since_ms,
-            until_ms: w.until_ms,
-            before,
-            limit,
-        }
-    }
-
-    /// Whether a finding as it happens passes the filter: the same rules as the store query.
-    pub fn matches(&self, f: &FindingView) -> bool {
-        self.kind.is_none_or(|k| k == f.kind)
-            && self.stage.as_deref().is_none_or(|s| match &f.stage {
-                None => s == "none",
-                Some(v) => **v == *s,
-            })
-            && self
-                .caller
-                .as_deref()
-                .is_none_or(|c| f.edge.caller.as_deref() == Some(c))
-            && self.callee.as_deref().is_none_or(|c| *f.edge.callee == *c)
-            && self.trace_id.is_none_or(|t| t == f.trace_id)
-            && self.scope.is_none_or(|s| s == f.scope)
-            && self.first_break.is_none_or(|b| b == f.first_break)
     }
 }
 

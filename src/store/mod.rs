@@ -25,7 +25,7 @@ use crate::view::{EdgeSeriesView, ServiceView, TraceView};
 
 pub use failure::{Failure, Reason};
 pub use metrics::register_metrics;
-pub use query::{FindingPage, FindingQuery, StageTraces, Window};
+pub use query::{FindingFilter, FindingPage, FindingQuery, StageTraces, Window};
 pub use sqlite::{DirLock, LockError, SqliteStore};
 pub use stats::Tally;
 

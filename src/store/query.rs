@@ -6,21 +6,45 @@ use crate::model::TraceId;
 use crate::verify::{Scope, Verdict};
 use crate::view::FindingView;
 
-/// Which findings to read; every field narrows. Names are matched exactly.
-#[derive(Clone, Debug, Default)]
-pub struct FindingQuery {
+/// Which findings: every field narrows; names are matched exactly. The same filter selects
+/// stored findings ([`FindingQuery`]) and findings as they happen ([`FindingFilter::matches`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FindingFilter {
     pub kind: Option<Verdict>,
-    /// A stage value, or `none` for findings without one.
+    /// The stage the finding concerns, or `none` for findings without one.
     pub stage: Option<String>,
     pub caller: Option<String>,
     pub callee: Option<String>,
     pub trace_id: Option<TraceId>,
     pub scope: Option<Scope>,
     pub first_break: Option<bool>,
-    /// Unix ms, inclusive.
-    pub since_ms: Option<u64>,
-    /// Unix ms, exclusive.
-    pub until_ms: Option<u64>,
+}
+
+impl FindingFilter {
+    /// Whether a finding passes: the same rules as a store's query.
+    pub fn matches(&self, f: &FindingView) -> bool {
+        self.kind.is_none_or(|k| k == f.kind)
+            && self.stage.as_deref().is_none_or(|s| match &f.stage {
+                None => s == "none",
+                Some(v) => **v == *s,
+            })
+            && self
+                .caller
+                .as_deref()
+                .is_none_or(|c| f.edge.caller.as_deref() == Some(c))
+            && self.callee.as_deref().is_none_or(|c| *f.edge.callee == *c)
+            && self.trace_id.is_none_or(|t| t == f.trace_id)
+            && self.scope.is_none_or(|s| s == f.scope)
+            && self.first_break.is_none_or(|b| b == f.first_break)
+    }
+}
+
+/// One page of stored findings.
+#[derive(Clone, Debug, Default)]
+pub struct FindingQuery {
+    pub filter: FindingFilter,
+    /// Observed within it.
+    pub window: Window,
     /// Only findings older than this cursor (from a previous page's `next`).
     pub before: Option<i64>,
     pub limit: usize,

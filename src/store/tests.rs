@@ -237,44 +237,61 @@ async fn findings_filter_and_page_without_gaps_or_duplicates(open: Opener) {
     assert_eq!(q(FindingQuery::default()).await.findings.len(), 40);
     let n = |f: FindingQuery| async { q(f).await.findings.len() };
     let kind = |v| FindingQuery {
-        kind: Some(v),
+        filter: FindingFilter {
+            kind: Some(v),
+            ..Default::default()
+        },
         ..Default::default()
     };
     assert_eq!(n(kind(Verdict::Missing)).await, 30);
     assert_eq!(n(kind(Verdict::Changed)).await, 10);
     assert_eq!(n(kind(Verdict::KeyMismatch)).await, 0);
     let stage = |s: &str| FindingQuery {
-        stage: Some(s.into()),
+        filter: FindingFilter {
+            stage: Some(s.into()),
+            ..Default::default()
+        },
         ..Default::default()
     };
     assert_eq!(n(stage("canary")).await, 40);
     assert_eq!(n(stage("none")).await, 0);
     assert_eq!(n(stage("never-seen")).await, 0);
     let edge = |caller: &str, callee: &str| FindingQuery {
-        caller: Some(caller.into()),
-        callee: Some(callee.into()),
+        filter: FindingFilter {
+            caller: Some(caller.into()),
+            callee: Some(callee.into()),
+            ..Default::default()
+        },
         ..Default::default()
     };
     assert_eq!(n(edge("users", "orders")).await, 40);
     assert_eq!(n(edge("orders", "users")).await, 0);
     let scoped = |s| FindingQuery {
-        scope: Some(s),
-        first_break: Some(true),
+        filter: FindingFilter {
+            scope: Some(s),
+            first_break: Some(true),
+            ..Default::default()
+        },
         ..Default::default()
     };
     // The orders SERVER span lost or changed the stage: both are cross-service.
     assert_eq!(n(scoped(Scope::InProcess)).await, 0);
     assert_eq!(n(scoped(Scope::CrossService)).await, 40);
     let one = FindingQuery {
-        trace_id: Some(TraceId(7)),
+        filter: FindingFilter {
+            trace_id: Some(TraceId(7)),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let page = q(one).await;
     assert_eq!(page.findings.len(), 1);
     assert_eq!(page.findings[0].trace_id, TraceId(7));
     let time = |since: u64, until: u64| FindingQuery {
-        since_ms: Some(since),
-        until_ms: Some(until),
+        window: Window {
+            since_ms: Some(since),
+            until_ms: Some(until),
+        },
         ..Default::default()
     };
     assert_eq!(n(time(T0, T0 + 1)).await, 40);

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use super::{Params, WebError, param, url_part};
 use crate::read::Reader;
 use crate::read::filter::{self, FindingFilter};
+use crate::store::FindingQuery;
 use crate::verify::Verdict;
 
 /// Findings on a page.
@@ -72,8 +73,14 @@ pub(super) async fn findings(
         .filter(|v| v.is_finding())
         .map(|v| v.as_str())
         .collect();
-    let parsed = FindingFilter::parse(&q.0)
-        .and_then(|filter| Ok(filter.query(filter::window(&q.0)?, filter::cursor(&q.0)?, PAGE)));
+    let parsed = FindingFilter::parse(&q.0).and_then(|filter| {
+        Ok(FindingQuery {
+            filter,
+            window: filter::window(&q.0)?,
+            before: filter::cursor(&q.0)?,
+            limit: PAGE,
+        })
+    });
     let query = match parsed {
         Ok(query) => query,
         // The form again, with what was wrong in it: the user corrects it there.

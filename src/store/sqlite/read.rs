@@ -39,10 +39,10 @@ pub fn findings(
         sql.push_str(sql_part);
         args.push(v);
     };
-    if let Some(k) = q.kind {
+    if let Some(k) = q.filter.kind {
         cond(" AND kind = ?", Value::Integer(k as i64), &mut sql);
     }
-    match q.stage.as_deref() {
+    match q.filter.stage.as_deref() {
         None => {}
         Some("none") => sql.push_str(" AND stage IS NULL"),
         Some(s) => match names.id(NameKind::Stage, s) {
@@ -50,7 +50,10 @@ pub fn findings(
             None => return Ok(empty),
         },
     }
-    for (column, name) in [("edge_caller", &q.caller), ("edge_callee", &q.callee)] {
+    for (column, name) in [
+        ("edge_caller", &q.filter.caller),
+        ("edge_callee", &q.filter.callee),
+    ] {
         if let Some(name) = name {
             let ids = names.node_ids(name);
             if ids.is_empty() {
@@ -64,27 +67,27 @@ pub fn findings(
             sql.push_str(&format!(" AND {column} IN ({list})"));
         }
     }
-    if let Some(t) = q.trace_id {
+    if let Some(t) = q.filter.trace_id {
         cond(
             " AND trace_id = ?",
             Value::Blob(trace_key(t).to_vec()),
             &mut sql,
         );
     }
-    if let Some(s) = q.scope {
+    if let Some(s) = q.filter.scope {
         cond(" AND scope = ?", Value::Integer(scope_code(s)), &mut sql);
     }
-    if let Some(b) = q.first_break {
+    if let Some(b) = q.filter.first_break {
         cond(
             " AND first_break = ?",
             Value::Integer(i64::from(b)),
             &mut sql,
         );
     }
-    if let Some(ms) = q.since_ms {
+    if let Some(ms) = q.window.since_ms {
         cond(" AND observed_ms >= ?", Value::Integer(ms as i64), &mut sql);
     }
-    if let Some(ms) = q.until_ms {
+    if let Some(ms) = q.window.until_ms {
         cond(" AND observed_ms < ?", Value::Integer(ms as i64), &mut sql);
     }
     if let Some(id) = q.before {
