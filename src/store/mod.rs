@@ -14,6 +14,7 @@ mod metrics;
 mod query;
 pub mod sqlite;
 mod stats;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -14,23 +14,20 @@ mod read;
 mod retention;
 mod schema;
 mod write;
-mod writer;
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, InterruptHandle, OpenFlags};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use rusqlite::{Connection, OpenFlags};
 
 pub use lock::{DirLock, LOCK_FILE, LockError};
 pub use names::{NameKind, Names};
 pub use schema::{MIGRATIONS, MigrateError};
 
-use super::stats::{Stats, Tally};
+use super::stats::Tally;
+use super::writer::{Backend, WriteSide};
 use super::{
     Failure, FindingPage, FindingQuery, Health, Reason, StageTraces, Store, StoreConfig,
     StoreError, Window, codec,
@@ -43,15 +40,11 @@ use crate::view::{EdgeSeriesView, ServiceView, TraceView};
 
 /// File name of the database inside `--data`.
 pub const DB_FILE: &str = "grayscope.db";
-/// Batches of finalised traces queued for the writer at most.
-const QUEUE_BATCHES: usize = 256;
 /// Read connections kept open for the APIs.
 const READERS: usize = 4;
 /// How long the writer waits for another connection's lock before the write counts as failed and
 /// is retried with backoff; short, so that the shutdown deadline can cut a stuck write.
 const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
-/// After the shutdown deadline, how long an interrupted writer may take to notice.
-const ABANDON_WAIT: Duration = Duration::from_secs(2);
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -97,40 +90,86 @@ impl From<rusqlite::Error> for Failure {
     }
 }
 
-enum Msg {
-    Batch(Vec<Finalised>, OwnedSemaphorePermit),
-    Flush(oneshot::Sender<Result<(), String>>),
-}
-
-/// How the shutdown talks to the writer: stop (write what is queued, then end) and abandon (the
-/// deadline passed: count what is unwritten as lost, and end now).
-#[derive(Clone, Default)]
-struct Control {
-    stop: CancellationToken,
-    abandon: CancellationToken,
-}
-
+/// What the readers share.
 struct Inner {
-    stats: Stats,
-    control: Control,
     path: PathBuf,
     names: Arc<Names>,
     symbols: Arc<Symbols>,
     readers: Mutex<Vec<Connection>>,
-    /// Cuts the writer's statement short when the shutdown deadline passes.
-    interrupt: InterruptHandle,
     /// Held for as long as anything may use the store.
     _lock: DirLock,
+}
+
+/// The writer's connection, on blocking threads.
+struct SqliteBackend {
+    conn: Option<Connection>,
+    names: Arc<Names>,
+    symbols: Arc<Symbols>,
+    sym_ids: names::SymIds,
+    cfg: StoreConfig,
+}
+
+impl SqliteBackend {
+    /// Runs `f` on the writer's connection, off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Connection, &mut names::SymIds) -> T + Send + 'static,
+    ) -> T {
+        let mut conn = self.conn.take().expect("the writer's connection is back");
+        let mut sym_ids = std::mem::take(&mut self.sym_ids);
+        let (conn, sym_ids, out) = tokio::task::spawn_blocking(move || {
+            let out = f(&mut conn, &mut sym_ids);
+            (conn, sym_ids, out)
+        })
+        .await
+        .expect("the store's writer does not panic");
+        self.conn = Some(conn);
+        self.sym_ids = sym_ids;
+        out
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for SqliteBackend {
+    async fn write(
+        &mut self,
+        batch: &Arc<Vec<Finalised>>,
+        range: Range<usize>,
+    ) -> Result<(), Failure> {
+        let (batch, names, symbols) = (batch.clone(), self.names.clone(), self.symbols.clone());
+        self.blocking(move |conn, sym_ids| {
+            write::write(conn, &names, sym_ids, &symbols, &batch[range])
+                .map(|_| ())
+                .map_err(Failure::from)
+        })
+        .await
+    }
+
+    async fn repair(&mut self) -> Result<(), Failure> {
+        let names = self.names.clone();
+        self.blocking(move |conn, sym_ids| {
+            *sym_ids = names::SymIds::default();
+            names.reload(conn).map_err(Failure::from)
+        })
+        .await
+    }
+
+    async fn retention(&mut self) {
+        let cfg = self.cfg.clone();
+        if let Err(e) = self
+            .blocking(move |conn, _| retention::enforce(conn, &cfg))
+            .await
+        {
+            tracing::error!("enforcing the store's retention failed: {e}");
+        }
+    }
 }
 
 /// The SQLite store: cheap to clone; its writer task runs until [`Store::stop`].
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
-    tx: mpsc::Sender<Msg>,
-    room: Arc<Semaphore>,
-    capacity: usize,
-    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    write: Arc<WriteSide>,
 }
 
 fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
@@ -184,24 +223,26 @@ impl SqliteStore {
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?);
         }
-        let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
-        let inner = Arc::new(Inner {
-            stats: Stats::default(),
-            control: Control::default(),
-            path,
-            names,
-            symbols,
-            readers: Mutex::new(readers),
-            interrupt: conn.get_interrupt_handle(),
-            _lock: lock,
+        let interrupt = conn.get_interrupt_handle();
+        let backend = SqliteBackend {
+            conn: Some(conn),
+            names: names.clone(),
+            symbols: symbols.clone(),
+            sym_ids: Default::default(),
+            cfg: cfg.clone(),
+        };
+        let write = WriteSide::start(backend, cfg, path.display().to_string(), move || {
+            interrupt.interrupt()
         });
-        let writer = writer::Writer::new(inner.clone(), conn, cfg.clone());
         Ok(SqliteStore {
-            inner,
-            tx,
-            room: Arc::new(Semaphore::new(cfg.queue_spans)),
-            capacity: cfg.queue_spans,
-            writer: Arc::new(Mutex::new(Some(tokio::spawn(writer.run(rx))))),
+            inner: Arc::new(Inner {
+                path,
+                names,
+                symbols,
+                readers: Mutex::new(readers),
+                _lock: lock,
+            }),
+            write: Arc::new(write),
         })
     }
 
@@ -248,82 +289,23 @@ impl Store for SqliteStore {
     }
 
     async fn submit(&self, batch: Vec<Finalised>) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let stats = &self.inner.stats;
-        let tally = Tally::of(&batch);
-        stats.submitted.add(tally);
-        let spans: usize = batch.iter().map(|f| f.outcome.spans.max(1) as usize).sum();
-        let n = spans.min(self.capacity) as u32;
-        let Ok(permit) = self.room.clone().acquire_many_owned(n).await else {
-            stats.drop_as(Reason::Shutdown, tally);
-            return Err(StoreError::Stopped);
-        };
-        self.tx
-            .send(Msg::Batch(batch, permit))
-            .await
-            .map_err(|mpsc::error::SendError(msg)| {
-                if let Msg::Batch(b, _) = msg {
-                    stats.drop_as(Reason::Shutdown, Tally::of(&b));
-                }
-                StoreError::Stopped
-            })
+        self.write.submit(batch).await
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Msg::Flush(done))
-            .await
-            .map_err(|_| StoreError::Stopped)?;
-        wait.await
-            .map_err(|_| StoreError::Stopped)?
-            .map_err(StoreError::Write)
+        self.write.flush().await
     }
 
     async fn stop(&self, deadline: tokio::time::Instant) -> Tally {
-        self.inner.control.stop.cancel();
-        let task = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(mut task) = task
-            && tokio::time::timeout_at(deadline, &mut task).await.is_err()
-        {
-            self.abandon();
-            if tokio::time::timeout(ABANDON_WAIT, &mut task).await.is_err() {
-                tracing::error!(
-                    "the store's writer did not stop within {ABANDON_WAIT:?} of being interrupted"
-                );
-            }
-        }
-        let stats = &self.inner.stats;
-        stats.queued() + stats.dropped[Reason::Shutdown.index()].get()
+        self.write.stop(deadline).await
     }
 
     fn abandon(&self) {
-        self.room.close();
-        self.inner.control.abandon.cancel();
-        self.inner.interrupt.interrupt();
+        self.write.abandon()
     }
 
     fn health(&self) -> Health {
-        let stats = &self.inner.stats;
-        Health {
-            queued_spans: self.capacity.saturating_sub(self.room.available_permits()),
-            lag: match stats.oldest_pending_ms.load(Ordering::Relaxed) {
-                0 => Duration::ZERO,
-                ms => Duration::from_millis(crate::wall_ms().saturating_sub(ms)),
-            },
-            queued: stats.queued(),
-            written: stats.written.get(),
-            dropped: Reason::ALL
-                .into_iter()
-                .map(|r| (r, stats.dropped[r.index()].get()))
-                .collect(),
-            write_errors: Reason::ALL
-                .into_iter()
-                .map(|r| (r, stats.write_errors[r.index()].load(Ordering::Relaxed)))
-                .collect(),
-        }
+        self.write.health()
     }
 
     async fn graph(&self, w: Window) -> Result<ServiceGraph, StoreError> {

@@ -2,15 +2,12 @@
 //! `--max-store-bytes`, the oldest rows go first until it fits. Runs on the writer's connection,
 //! between writes, so it never contends with them.
 
-use std::time::Duration;
 
 use rusqlite::{Connection, params};
 
 use super::StoreConfig;
 use super::write::EXAMPLES;
 
-/// How often retention runs.
-pub const EVERY: Duration = Duration::from_secs(60);
 /// At most this many steps of "delete the oldest slice" per run, so one run stays short.
 const MAX_STEPS: usize = 64;
 

@@ -8,17 +8,186 @@
 //! deadline, counting what it could not write.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::Connection;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::{Inner, Msg, StoreConfig, names, retention, write};
+use super::failure::{self, Failure, Reason};
+use super::stats::{Stats, Tally};
+use super::{Health, StoreConfig, StoreError};
 use crate::assemble::Finalised;
-use crate::store::failure::{self, Failure, Reason};
-use crate::store::stats::Tally;
+
+/// Batches of finalised traces queued for the writer at most.
+const QUEUE_BATCHES: usize = 256;
+/// After the shutdown deadline, how long an interrupted writer may take to notice.
+const ABANDON_WAIT: Duration = Duration::from_secs(2);
+/// How often retention runs.
+pub const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// What a database does for the writer; everything else (queueing, backpressure, retries,
+/// isolating a bad trace, accounting, the shutdown) is the writer's and is the same for all.
+#[async_trait::async_trait]
+pub trait Backend: Send + 'static {
+    /// Writes `batch[range]` in one transaction: all of it, or (on error) none of it.
+    async fn write(
+        &mut self,
+        batch: &Arc<Vec<Finalised>>,
+        range: Range<usize>,
+    ) -> Result<(), Failure>;
+
+    /// Makes what the backend mirrors of the database (name ids) match it again, before the
+    /// writer retries a batch that failed for the batch's sake.
+    async fn repair(&mut self) -> Result<(), Failure>;
+
+    /// Deletes what is past `--retention` and `--max-store-bytes`, and logs it.
+    async fn retention(&mut self);
+}
+
+enum Msg {
+    Batch(Vec<Finalised>, OwnedSemaphorePermit),
+    Flush(oneshot::Sender<Result<(), String>>),
+}
+
+/// How the shutdown talks to the writer: stop (write what is queued, then end) and abandon (the
+/// deadline passed: count what is unwritten as lost, and end now).
+#[derive(Clone, Default)]
+struct Control {
+    stop: CancellationToken,
+    abandon: CancellationToken,
+}
+
+/// The write side of a store, over any [`Backend`]: the bounded queue the workers submit to, the
+/// writer task that drains it, and the accounting of everything handed over.
+pub struct WriteSide {
+    tx: mpsc::Sender<Msg>,
+    room: Arc<Semaphore>,
+    capacity: usize,
+    stats: Arc<Stats>,
+    control: Control,
+    task: Mutex<Option<JoinHandle<()>>>,
+    /// Cuts the backend's statement in progress short (the shutdown deadline).
+    interrupt: Box<dyn Fn() + Send + Sync>,
+}
+
+impl WriteSide {
+    /// Starts the writer task over `backend`; `location` names the store in its log lines.
+    pub fn start<B: Backend>(
+        backend: B,
+        cfg: &StoreConfig,
+        location: String,
+        interrupt: impl Fn() + Send + Sync + 'static,
+    ) -> WriteSide {
+        let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
+        let stats = Arc::new(Stats::default());
+        let control = Control::default();
+        let writer = Writer {
+            backend,
+            stats: stats.clone(),
+            control: control.clone(),
+            location,
+            next_write: Instant::now() + cfg.flush_interval,
+            cfg: cfg.clone(),
+            pending: Vec::new(),
+            permits: Vec::new(),
+            failing: None,
+            set_aside_logged: HashMap::new(),
+        };
+        WriteSide {
+            tx,
+            room: Arc::new(Semaphore::new(cfg.queue_spans)),
+            capacity: cfg.queue_spans,
+            stats,
+            control,
+            task: Mutex::new(Some(tokio::spawn(writer.run(rx)))),
+            interrupt: Box::new(interrupt),
+        }
+    }
+
+    pub async fn submit(&self, batch: Vec<Finalised>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let stats = &self.stats;
+        let tally = Tally::of(&batch);
+        stats.submitted.add(tally);
+        let spans: usize = batch.iter().map(|f| f.outcome.spans.max(1) as usize).sum();
+        let n = spans.min(self.capacity) as u32;
+        let Ok(permit) = self.room.clone().acquire_many_owned(n).await else {
+            stats.drop_as(Reason::Shutdown, tally);
+            return Err(StoreError::Stopped);
+        };
+        self.tx
+            .send(Msg::Batch(batch, permit))
+            .await
+            .map_err(|mpsc::error::SendError(msg)| {
+                if let Msg::Batch(b, _) = msg {
+                    stats.drop_as(Reason::Shutdown, Tally::of(&b));
+                }
+                StoreError::Stopped
+            })
+    }
+
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Msg::Flush(done))
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        wait.await
+            .map_err(|_| StoreError::Stopped)?
+            .map_err(StoreError::Write)
+    }
+
+    pub async fn stop(&self, deadline: tokio::time::Instant) -> Tally {
+        self.control.stop.cancel();
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut task) = task
+            && tokio::time::timeout_at(deadline, &mut task).await.is_err()
+        {
+            self.abandon();
+            if tokio::time::timeout(ABANDON_WAIT, &mut task).await.is_err() {
+                tracing::error!(
+                    "the store's writer did not stop within {ABANDON_WAIT:?} of being interrupted"
+                );
+            }
+        }
+        let stats = &self.stats;
+        stats.queued() + stats.dropped[Reason::Shutdown.index()].get()
+    }
+
+    pub fn abandon(&self) {
+        self.room.close();
+        self.control.abandon.cancel();
+        (self.interrupt)();
+    }
+
+    pub fn health(&self) -> Health {
+        let stats = &self.stats;
+        Health {
+            queued_spans: self.capacity.saturating_sub(self.room.available_permits()),
+            lag: match stats.oldest_pending_ms.load(Relaxed) {
+                0 => Duration::ZERO,
+                ms => Duration::from_millis(crate::wall_ms().saturating_sub(ms)),
+            },
+            queued: stats.queued(),
+            written: stats.written.get(),
+            dropped: Reason::ALL
+                .into_iter()
+                .map(|r| (r, stats.dropped[r.index()].get()))
+                .collect(),
+            write_errors: Reason::ALL
+                .into_iter()
+                .map(|r| (r, stats.write_errors[r.index()].load(Relaxed)))
+                .collect(),
+        }
+    }
+}
 
 /// At most one log line per reason a trace is set aside for, this often.
 const SET_ASIDE_LOG_EVERY: Duration = Duration::from_secs(600);
@@ -31,10 +200,11 @@ struct Failing {
     logged: Vec<Reason>,
 }
 
-pub(super) struct Writer {
-    inner: Arc<Inner>,
-    conn: Option<Connection>,
-    sym_ids: names::SymIds,
+struct Writer<B> {
+    backend: B,
+    stats: Arc<Stats>,
+    control: Control,
+    location: String,
     cfg: StoreConfig,
     pending: Vec<Finalised>,
     /// Room in the queue taken by what is pending; released once it is all written or set aside.
@@ -52,31 +222,17 @@ enum Fate {
     SetAside(Reason),
 }
 
-/// One attempt at a batch, made on a blocking thread.
+/// One attempt at a batch.
 struct Attempt {
     fates: Vec<Fate>,
     /// Every write that failed, in order; the last one stopped the attempt if it was the store's.
     failures: Vec<Failure>,
 }
 
-impl Writer {
-    pub fn new(inner: Arc<Inner>, conn: Connection, cfg: StoreConfig) -> Writer {
-        Writer {
-            inner,
-            conn: Some(conn),
-            sym_ids: Default::default(),
-            next_write: Instant::now() + cfg.flush_interval,
-            cfg,
-            pending: Vec::new(),
-            permits: Vec::new(),
-            failing: None,
-            set_aside_logged: HashMap::new(),
-        }
-    }
-
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let ctl = self.inner.control.clone();
-        let mut retention = tokio::time::interval(retention::EVERY);
+impl<B: Backend> Writer<B> {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let ctl = self.control.clone();
+        let mut retention = tokio::time::interval(RETENTION_EVERY);
         retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopping = false;
         let mut drained = false;
@@ -109,7 +265,7 @@ impl Writer {
                 _ = tokio::time::sleep_until(self.next_write), if !self.pending.is_empty() => {
                     self.write().await;
                 }
-                _ = retention.tick(), if self.failing.is_none() => self.enforce_retention().await,
+                _ = retention.tick(), if self.failing.is_none() => self.backend.retention().await,
             }
             if drained && self.pending.is_empty() {
                 return;
@@ -121,7 +277,7 @@ impl Writer {
         if self.pending.is_empty()
             && let Some(oldest) = batch.iter().map(|f| f.outcome.finalised_at_ms).min()
         {
-            self.inner.stats.oldest_pending_ms.store(oldest, Relaxed);
+            self.stats.oldest_pending_ms.store(oldest, Relaxed);
         }
         self.pending.extend(batch);
         self.permits.push(permit);
@@ -132,27 +288,17 @@ impl Writer {
         if self.pending.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.pending);
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        let inner = self.inner.clone();
-        let mut sym_ids = std::mem::take(&mut self.sym_ids);
-        let (conn, attempt, batch, sym_ids) = tokio::task::spawn_blocking(move || {
-            let a = attempt(&mut conn, &inner, &mut sym_ids, &batch);
-            (conn, a, batch, sym_ids)
-        })
-        .await
-        .expect("a store write does not panic");
-        self.conn = Some(conn);
-        self.sym_ids = sym_ids;
+        let batch = Arc::new(std::mem::take(&mut self.pending));
+        let attempt = attempt(&mut self.backend, &batch).await;
+        // A backend keeps no reference to a batch past its write.
+        let batch = Arc::try_unwrap(batch)
+            .unwrap_or_else(|_| unreachable!("a backend kept a batch after writing it"));
         self.settle(batch, attempt);
     }
 
     /// Counts and logs what an attempt did, and keeps what it left pending.
     fn settle(&mut self, batch: Vec<Finalised>, attempt: Attempt) {
-        let inner = self.inner.clone();
-        let stats = &inner.stats;
+        let stats = self.stats.clone();
         for f in &attempt.failures {
             stats.write_error(f.reason);
         }
@@ -213,7 +359,7 @@ impl Writer {
             tracing::error!(
                 "writing to the store {} failed: {failure}; {}. {} traces wait; retrying with \
                  backoff, and senders are asked to retry while the queue is full",
-                inner.path.display(),
+                self.location,
                 failure.reason.advice(),
                 self.pending.len(),
             );
@@ -258,52 +404,23 @@ impl Writer {
             }
         }
         self.pending.clear();
-        self.inner.stats.drop_as(Reason::Shutdown, lost);
-    }
-
-    async fn enforce_retention(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        let cfg = self.cfg.clone();
-        let (conn, result) = tokio::task::spawn_blocking(move || {
-            let r = retention::enforce(&mut conn, &cfg);
-            (conn, r)
-        })
-        .await
-        .expect("retention does not panic");
-        self.conn = Some(conn);
-        if let Err(e) = result {
-            tracing::error!("enforcing the store's retention failed: {e}");
-        }
+        self.stats.drop_as(Reason::Shutdown, lost);
     }
 }
 
-use std::sync::atomic::Ordering::Relaxed;
-
-/// Writes `batch`, and when that fails for the batch's sake: repairs the name mirror and tries
-/// again, then halves the batch until the traces that still fail stand alone and are set aside.
-/// A failure of the store's stops the attempt with the rest pending.
-fn attempt(
-    conn: &mut Connection,
-    inner: &Inner,
-    sym_ids: &mut names::SymIds,
-    batch: &[Finalised],
-) -> Attempt {
+/// Writes `batch`, and when that fails for the batch's sake: repairs the backend's mirror and
+/// tries again, then halves the batch until the traces that still fail stand alone and are set
+/// aside. A failure of the store's stops the attempt with the rest pending.
+async fn attempt<B: Backend>(backend: &mut B, batch: &Arc<Vec<Finalised>>) -> Attempt {
     let mut a = Attempt {
         fates: vec![Fate::Pending; batch.len()],
         failures: Vec::new(),
     };
-    let once = |conn: &mut Connection, sym_ids: &mut names::SymIds, range| {
-        write::write(conn, &inner.names, sym_ids, &inner.symbols, &batch[range])
-            .map_err(Failure::from)
-    };
-    let all = 0..batch.len();
     let mut repaired = false;
-    let mut ranges = vec![all];
+    let mut ranges = vec![0..batch.len()];
     while let Some(r) = ranges.pop() {
-        match once(conn, sym_ids, r.clone()) {
-            Ok(_) => a.fates[r].fill(Fate::Written),
+        match backend.write(batch, r.clone()).await {
+            Ok(()) => a.fates[r].fill(Fate::Written),
             Err(f) if f.reason.is_store() => {
                 a.failures.push(f);
                 return a;
@@ -315,9 +432,8 @@ fn attempt(
                     // The mirror of the names table may be what is wrong (rows another writer
                     // added, or a file replaced underneath): read it again and retry as it was.
                     repaired = true;
-                    *sym_ids = names::SymIds::default();
-                    if let Err(e) = inner.names.reload(conn) {
-                        a.failures.push(e.into());
+                    if let Err(e) = backend.repair().await {
+                        a.failures.push(e);
                         return a;
                     }
                     ranges.push(r);

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL cluster on loopback, for grayscope's PostgreSQL tests and benchmarks.
+#
+#   scripts/postgres.sh start DIR   initdb in DIR (owned by the postgres user when run as root), start
+#                                   it on a free port, print its URL (postgres://postgres@127.0.0.1:PORT/postgres)
+#   scripts/postgres.sh stop DIR    stop it and remove DIR
+#
+# Uses Debian's postgresql (15); .ci/run installs it when missing.
+set -euo pipefail
+
+bin=""
+for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && bin=$d
+done
+if [ -z "$bin" ]; then
+    echo "postgres.sh: no PostgreSQL server (Debian package postgresql)" >&2
+    exit 1
+fi
+
+# Runs a server binary as the postgres user when we are root (initdb refuses root).
+as_owner() {
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+case "${1:-}" in
+start)
+    dir=${2:?usage: postgres.sh start DIR}
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres: "$dir"
+    as_owner "$bin/initdb" -D "$dir/data" -A trust -U postgres --no-sync >"$dir/initdb.log" 2>&1 \
+        || { cat "$dir/initdb.log" >&2; exit 1; }
+    port=$(free_port)
+    as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" \
+        start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
+    echo "$port" >"$dir/port"
+    echo "postgres://postgres@127.0.0.1:$port/postgres"
+    ;;
+stop)
+    dir=${2:?usage: postgres.sh stop DIR}
+    if [ -d "$dir/data" ]; then
+        as_owner "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$dir"
+    ;;
+*)
+    echo "usage: postgres.sh start|stop DIR" >&2
+    exit 2
+    ;;
+esac
