@@ -417,7 +417,9 @@ async fn attempt<B: Backend>(backend: &mut B, batch: &Arc<Vec<Finalised>>) -> At
         failures: Vec::new(),
     };
     let mut repaired = false;
-    let mut ranges = vec![0..batch.len()];
+    // A stack of slices to write, halved when one fails for its traces' sake.
+    let all = 0..batch.len();
+    let mut ranges = vec![all];
     while let Some(r) = ranges.pop() {
         match backend.write(batch, r.clone()).await {
             Ok(()) => a.fates[r].fill(Fate::Written),
