@@ -12,6 +12,7 @@ pub mod codec;
 mod failure;
 mod metrics;
 mod query;
+pub mod sql;
 pub mod sqlite;
 mod stats;
 mod writer;

@@ -9,8 +9,6 @@
 //! up. Every trace handed over is accounted for: written, set aside, or reported lost at shutdown.
 
 mod lock;
-mod names;
-mod read;
 mod retention;
 mod schema;
 mod write;
@@ -23,14 +21,15 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 pub use lock::{DirLock, LOCK_FILE, LockError};
-pub use names::{NameKind, Names};
 pub use schema::{MIGRATIONS, MigrateError};
 
+use super::sql::names::{Names, SymIds};
+use super::sql::{Db, Row, Value, read};
 use super::stats::Tally;
 use super::writer::{Backend, WriteSide};
 use super::{
     Failure, FindingPage, FindingQuery, Health, Reason, StageTraces, Store, StoreConfig,
-    StoreError, Window, codec,
+    StoreError, Window,
 };
 use crate::aggregate::ServiceGraph;
 use crate::assemble::Finalised;
@@ -95,7 +94,7 @@ struct Inner {
     path: PathBuf,
     names: Arc<Names>,
     symbols: Arc<Symbols>,
-    readers: Mutex<Vec<Connection>>,
+    pool: Arc<Readers>,
     /// Held for as long as anything may use the store.
     _lock: DirLock,
 }
@@ -105,7 +104,7 @@ struct SqliteBackend {
     conn: Option<Connection>,
     names: Arc<Names>,
     symbols: Arc<Symbols>,
-    sym_ids: names::SymIds,
+    sym_ids: SymIds,
     cfg: StoreConfig,
 }
 
@@ -113,7 +112,7 @@ impl SqliteBackend {
     /// Runs `f` on the writer's connection, off the async workers.
     async fn blocking<T: Send + 'static>(
         &mut self,
-        f: impl FnOnce(&mut Connection, &mut names::SymIds) -> T + Send + 'static,
+        f: impl FnOnce(&mut Connection, &mut SymIds) -> T + Send + 'static,
     ) -> T {
         let mut conn = self.conn.take().expect("the writer's connection is back");
         let mut sym_ids = std::mem::take(&mut self.sym_ids);
@@ -139,8 +138,6 @@ impl Backend for SqliteBackend {
         let (batch, names, symbols) = (batch.clone(), self.names.clone(), self.symbols.clone());
         self.blocking(move |conn, sym_ids| {
             write::write(conn, &names, sym_ids, &symbols, &batch[range])
-                .map(|_| ())
-                .map_err(Failure::from)
         })
         .await
     }
@@ -148,8 +145,9 @@ impl Backend for SqliteBackend {
     async fn repair(&mut self) -> Result<(), Failure> {
         let names = self.names.clone();
         self.blocking(move |conn, sym_ids| {
-            *sym_ids = names::SymIds::default();
-            names.reload(conn).map_err(Failure::from)
+            *sym_ids = SymIds::default();
+            names.replace(write::load_names(conn)?);
+            Ok(())
         })
         .await
     }
@@ -215,7 +213,7 @@ impl SqliteStore {
             where_: path.display().to_string(),
             cause: cause.to_string(),
         })?;
-        let names = Arc::new(Names::load(&conn)?);
+        let names = Arc::new(Names::of(write::load_names(&conn)?));
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(open_conn(
@@ -236,10 +234,13 @@ impl SqliteStore {
         });
         Ok(SqliteStore {
             inner: Arc::new(Inner {
-                path,
+                path: path.clone(),
                 names,
                 symbols,
-                readers: Mutex::new(readers),
+                pool: Arc::new(Readers {
+                    path: path.clone(),
+                    idle: Mutex::new(readers),
+                }),
                 _lock: lock,
             }),
             write: Arc::new(write),
@@ -249,37 +250,81 @@ impl SqliteStore {
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
+}
 
-    /// Runs `f` on a read connection, off the async workers.
-    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection, &Names) -> Result<T, StoreError> + Send + 'static,
-    {
-        let inner = self.inner.clone();
+/// The readers' side: each query on a pooled read connection, off the async workers.
+#[async_trait::async_trait]
+impl Db for Inner {
+    async fn query(&self, sql: &str, args: Vec<Value>) -> Result<Vec<Row>, StoreError> {
+        // The shared queries number their placeholders `$1`; SQLite's are `?1`.
+        let sql = sql.replace('$', "?");
+        let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
-            let pooled = inner
-                .readers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop();
-            let conn = match pooled {
-                Some(c) => c,
-                None => open_conn(
-                    &inner.path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?,
-            };
-            let out = f(&conn, &inner.names);
-            let mut pool = inner.readers.lock().unwrap_or_else(|e| e.into_inner());
-            if pool.len() < READERS {
-                pool.push(conn);
-            }
+            let conn = pool.take()?;
+            let out = run(&conn, &sql, args);
+            pool.give_back(conn);
             out
         })
         .await
         .map_err(|_| StoreError::Stopped)?
     }
+}
+
+/// Read connections, opened as needed and kept up to [`READERS`].
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    fn take(&self) -> Result<Connection, StoreError> {
+        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match pooled {
+            Some(c) => Ok(c),
+            None => open_conn(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < READERS {
+            idle.push(conn);
+        }
+    }
+}
+
+fn run(conn: &Connection, sql: &str, args: Vec<Value>) -> Result<Vec<Row>, StoreError> {
+    use rusqlite::types::{Value as V, ValueRef};
+    let mut stmt = conn.prepare_cached(sql)?;
+    let params: Vec<V> = args
+        .into_iter()
+        .map(|v| match v {
+            Value::Null => V::Null,
+            Value::Int(i) => V::Integer(i),
+            Value::Text(t) => V::Text(t),
+            Value::Bytes(b) => V::Blob(b),
+        })
+        .collect();
+    let columns = stmt.column_count();
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let mut row = Vec::with_capacity(columns);
+        for i in 0..columns {
+            row.push(match r.get_ref(i)? {
+                ValueRef::Null => Value::Null,
+                ValueRef::Integer(v) => Value::Int(v),
+                ValueRef::Real(v) => Value::Int(v as i64),
+                ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Blob(b) => Value::Bytes(b.to_vec()),
+            });
+        }
+        out.push(Row(row));
+    }
+    Ok(out)
 }
 
 #[async_trait::async_trait]
@@ -309,17 +354,21 @@ impl Store for SqliteStore {
     }
 
     async fn graph(&self, w: Window) -> Result<ServiceGraph, StoreError> {
-        let sym = self.inner.symbols.clone();
-        self.read(move |c, n| Ok(read::graph(c, n, &sym, w)?)).await
+        read::graph(
+            self.inner.as_ref(),
+            &self.inner.names,
+            &self.inner.symbols,
+            w,
+        )
+        .await
     }
 
     async fn trace_counts(&self, w: Window) -> Result<Vec<StageTraces>, StoreError> {
-        self.read(move |c, n| Ok(read::trace_counts(c, n, w)?))
-            .await
+        read::trace_counts(self.inner.as_ref(), &self.inner.names, w).await
     }
 
     async fn services(&self) -> Result<Vec<ServiceView>, StoreError> {
-        self.read(|c, n| Ok(read::services(c, n)?)).await
+        read::services(self.inner.as_ref(), &self.inner.names).await
     }
 
     async fn edge_series(
@@ -329,33 +378,16 @@ impl Store for SqliteStore {
         stage: Option<String>,
         w: Window,
     ) -> Result<Option<EdgeSeriesView>, StoreError> {
-        self.read(move |c, n| {
-            Ok(read::edge_series(
-                c,
-                n,
-                &caller,
-                &callee,
-                stage.as_deref(),
-                w,
-            )?)
-        })
-        .await
+        let db = self.inner.as_ref();
+        read::edge_series(db, &self.inner.names, &caller, &callee, stage.as_deref(), w).await
     }
 
     async fn findings(&self, q: FindingQuery) -> Result<FindingPage, StoreError> {
-        self.read(move |c, n| Ok(read::findings(c, n, &q)?)).await
+        read::findings(self.inner.as_ref(), &self.inner.names, &q).await
     }
 
     async fn trace(&self, id: TraceId) -> Result<Option<TraceView>, StoreError> {
-        self.read(move |c, n| {
-            let Some(data) = write::stored_trace(c, id)? else {
-                return Ok(None);
-            };
-            let mut view = codec::decode(id, &data)?;
-            view.findings = read::trace_findings(c, n, id)?;
-            Ok(Some(view))
-        })
-        .await
+        read::trace(self.inner.as_ref(), &self.inner.names, id).await
     }
 }
 

@@ -2,11 +2,10 @@
 //! `--max-store-bytes`, the oldest rows go first until it fits. Runs on the writer's connection,
 //! between writes, so it never contends with them.
 
-
 use rusqlite::{Connection, params};
 
 use super::StoreConfig;
-use super::write::EXAMPLES;
+use crate::store::sql::EXAMPLES;
 
 /// At most this many steps of "delete the oldest slice" per run, so one run stays short.
 const MAX_STEPS: usize = 64;
