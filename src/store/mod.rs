@@ -11,6 +11,7 @@
 pub mod codec;
 mod failure;
 mod metrics;
+pub mod postgres;
 mod query;
 pub mod sql;
 pub mod sqlite;
@@ -27,6 +28,7 @@ use crate::view::{EdgeSeriesView, ServiceView, TraceView};
 
 pub use failure::{Failure, Reason};
 pub use metrics::register_metrics;
+pub use postgres::PostgresStore;
 pub use query::{FindingFilter, FindingPage, FindingQuery, StageTraces, Window};
 pub use sqlite::{DirLock, LockError, SqliteStore};
 pub use stats::Tally;

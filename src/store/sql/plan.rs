@@ -220,3 +220,41 @@ pub fn build<I: Ids>(batch: &[Finalised], sym: &Symbols, ids: &mut I) -> Result<
     plan.trace_minutes = trace_minutes.into_iter().collect();
     Ok(plan)
 }
+
+impl Plan {
+    /// Applies `f` to every name id in the plan (and nothing else): for ids given provisionally
+    /// while the plan was built and known only once its names are stored.
+    pub fn map_ids(&mut self, f: impl Fn(i64) -> i64) {
+        let span = |c: &mut SpanCols| {
+            c.0 = f(c.0);
+            c.2 = f(c.2);
+            c.4 = c.4.map(&f);
+            c.5 = c.5.map(&f);
+        };
+        for r in &mut self.findings {
+            r.stage = r.stage.map(&f);
+            r.edge_caller = r.edge_caller.map(&f);
+            r.edge_callee = f(r.edge_callee);
+            if let Some(c) = &mut r.caller {
+                span(c);
+            }
+            span(&mut r.callee);
+        }
+        for ((_, caller, callee, stage, instance, _), _, _) in &mut self.minutes {
+            (*caller, *callee, *stage, *instance) =
+                (f(*caller), f(*callee), f(*stage), f(*instance));
+        }
+        for ((caller, callee), _) in &mut self.edges {
+            (*caller, *callee) = (f(*caller), f(*callee));
+        }
+        for (caller, callee, _, _, _) in &mut self.examples {
+            (*caller, *callee) = (f(*caller), f(*callee));
+        }
+        for ((service, stage), _) in &mut self.services {
+            (*service, *stage) = (f(*service), f(*stage));
+        }
+        for ((_, stage, _), _) in &mut self.trace_minutes {
+            *stage = f(*stage);
+        }
+    }
+}

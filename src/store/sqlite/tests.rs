@@ -10,9 +10,17 @@ use crate::store::tests::{T0, call, config, deadline, finalise};
 use crate::store::{SharedStore, StoreConfig};
 use crate::testkit::Kit;
 
-/// The suite's opener for SQLite: a store in `place`, locked.
+/// A SQLite store in `place`, locked.
 pub(crate) fn open(k: &Kit, place: &Path) -> SharedStore {
     Arc::new(SqliteStore::open(&config(), DirLock::acquire(place).unwrap(), k.sym.clone()).unwrap())
+}
+
+/// The suite's opener for SQLite: always available.
+pub(crate) fn opener<'a>(
+    k: &'a Kit,
+    place: &'a Path,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<SharedStore>> + Send + 'a>> {
+    Box::pin(async move { Some(open(k, place)) })
 }
 
 async fn stored(k: &Kit, dir: &Path, batches: Vec<Vec<Finalised>>) -> SharedStore {

@@ -1,0 +1,334 @@
+//! The store in PostgreSQL (`--data postgres://user@host:port/db`), shared by every grayscope
+//! instance of a cluster: each writes what it judged, and every read, from any instance, sees
+//! everything.
+//!
+//! Writes are one transaction per flush interval with one multi-row statement per table
+//! (`INSERT ... SELECT * FROM UNNEST(...)`), rows sorted by key so that concurrent writers take row
+//! locks in one order; counters are upserted (`count = count + excluded.count`), so N writers add
+//! up exactly. Reads are the queries shared with SQLite. A database outage is a failure of the
+//! store: the writer keeps what is queued, retries with backoff, and reconnects through the pool
+//! by itself, while senders are told to retry.
+
+mod retention;
+mod schema;
+mod write;
+
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+
+pub use schema::MIGRATIONS;
+
+use super::sql::names::Names;
+use super::sql::{Db, Row, Value, read};
+use super::stats::Tally;
+use super::writer::WriteSide;
+use super::{
+    Failure, FindingPage, FindingQuery, Health, Reason, StageTraces, Store, StoreConfig,
+    StoreError, Window,
+};
+use crate::aggregate::ServiceGraph;
+use crate::assemble::Finalised;
+use crate::intern::Symbols;
+use crate::model::TraceId;
+use crate::view::{EdgeSeriesView, ServiceView, TraceView};
+
+/// Connections in the pool: the writer's, the retention's and the readers'.
+const POOL_SIZE: usize = 8;
+/// How long opening a connection may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether `--data` names a PostgreSQL database rather than a directory.
+pub fn is_url(data: &str) -> bool {
+    data.starts_with("postgres://") || data.starts_with("postgresql://")
+}
+
+/// A database URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// What the database said, in its own words where it said anything.
+pub(crate) fn pg_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg = format!("{msg}: {s}");
+        source = s.source();
+    }
+    msg
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Failure {
+            reason: reason(&e),
+            message: pg_error(&e),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Failure {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => Failure {
+                reason: Reason::Io,
+                message: format!("no connection to the database: {other}"),
+            },
+        }
+    }
+}
+
+/// Why PostgreSQL failed, as the writer decides on it: a connection lost or refused, a deadlock
+/// or a server shutting down is the store's (retry); a constraint or an oversized value is the
+/// batch's.
+pub fn reason(e: &tokio_postgres::Error) -> Reason {
+    let Some(code) = e.code() else {
+        // No SQLSTATE: the connection itself failed.
+        return Reason::Io;
+    };
+    if *code == SqlState::QUERY_CANCELED {
+        return Reason::Interrupted;
+    }
+    if *code == SqlState::DISK_FULL {
+        return Reason::Full;
+    }
+    if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+        return Reason::ReadOnly;
+    }
+    match &code.code()[..2] {
+        // Connection exceptions, an operator's intervention (a server shutting down), system errors.
+        "08" | "57" | "58" => Reason::Io,
+        "53" => Reason::Memory,
+        // Serialization failures and deadlocks; a lock not available.
+        "40" | "55" => Reason::Busy,
+        // A damaged database, or tables missing from it: nothing a batch did.
+        "XX" | "42" => Reason::Corrupt,
+        "28" => Reason::ReadOnly,
+        "23" => Reason::Constraint,
+        "22" | "54" => Reason::TooBig,
+        _ => Reason::Other,
+    }
+}
+
+/// The pool as the shared read queries see it.
+struct PgDb {
+    pool: Pool,
+}
+
+fn to_sql(v: &Value) -> Box<dyn ToSql + Sync + Send> {
+    match v {
+        Value::Null => Box::new(Option::<i64>::None),
+        Value::Int(i) => Box::new(*i),
+        Value::Text(t) => Box::new(t.clone()),
+        Value::Bytes(b) => Box::new(b.clone()),
+    }
+}
+
+fn row_of(r: &tokio_postgres::Row) -> Result<Row, StoreError> {
+    let bad = |e: tokio_postgres::Error| StoreError::Query(pg_error(&e));
+    let mut out = Vec::with_capacity(r.len());
+    for (i, c) in r.columns().iter().enumerate() {
+        let t = c.type_();
+        out.push(if *t == Type::INT8 {
+            r.try_get::<_, Option<i64>>(i)
+                .map_err(bad)?
+                .map_or(Value::Null, Value::Int)
+        } else if *t == Type::INT4 {
+            r.try_get::<_, Option<i32>>(i)
+                .map_err(bad)?
+                .map_or(Value::Null, |v| Value::Int(v.into()))
+        } else if *t == Type::INT2 {
+            r.try_get::<_, Option<i16>>(i)
+                .map_err(bad)?
+                .map_or(Value::Null, |v| Value::Int(v.into()))
+        } else if *t == Type::TEXT || *t == Type::VARCHAR || *t == Type::NAME {
+            r.try_get::<_, Option<String>>(i)
+                .map_err(bad)?
+                .map_or(Value::Null, Value::Text)
+        } else if *t == Type::BYTEA {
+            r.try_get::<_, Option<Vec<u8>>>(i)
+                .map_err(bad)?
+                .map_or(Value::Null, Value::Bytes)
+        } else {
+            return Err(StoreError::Query(format!(
+                "column {} has type {t}, which the shared queries do not use",
+                c.name()
+            )));
+        });
+    }
+    Ok(Row(out))
+}
+
+#[async_trait::async_trait]
+impl Db for PgDb {
+    async fn query(&self, sql: &str, args: Vec<Value>) -> Result<Vec<Row>, StoreError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Query(Failure::from(e).message))?;
+        let params: Vec<Box<dyn ToSql + Sync + Send>> = args.iter().map(to_sql).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        let rows = client
+            .query(sql, &refs)
+            .await
+            .map_err(|e| StoreError::Query(pg_error(&e)))?;
+        rows.iter().map(row_of).collect()
+    }
+}
+
+struct Inner {
+    db: PgDb,
+    location: String,
+    names: Arc<Names>,
+    symbols: Arc<Symbols>,
+}
+
+/// The PostgreSQL store: cheap to clone; its writer task runs until [`Store::stop`].
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+    write: Arc<WriteSide>,
+}
+
+impl PostgresStore {
+    /// Connects, migrates the schema (refusing one from a newer grayscope) and starts the writer.
+    /// A bad URL, refused credentials or an unreachable server fail here, at start.
+    pub async fn connect(
+        url: &str,
+        cfg: &StoreConfig,
+        symbols: Arc<Symbols>,
+    ) -> Result<PostgresStore, StoreError> {
+        let location = redact(url);
+        let open = |cause: String| StoreError::Open {
+            where_: location.clone(),
+            cause,
+        };
+        let mut pg = tokio_postgres::Config::from_str(url)
+            .map_err(|e| open(format!("not a PostgreSQL URL: {}", pg_error(&e))))?;
+        pg.connect_timeout(CONNECT_TIMEOUT);
+        pg.application_name("grayscope");
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT * 2))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| open(e.to_string()))?;
+        let mut client = pool
+            .get()
+            .await
+            .map_err(|e| open(Failure::from(e).message))?;
+        schema::migrate(&mut client, &location).await?;
+        drop(client);
+        let db = PgDb { pool: pool.clone() };
+        let names = Arc::new(Names::load(&db).await?);
+        let backend = write::PgBackend::new(pool, names.clone(), symbols.clone(), cfg.clone());
+        let cancel = backend.cancel_handle();
+        let write = WriteSide::start(backend, cfg, location.clone(), move || {
+            write::cancel(&cancel)
+        });
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                db,
+                location,
+                names,
+                symbols,
+            }),
+            write: Arc::new(write),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    fn location(&self) -> String {
+        self.inner.location.clone()
+    }
+
+    async fn submit(&self, batch: Vec<Finalised>) -> Result<(), StoreError> {
+        self.write.submit(batch).await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.write.flush().await
+    }
+
+    async fn stop(&self, deadline: tokio::time::Instant) -> Tally {
+        self.write.stop(deadline).await
+    }
+
+    fn abandon(&self) {
+        self.write.abandon()
+    }
+
+    fn health(&self) -> Health {
+        self.write.health()
+    }
+
+    async fn graph(&self, w: Window) -> Result<ServiceGraph, StoreError> {
+        read::graph(&self.inner.db, &self.inner.names, &self.inner.symbols, w).await
+    }
+
+    async fn trace_counts(&self, w: Window) -> Result<Vec<StageTraces>, StoreError> {
+        read::trace_counts(&self.inner.db, &self.inner.names, w).await
+    }
+
+    async fn services(&self) -> Result<Vec<ServiceView>, StoreError> {
+        read::services(&self.inner.db, &self.inner.names).await
+    }
+
+    async fn edge_series(
+        &self,
+        caller: String,
+        callee: String,
+        stage: Option<String>,
+        w: Window,
+    ) -> Result<Option<EdgeSeriesView>, StoreError> {
+        let db = &self.inner.db;
+        read::edge_series(db, &self.inner.names, &caller, &callee, stage.as_deref(), w).await
+    }
+
+    async fn findings(&self, q: FindingQuery) -> Result<FindingPage, StoreError> {
+        read::findings(&self.inner.db, &self.inner.names, &q).await
+    }
+
+    async fn trace(&self, id: TraceId) -> Result<Option<TraceView>, StoreError> {
+        read::trace(&self.inner.db, &self.inner.names, id).await
+    }
+}
+
+/// The cancel token of the writer's connection in use, if a write is in progress.
+type CancelSlot = Arc<Mutex<Option<tokio_postgres::CancelToken>>>;
+
+#[cfg(test)]
+pub(crate) mod tests;
