@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::aggregate::{Aggregate, AggregateConfig};
 use crate::api::{self, ApiState};
 use crate::assemble::AssemblerConfig;
-use crate::config::ServeConfig;
+use crate::config::{Data, ServeConfig};
 use crate::demo;
 use crate::instances::{Clock, Instances};
 use crate::intern::{SymbolLimits, Symbols};
@@ -27,7 +27,7 @@ use crate::read::Reader;
 use crate::receive::{self, Decoder, Ingest, IngestMetrics, RequestLimits};
 use crate::shard::WorkerMetrics;
 use crate::shard::{Shards, WorkerSetup};
-use crate::store::{DirLock, SharedStore, SqliteStore, StoreConfig, Tally};
+use crate::store::{DirLock, PostgresStore, SharedStore, SqliteStore, StoreConfig, Tally};
 use crate::telemetry::{self, Telemetry};
 use crate::verify::Policy;
 use crate::web;
@@ -35,7 +35,8 @@ use crate::web;
 /// What the process holds exclusively, taken up front: the data directory and three listening
 /// sockets.
 pub struct Listeners {
-    pub data: DirLock,
+    /// The data directory, when the store is SQLite (a shared database has no such lock).
+    pub data: Option<DirLock>,
     pub otlp_grpc: TcpListener,
     pub otlp_http: TcpListener,
     pub http: TcpListener,
@@ -45,7 +46,10 @@ impl Listeners {
     /// Locks the data directory first: a second process started on it by mistake usually has the
     /// same ports too, and the directory is what the operator must hear about.
     pub async fn bind(cfg: &ServeConfig) -> anyhow::Result<Self> {
-        let data = DirLock::acquire(&cfg.data)?;
+        let data = match &cfg.data {
+            Data::Dir(dir) => Some(DirLock::acquire(dir)?),
+            Data::Postgres(_) => None,
+        };
         let bind = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr)
                 .await
@@ -78,7 +82,7 @@ pub struct Collector {
 }
 
 /// Builds the pipeline and starts serving on already-bound listeners.
-pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collector> {
+pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collector> {
     let symbols = Arc::new(Symbols::new(&SymbolLimits::default()));
     let clock = Clock::new();
     let policy = Arc::new(Policy::new(
@@ -102,16 +106,23 @@ pub fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collecto
             ..AggregateConfig::default()
         },
     ));
-    let store: SharedStore = Arc::new(SqliteStore::open(
-        &StoreConfig {
-            queue_spans: cfg.store_queue_spans,
-            flush_interval: cfg.flush_interval.0,
-            retention: cfg.retention.0,
-            max_bytes: cfg.max_store_bytes,
-        },
-        listeners.data,
-        symbols.clone(),
-    )?);
+    let store_cfg = StoreConfig {
+        queue_spans: cfg.store_queue_spans,
+        flush_interval: cfg.flush_interval.0,
+        retention: cfg.retention.0,
+        max_bytes: cfg.max_store_bytes,
+    };
+    let store: SharedStore = match (&cfg.data, listeners.data) {
+        (Data::Postgres(url), _) => {
+            Arc::new(PostgresStore::connect(url, &store_cfg, symbols.clone()).await?)
+        }
+        (Data::Dir(_), Some(lock)) => {
+            Arc::new(SqliteStore::open(&store_cfg, lock, symbols.clone())?)
+        }
+        (Data::Dir(dir), None) => {
+            anyhow::bail!("the data directory {} was not locked", dir.display())
+        }
+    };
     tracing::info!("store: {}", store.location());
     let budget = crate::memory::Budget::of(cfg);
     tracing::info!(
@@ -320,7 +331,7 @@ pub struct ServeDemo {
 
 pub async fn serve(cfg: ServeConfig, demo: Option<ServeDemo>) -> anyhow::Result<Stopped> {
     let listeners = Listeners::bind(&cfg).await?;
-    let collector = start(&cfg, listeners)?;
+    let collector = start(&cfg, listeners).await?;
     println!(
         "grayscope: OTLP/gRPC on {}, OTLP/HTTP on {}, API and metrics on http://{}",
         collector.otlp_grpc, collector.otlp_http, collector.http

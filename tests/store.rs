@@ -432,3 +432,50 @@ fn a_store_that_fails_for_good_refuses_senders_and_sigterm_reports_what_was_lost
         "one line per reason: {stderr}"
     );
 }
+
+#[test]
+fn a_postgres_store_that_cannot_be_reached_stops_the_start_with_exit_2() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://grayscope:secret@127.0.0.1:{port}/grayscope");
+    let (code, stderr) = run_to_exit(Served::command(&url, &QUICK));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "grayscope: cannot open the store postgres://grayscope:***@127.0.0.1:{port}/grayscope: "
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn findings_reach_a_postgres_store_and_survive_a_restart_of_every_instance() {
+    let Some(admin) = common::postgres::server() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = rt.block_on(common::postgres::fresh_database(&admin));
+    // Two instances on one database: what one stores, the other serves.
+    let a = Server::of(Served::start(&url, &QUICK));
+    let b = Server::of(Served::start(&url, &QUICK));
+    a.send(&traces(1, 20));
+    b.send(&traces(100, 10));
+    a.wait_for_findings(30);
+    b.wait_for_findings(30);
+    assert_eq!(a.calls(), 30);
+    assert_eq!(b.calls(), 30, "counters of both writers add up");
+    assert_eq!(a.signal(libc::SIGTERM), Some(0));
+    assert_eq!(b.signal(libc::SIGKILL), None);
+    let c = Server::of(Served::start(&url, &QUICK));
+    c.wait_for_findings(30);
+    assert_eq!(c.calls(), 30);
+    let t = c.get(&format!("/api/v1/traces/{:032x}", 105));
+    assert_eq!(t["findings"][0]["kind"], "missing", "{t}");
+    assert_eq!(c.signal(libc::SIGTERM), Some(0));
+}

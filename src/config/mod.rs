@@ -45,6 +45,48 @@ pub const STORE_QUEUE_SPANS: usize = 524_288;
 /// Flags of `serve` that are not keys of the config file.
 const NOT_FILE_KEYS: [&str; 2] = ["config", "print-config"];
 
+/// Where the store is: `--data` is a directory, or a PostgreSQL URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Data {
+    Dir(PathBuf),
+    Postgres(String),
+}
+
+impl Data {
+    pub fn of(data: PathBuf) -> Data {
+        match data.to_str() {
+            Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+                Data::Postgres(s.to_string())
+            }
+            _ => Data::Dir(data),
+        }
+    }
+}
+
+/// Printed without the password a URL may hold.
+impl Serialize for Data {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Data::Dir(p) => p.serialize(s),
+            Data::Postgres(url) => s.collect_str(&crate::config::redact(url)),
+        }
+    }
+}
+
+/// A URL without its password, for logs, errors and `--print-config`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
 /// A duration written like `500ms`, `10s`, `15m`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dur(pub Duration);
@@ -123,7 +165,8 @@ pub struct ServeArgs {
     /// senders are told to retry) [default: 524288]
     #[arg(long, env = "GRAYSCOPE_STORE_QUEUE_SPANS", value_name = "N")]
     pub store_queue_spans: Option<usize>,
-    /// Directory of the store (findings, edge counters, traces) [default: ./grayscope-data]
+    /// Where findings, edge counters and traces are kept: a directory (SQLite, one process), or
+    /// postgres://user:password@host:port/db (shared by several instances) [default: ./grayscope-data]
     #[arg(long, env = "GRAYSCOPE_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// A finding is written to the store within this long of being produced [default: 1s]
@@ -170,7 +213,7 @@ pub struct ServeConfig {
     pub workers: usize,
     pub queue_spans: usize,
     pub store_queue_spans: usize,
-    pub data: PathBuf,
+    pub data: Data,
     pub flush_interval: Dur,
     pub retention: Dur,
     pub max_store_bytes: u64,
@@ -261,7 +304,7 @@ impl ServeArgs {
                 "store-queue-spans",
                 a.store_queue_spans.unwrap_or(STORE_QUEUE_SPANS),
             )?,
-            data: a.data.unwrap_or_else(|| PathBuf::from("grayscope-data")),
+            data: Data::of(a.data.unwrap_or_else(|| PathBuf::from("grayscope-data"))),
             flush_interval: nonzero(
                 "flush-interval",
                 a.flush_interval.unwrap_or(Dur(Duration::from_secs(1))),

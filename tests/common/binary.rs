@@ -3,7 +3,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,12 +17,12 @@ pub struct Served {
 
 impl Served {
     /// Starts `grayscope serve` with its store in `data` and `args` after the listen addresses.
-    pub fn start(data: &Path, args: &[&str]) -> Served {
+    pub fn start(data: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Served {
         Served::spawn(Served::command(data, args))
     }
 
     /// The command [`Served::start`] runs, for a test to add to (its stderr, its limits).
-    pub fn command(data: &Path, args: &[&str]) -> Command {
+    pub fn command(data: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_grayscope"));
         cmd.args([
             "serve",

@@ -25,6 +25,7 @@ pub const STAGE: &str = "x-release-stage";
 
 pub mod binary;
 pub mod otlp;
+pub mod postgres;
 
 /// Serve options for tests: every port chosen by the OS, a short idle time.
 pub fn test_args() -> ServeArgs {
@@ -70,7 +71,7 @@ pub async fn spawn_collector(mut args: ServeArgs) -> TestCollector {
     let cfg: ServeConfig = args.resolve().expect("test config resolves");
     let listeners = Listeners::bind(&cfg).await.expect("binding port 0");
     TestCollector {
-        collector: Some(app::start(&cfg, listeners).expect("collector starts")),
+        collector: Some(app::start(&cfg, listeners).await.expect("collector starts")),
         _dir: dir,
     }
 }

@@ -43,24 +43,7 @@ const POOL_SIZE: usize = 8;
 /// How long opening a connection may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Whether `--data` names a PostgreSQL database rather than a directory.
-pub fn is_url(data: &str) -> bool {
-    data.starts_with("postgres://") || data.starts_with("postgresql://")
-}
-
-/// A database URL without its password, for logs and errors.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_string();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
-}
+pub use crate::config::redact;
 
 /// What the database said, in its own words where it said anything.
 pub(crate) fn pg_error(e: &tokio_postgres::Error) -> String {

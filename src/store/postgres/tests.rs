@@ -65,10 +65,19 @@ pub(crate) fn opener<'a>(
 
 #[test]
 fn urls_are_told_apart_from_paths_and_passwords_never_shown() {
-    assert!(is_url("postgres://u@h:5432/db"));
-    assert!(is_url("postgresql://h/db"));
-    assert!(!is_url("./grayscope-data"));
-    assert!(!is_url("/var/lib/postgres"));
+    use crate::config::Data;
+    use std::path::PathBuf;
+    let data = |s: &str| Data::of(PathBuf::from(s));
+    assert_eq!(
+        data("postgres://u@h:5432/db"),
+        Data::Postgres("postgres://u@h:5432/db".into())
+    );
+    assert!(matches!(data("postgresql://h/db"), Data::Postgres(_)));
+    assert_eq!(
+        data("./grayscope-data"),
+        Data::Dir("./grayscope-data".into())
+    );
+    assert!(matches!(data("/var/lib/postgres"), Data::Dir(_)));
     assert_eq!(
         redact("postgres://u:secret@h:5432/db"),
         "postgres://u:***@h:5432/db"
