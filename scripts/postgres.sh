@@ -3,6 +3,8 @@
 #
 #   scripts/postgres.sh start DIR   initdb in DIR (owned by the postgres user when run as root), start
 #                                   it on a free port, print its URL (postgres://postgres@127.0.0.1:PORT/postgres)
+#   scripts/postgres.sh pause DIR   stop it, keeping its data (an outage, for tests)
+#   scripts/postgres.sh resume DIR  start it again on the same port
 #   scripts/postgres.sh stop DIR    stop it and remove DIR
 #
 # Uses Debian's postgresql (15); .ci/run installs it when missing.
@@ -44,6 +46,18 @@ start)
     echo "$port" >"$dir/port"
     echo "postgres://postgres@127.0.0.1:$port/postgres"
     ;;
+pause)
+    # Stops the server, keeping its data: a database outage, for tests.
+    dir=${2:?usage: postgres.sh pause DIR}
+    as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+    ;;
+resume)
+    dir=${2:?usage: postgres.sh resume DIR}
+    port=$(cat "$dir/port")
+    as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" \
+        start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
+    ;;
 stop)
     dir=${2:?usage: postgres.sh stop DIR}
     if [ -d "$dir/data" ]; then
@@ -52,7 +66,7 @@ stop)
     rm -rf "$dir"
     ;;
 *)
-    echo "usage: postgres.sh start|stop DIR" >&2
+    echo "usage: postgres.sh start|pause|resume|stop DIR" >&2
     exit 2
     ;;
 esac

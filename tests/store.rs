@@ -479,3 +479,83 @@ fn findings_reach_a_postgres_store_and_survive_a_restart_of_every_instance() {
     assert_eq!(t["findings"][0]["kind"], "missing", "{t}");
     assert_eq!(c.signal(libc::SIGTERM), Some(0));
 }
+
+/// Runs `scripts/postgres.sh` with these arguments; its output.
+fn postgres_sh(args: &[&str]) -> String {
+    let out = std::process::Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres.sh"),
+    )
+    .args(args)
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "postgres.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn a_postgres_outage_is_retried_and_nothing_queued_is_lost() {
+    // A server of its own, to take down: only where the test server exists (PostgreSQL installed).
+    if common::postgres::server().is_none() {
+        return;
+    }
+    let cluster = tempfile::tempdir().unwrap();
+    let dir = cluster.path().join("pg");
+    let dir = dir.to_str().unwrap();
+    let admin = postgres_sh(&["start", dir]);
+    // Stopped and removed however the test ends.
+    struct Cluster<'a>(&'a str);
+    impl Drop for Cluster<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres.sh"),
+            )
+            .args(["stop", self.0])
+            .output();
+        }
+    }
+    let _cluster = Cluster(dir);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = rt.block_on(common::postgres::fresh_database(&admin));
+    let log = cluster.path().join("stderr.log");
+    let mut cmd = Served::command(&url, &QUICK);
+    cmd.stderr(std::fs::File::create(&log).unwrap());
+    let s = Server::of(Served::spawn(cmd));
+    s.send(&traces(1, 20));
+    s.wait_for_findings(20);
+
+    postgres_sh(&["pause", dir]);
+    // Acknowledged while the database is down: queued, retried.
+    s.send(&traces(100, 10));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = s.metrics();
+        if sum(&m, "grayscope_store_write_errors_total{reason=\"io\"}") >= 2 {
+            assert_eq!(sum(&m, "grayscope_store_failing"), 1, "{m}");
+            assert_eq!(sum(&m, "grayscope_store_queued_traces"), 10);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed writes: {m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    postgres_sh(&["resume", dir]);
+
+    // The pool reconnects by itself; everything queued is written.
+    s.wait_for_findings(30);
+    assert_eq!(s.calls(), 30);
+    let m = s.metrics();
+    assert_eq!(sum(&m, "grayscope_store_failing"), 0);
+    assert_eq!(sum(&m, "grayscope_store_dropped_traces_total"), 0);
+    assert_eq!(sum(&m, "grayscope_store_written_traces_total"), 30);
+    assert_eq!(s.signal(libc::SIGTERM), Some(0));
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        stderr.matches("writing to the store").count(),
+        1,
+        "one line for the outage: {stderr}"
+    );
+    assert!(stderr.contains("(io)"), "{stderr}");
+}

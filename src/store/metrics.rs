@@ -39,6 +39,13 @@ impl Collector for StoreCollector {
             None,
             lag.metric_type(),
         )?)?;
+        let failing = ConstGauge::new(i64::from(h.failing));
+        failing.encode(encoder.encode_descriptor(
+            "store_failing",
+            "1 while writes to the store fail for a reason of the store's (down, full, locked) and are retried",
+            None,
+            failing.metric_type(),
+        )?)?;
         let queued = ConstGauge::new(h.queued.traces as i64);
         queued.encode(encoder.encode_descriptor(
             "store_queued_traces",

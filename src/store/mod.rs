@@ -75,6 +75,8 @@ pub struct Health {
     pub queued_spans: usize,
     /// Age of the oldest finalised trace not yet written.
     pub lag: Duration,
+    /// Writes fail for a reason of the store's (it is down, full, locked): they are retried.
+    pub failing: bool,
     /// Traces handed over and neither written nor dropped yet.
     pub queued: Tally,
     pub written: Tally,

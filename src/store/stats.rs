@@ -67,6 +67,8 @@ pub struct Stats {
     pub dropped: [Counter; Reason::ALL.len()],
     /// Failed write transactions by [`Reason`].
     pub write_errors: [AtomicU64; Reason::ALL.len()],
+    /// Writes are failing for a reason of the store's: from the first failure to the next success.
+    pub failing: std::sync::atomic::AtomicBool,
 }
 
 impl Stats {

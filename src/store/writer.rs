@@ -175,6 +175,7 @@ impl WriteSide {
                 0 => Duration::ZERO,
                 ms => Duration::from_millis(crate::wall_ms().saturating_sub(ms)),
             },
+            failing: stats.failing.load(Relaxed),
             queued: stats.queued(),
             written: stats.written.get(),
             dropped: Reason::ALL
@@ -324,6 +325,7 @@ impl<B: Backend> Writer<B> {
         if self.pending.is_empty() {
             self.permits.clear();
             stats.oldest_pending_ms.store(0, Relaxed);
+            stats.failing.store(false, Relaxed);
             if let Some(run) = self.failing.take() {
                 tracing::info!(
                     "writing to the store works again, after {} failed attempts over {:.1?}",
@@ -347,6 +349,7 @@ impl<B: Backend> Writer<B> {
         if let Some(oldest) = self.pending.iter().map(|f| f.outcome.finalised_at_ms).min() {
             stats.oldest_pending_ms.store(oldest, Relaxed);
         }
+        stats.failing.store(true, Relaxed);
         let run = self.failing.get_or_insert_with(|| Failing {
             since: now,
             attempts: 0,
