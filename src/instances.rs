@@ -1,4 +1,5 @@
-//! Which deployment stages each service is running, for judging `misrouted`.
+//! Which deployment stages each service is running, for judging `misrouted`; and whether the
+//! grayscope instances behind the load balancer are changing, for judging orphans `unverifiable`.
 //!
 //! A canary request served by a stable instance is only a routing bug if a canary instance existed to
 //! serve it. Receivers record every (service, instance stage) pair they see, once per resource per
@@ -46,6 +47,9 @@ pub struct Instances {
     seen: RwLock<HashMap<(Sym, Sym), AtomicU64, RandomState>>,
     declared: HashSet<(Sym, Sym), RandomState>,
     ttl_ms: u64,
+    /// Until when (on the [`Clock`]) traces may be split between grayscope instances, because
+    /// the load balancer's members changed; 0 when they never did.
+    rebalancing_until_ms: AtomicU64,
 }
 
 /// One row of [`Instances::snapshot`].
@@ -64,7 +68,20 @@ impl Instances {
             seen: RwLock::new(HashMap::default()),
             declared: declared.into_iter().collect(),
             ttl_ms,
+            rebalancing_until_ms: AtomicU64::new(0),
         }
+    }
+
+    /// The grayscope instances behind the load balancer changed: until `until_ms`, a span whose
+    /// parent never arrived may have had it routed to another instance.
+    pub fn rebalancing(&self, until_ms: u64) {
+        self.rebalancing_until_ms
+            .fetch_max(until_ms, Ordering::Relaxed);
+    }
+
+    /// Whether a membership change's window is open at `now_ms`.
+    pub fn unsettled(&self, now_ms: u64) -> bool {
+        now_ms < self.rebalancing_until_ms.load(Ordering::Relaxed)
     }
 
     pub fn touch(&self, service: Sym, stage: Sym, now_ms: u64) {

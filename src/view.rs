@@ -103,7 +103,7 @@ impl FindingView {
 }
 
 /// Counts by verdict name, zeroes left out.
-fn by_verdict(counts: &[u64; 9]) -> BTreeMap<&'static str, u64> {
+fn by_verdict(counts: &[u64; Verdict::COUNT]) -> BTreeMap<&'static str, u64> {
     Verdict::ALL
         .iter()
         .filter(|v| counts[**v as usize] > 0)
@@ -122,7 +122,7 @@ pub struct StatsView {
 
 impl StatsView {
     fn of(s: &StageStats) -> Self {
-        let judged: u64 = s.verdicts.iter().sum();
+        let judged = s.judged();
         let good = s.verdicts[Verdict::Ok as usize] + s.verdicts[Verdict::Absent as usize];
         StatsView {
             calls: s.calls,

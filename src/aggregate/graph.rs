@@ -24,9 +24,9 @@ pub struct StageStats {
     /// Calls between services on this hop (traffic).
     pub calls: u64,
     /// Judged span edges counted on this hop, by verdict (`Verdict as usize`).
-    pub verdicts: [u64; 9],
+    pub verdicts: [u64; Verdict::COUNT],
     /// Findings that were first breaks, by verdict.
-    pub first_breaks: [u64; 9],
+    pub first_breaks: [u64; Verdict::COUNT],
 }
 
 impl StageStats {
@@ -42,10 +42,19 @@ impl StageStats {
 
     pub fn merge(&mut self, o: &StageStats) {
         self.calls += o.calls;
-        for i in 0..9 {
+        for i in 0..Verdict::COUNT {
             self.verdicts[i] += o.verdicts[i];
             self.first_breaks[i] += o.first_breaks[i];
         }
+    }
+
+    /// Edges judged: every verdict but `unverifiable`.
+    pub fn judged(&self) -> u64 {
+        Verdict::ALL
+            .iter()
+            .filter(|v| v.is_judged())
+            .map(|&v| self.verdicts[v as usize])
+            .sum()
     }
 
     pub fn findings(&self) -> u64 {

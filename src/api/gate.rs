@@ -137,7 +137,7 @@ pub fn judge(q: &GateQuery, g: &ServiceGraph, sym: &Symbols) -> GateResult {
             }
         }
     }
-    let judged: u64 = total.verdicts.iter().sum();
+    let judged = total.judged();
     let good = total.verdicts[Verdict::Ok as usize] + total.verdicts[Verdict::Absent as usize];
     let consistency = (judged > 0).then(|| good as f64 / judged as f64);
     let findings = total.findings();

@@ -321,6 +321,7 @@ impl Assembler {
             is_live: &is_live,
             observed_at_ms: wall_ms,
             early: reason == Reason::Early,
+            unsettled: instances.unsettled(now_ms),
         };
         let outcome = verify::finalise(buf.trace_id, &mut buf.graph, &cx);
         let keep = outcome.is_broken() || buf.trace_id.sampled(self.cfg.sample_clean);

@@ -32,10 +32,16 @@ pub enum Verdict {
     InvalidValue,
     Misrouted,
     BrokenTrace,
+    /// A span whose parent never arrived while the instances behind the load balancer were
+    /// changing: the trace was likely split between two instances. Counted and shown, never a
+    /// finding.
+    Unverifiable,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 9] = [
+    /// Every verdict, in the order of their codes (`Verdict as usize`).
+    pub const COUNT: usize = 10;
+    pub const ALL: [Verdict; Verdict::COUNT] = [
         Verdict::Ok,
         Verdict::Absent,
         Verdict::Missing,
@@ -45,10 +51,17 @@ impl Verdict {
         Verdict::InvalidValue,
         Verdict::Misrouted,
         Verdict::BrokenTrace,
+        Verdict::Unverifiable,
     ];
 
     pub fn is_finding(self) -> bool {
-        !matches!(self, Verdict::Ok | Verdict::Absent)
+        !matches!(self, Verdict::Ok | Verdict::Absent | Verdict::Unverifiable)
+    }
+
+    /// Whether an edge with this verdict was judged at all: `unverifiable` edges were not, so they
+    /// count neither for nor against consistency.
+    pub fn is_judged(self) -> bool {
+        self != Verdict::Unverifiable
     }
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +75,7 @@ impl Verdict {
             Verdict::InvalidValue => "invalid_value",
             Verdict::Misrouted => "misrouted",
             Verdict::BrokenTrace => "broken_trace",
+            Verdict::Unverifiable => "unverifiable",
         }
     }
 
@@ -72,7 +86,7 @@ impl Verdict {
     /// `appeared` is usually a default applied mid-chain: worth fixing, rarely an outage.
     pub fn severity(self) -> Severity {
         match self {
-            Verdict::Ok | Verdict::Absent => Severity::None,
+            Verdict::Ok | Verdict::Absent | Verdict::Unverifiable => Severity::None,
             Verdict::Appeared => Severity::Low,
             _ => Severity::High,
         }

@@ -9,16 +9,28 @@ trait FinaliseExt {
         spans: &[SpanRecord],
         policy: &Policy,
         live: &[(&str, &str)],
-    ) -> TraceOutcome;
-}
+    ) -> TraceOutcome {
+        self.finalise_in(spans, policy, live, false)
+    }
 
-impl FinaliseExt for Kit {
-    /// Builds the graph the way the assembler does and finalises it.
-    fn finalise(
+    fn finalise_in(
         &self,
         spans: &[SpanRecord],
         policy: &Policy,
         live: &[(&str, &str)],
+        unsettled: bool,
+    ) -> TraceOutcome;
+}
+
+impl FinaliseExt for Kit {
+    /// Builds the graph the way the assembler does and finalises it, `unsettled` saying whether
+    /// the load balancer's members are changing.
+    fn finalise_in(
+        &self,
+        spans: &[SpanRecord],
+        policy: &Policy,
+        live: &[(&str, &str)],
+        unsettled: bool,
     ) -> TraceOutcome {
         let mut g = TraceGraph::default();
         let idx: Vec<_> = spans.iter().map(|s| g.add_node(*s)).collect();
@@ -39,6 +51,7 @@ impl FinaliseExt for Kit {
             is_live: &is_live,
             observed_at_ms: 0,
             early: false,
+            unsettled,
         };
         finalise(TraceId(7), &mut g, &cx)
     }
@@ -205,6 +218,32 @@ fn broken_traces() {
     );
     assert!(out.findings[0].detail(&k.sym).contains("never arrived"));
 
+    // The same orphan while the instances behind the load balancer change: its parent may be on
+    // another instance. Counted on its hop as unverifiable, not a finding; what lies below is
+    // judged as usual, and is now the first break.
+    let out = k.finalise_in(&[orphan, child], &p, &[], true);
+    let kinds: Vec<_> = out
+        .findings
+        .iter()
+        .map(|f| (f.kind, f.first_break))
+        .collect();
+    assert_eq!(kinds, vec![(Verdict::Missing, true)]);
+    let unverifiable: Vec<_> = out
+        .edges
+        .iter()
+        .filter(|e| e.verdict == Some(Verdict::Unverifiable))
+        .collect();
+    assert_eq!(unverifiable.len(), 1);
+    assert_eq!(
+        unverifiable[0].hop.callee,
+        NodeKey::Service(k.svc("payments"))
+    );
+    assert!(!Verdict::Unverifiable.is_finding());
+    // A root CLIENT span is no split: still a broken trace.
+    let root = k.span(1, None, "orders", SpanKind::Client);
+    let out = k.finalise_in(&[root], &p, &[], true);
+    assert_eq!(out.findings[0].kind, Verdict::BrokenTrace);
+
     // A root CLIENT span: an outgoing call made with no inbound context.
     let root = k.span(1, None, "orders", SpanKind::Client);
     let inv = k.span(2, Some(1), "inventory", SpanKind::Server);
@@ -265,6 +304,7 @@ fn a_very_deep_chain_does_not_overflow_the_stack() {
         is_live: &|_, _| false,
         observed_at_ms: 0,
         early: false,
+        unsettled: false,
     };
     let out = finalise(TraceId(1), &mut g, &cx);
     let kinds: Vec<_> = out

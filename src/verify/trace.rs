@@ -59,6 +59,9 @@ pub struct FinaliseContext<'a> {
     /// Finalised before it went idle (memory bound): a span whose parent has not arrived may only
     /// be early, so it is not reported as a broken trace.
     pub early: bool,
+    /// The instances behind the load balancer were changing: a span whose parent never arrived
+    /// may have had it sent to another instance, so it is `unverifiable`, not a broken trace.
+    pub unsettled: bool,
 }
 
 /// Judges what needs the whole trace and returns the trace's outcome. Edge weights are updated in
@@ -70,6 +73,8 @@ pub fn finalise(trace_id: TraceId, g: &mut TraceGraph, cx: &FinaliseContext<'_>)
     // The finding each span carries, if any: its incoming edge's, or one of its own as a root.
     let mut node_finding: Vec<Option<(Verdict, Option<NodeIndex>)>> = vec![None; n];
     let mut roots = Vec::new();
+    // Orphans that may have lost their parent to another instance: counted, not findings.
+    let mut unverifiable = Vec::new();
     for v in g.node_indices() {
         match g.edges_directed(v, Incoming).next() {
             Some(e) => {
@@ -79,8 +84,10 @@ pub fn finalise(trace_id: TraceId, g: &mut TraceGraph, cx: &FinaliseContext<'_>)
             }
             None => {
                 roots.push(v);
-                node_finding[v.index()] =
-                    root_finding(&g[v], cx.policy, cx.early).map(|k| (k, None));
+                match root_finding(&g[v], cx) {
+                    Some(Verdict::Unverifiable) => unverifiable.push(v),
+                    other => node_finding[v.index()] = other.map(|k| (k, None)),
+                }
             }
         }
     }
@@ -144,6 +151,21 @@ pub fn finalise(trace_id: TraceId, g: &mut TraceGraph, cx: &FinaliseContext<'_>)
                 first_break: false,
             });
         }
+    }
+
+    for &v in &unverifiable {
+        let span = &g[v];
+        edges.push(EdgeOutcome {
+            hop: Hop {
+                caller: None,
+                callee: NodeKey::Service(span.service),
+            },
+            stage: span.stage,
+            instance_stage: span.instance_stage,
+            verdict: Some(Verdict::Unverifiable),
+            call: false,
+            first_break: false,
+        });
     }
 
     let mut findings = Vec::new();
@@ -227,9 +249,14 @@ fn judge_routing(g: &mut TraceGraph, cx: &FinaliseContext<'_>) {
 
 /// A span with no parent edge: an orphan, an outgoing call with no inbound context, or a root whose
 /// stage is not an allowed value.
-fn root_finding(span: &SpanRecord, policy: &Policy, early: bool) -> Option<Verdict> {
+fn root_finding(span: &SpanRecord, cx: &FinaliseContext<'_>) -> Option<Verdict> {
+    let policy = cx.policy;
     if span.parent.is_some() {
-        return (!early).then_some(Verdict::BrokenTrace);
+        return match (cx.early, cx.unsettled) {
+            (true, _) => None,
+            (false, true) => Some(Verdict::Unverifiable),
+            (false, false) => Some(Verdict::BrokenTrace),
+        };
     }
     if span.kind.is_outgoing() && !policy.exempt(span) {
         return Some(Verdict::BrokenTrace);

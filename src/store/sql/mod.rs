@@ -11,8 +11,8 @@ use crate::model::TraceId;
 use crate::store::StoreError;
 use crate::verify::Scope;
 
-/// `edge_minutes.verdict` of the row counting calls.
-pub const CALL: i64 = 9;
+/// `edge_minutes.verdict` of the row counting calls; verdicts are their codes (`Verdict as i64`).
+pub const CALL: i64 = 100;
 /// Example trace ids kept per edge and verdict.
 pub const EXAMPLES: usize = 5;
 

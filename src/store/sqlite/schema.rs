@@ -103,6 +103,10 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (minute, stage, broken)
     ) WITHOUT ROWID;
     "#,
+    // 3: calls move from verdict code 9 to 100: code 9 is the verdict `unverifiable`.
+    r#"
+    UPDATE edge_minutes SET verdict = 100 WHERE verdict = 9;
+    "#,
 ];
 
 /// Brings the store at `conn` up to the newest schema; returns the version it was at.
