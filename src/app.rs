@@ -18,11 +18,13 @@ use tokio_util::sync::CancellationToken;
 use crate::aggregate::{Aggregate, AggregateConfig};
 use crate::api::{self, ApiState};
 use crate::assemble::AssemblerConfig;
+use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::config::{Data, ServeConfig};
 use crate::demo;
 use crate::instances::{Clock, Instances};
 use crate::intern::{SymbolLimits, Symbols};
 use crate::listen::{self, ListenMetrics, Timeouts};
+use crate::membership::Membership;
 use crate::read::Reader;
 use crate::receive::{self, Decoder, Ingest, IngestMetrics, RequestLimits};
 use crate::shard::WorkerMetrics;
@@ -78,6 +80,8 @@ pub struct Collector {
     api_stop: CancellationToken,
     receivers: Vec<JoinHandle<anyhow::Result<()>>>,
     workers: Vec<JoinHandle<()>>,
+    /// Heartbeats while the API serves; leaves the cluster when it stops.
+    cluster: JoinHandle<()>,
     api: JoinHandle<()>,
 }
 
@@ -161,16 +165,34 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
         metrics: worker_metrics,
         clock,
     });
+    let http_addr = listeners.http.local_addr()?;
+    // The default advertised address is the --http one; with an OS-chosen port, the port it got.
+    let advertise = if cfg.advertise == cfg.http.to_string() {
+        http_addr.to_string()
+    } else {
+        cfg.advertise.clone()
+    };
+    let cluster_cfg = ClusterConfig {
+        heartbeat: cfg.heartbeat_interval.0,
+        rebalance_window: cfg.rebalance_window.0,
+        instance_ttl: cfg.instance_ttl.0,
+    };
+    let membership = Arc::new(Membership::new(
+        Membership::new_id(),
+        advertise,
+        cluster_cfg.expiry().as_millis() as u64,
+    ));
     let ingest = Arc::new(Ingest {
         decoder: Decoder::new(
             symbols.clone(),
-            instances,
+            instances.clone(),
             clock,
             &cfg.verify.stage_keys,
             &cfg.verify.instance_stage_key,
         ),
         shards: shards.clone(),
         metrics: ingest_metrics,
+        membership: membership.clone(),
     });
 
     let addrs = (
@@ -181,7 +203,23 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
     let receivers_stop = CancellationToken::new();
     let api_stop = CancellationToken::new();
 
-    let reader = Reader::new(aggregate.clone(), shards.clone(), store.clone());
+    let cluster = cluster::spawn(
+        Cluster {
+            cfg: cluster_cfg,
+            store: store.clone(),
+            membership: membership.clone(),
+            instances,
+            symbols: symbols.clone(),
+            clock,
+        },
+        api_stop.clone(),
+    );
+    let reader = Reader::new(
+        aggregate.clone(),
+        shards.clone(),
+        store.clone(),
+        membership.clone(),
+    );
     let receivers = serve_receivers(
         ingest,
         listeners.otlp_grpc,
@@ -216,6 +254,7 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
         api_stop,
         receivers,
         workers,
+        cluster,
         api: tokio::spawn(api),
     })
 }
@@ -317,6 +356,7 @@ impl Collector {
         let unwritten = self.store.stop(deadline).await;
         self.api_stop.cancel();
         self.api.await?;
+        self.cluster.await?;
         Ok(unwritten)
     }
 }

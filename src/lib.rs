@@ -41,6 +41,8 @@ pub mod testkit;
 pub mod loadgen;
 // The memory budget that follows from the flags.
 pub mod memory;
+// Heartbeats, membership changes and shared sightings, for instances that share a store.
+pub mod cluster;
 
 // Read side: the front ends, and the facade they ask.
 
@@ -77,6 +79,8 @@ pub mod verify;
 pub mod config;
 // Which stages each service runs, for `misrouted`.
 pub mod instances;
+// The grayscope instances sharing the store, as this one sees them.
+pub mod membership;
 // Bounded string tables.
 pub mod intern;
 // The metrics registry every subsystem registers in.

@@ -385,3 +385,38 @@ impl MinuteView {
         }
     }
 }
+
+/// A grayscope instance sharing the store.
+#[derive(Serialize, Debug, Clone, ToSchema)]
+pub struct MemberView {
+    pub id: String,
+    /// Where its API answers.
+    pub address: String,
+    pub started: String,
+    pub last_heartbeat: String,
+    /// When it last accepted spans; `null` if it never did.
+    pub last_span: Option<String>,
+    /// Receiving spans: in the load balancer's ring.
+    pub active: bool,
+    /// The instance that answered.
+    pub this: bool,
+}
+
+#[derive(Serialize, Debug, ToSchema)]
+pub struct MembersPage {
+    pub members: Vec<MemberView>,
+}
+
+impl MemberView {
+    pub fn of(m: &crate::membership::Member, me: &str, active_within_ms: u64) -> Self {
+        MemberView {
+            id: m.id.clone(),
+            address: m.address.clone(),
+            started: rfc3339(m.started_ms),
+            last_heartbeat: rfc3339(m.heartbeat_ms),
+            last_span: (m.last_span_ms > 0).then(|| rfc3339(m.last_span_ms)),
+            active: m.is_active(crate::wall_ms(), active_within_ms),
+            this: m.id == me,
+        }
+    }
+}

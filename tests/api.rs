@@ -337,6 +337,7 @@ async fn the_openapi_document_covers_every_route() {
         "/api/v1/gate",
         "/api/v1/gate/webhook",
         "/api/v1/graph",
+        "/api/v1/members",
         "/api/v1/openapi.json",
         "/api/v1/services",
         "/api/v1/traces/{trace_id}",

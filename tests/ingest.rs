@@ -12,6 +12,7 @@ use grayscope::instances::{Clock, Instances};
 use grayscope::intern::{SymbolLimits, Symbols};
 use grayscope::listen::ListenMetrics;
 use grayscope::loadgen::{RawClient, Wire};
+use grayscope::membership::Membership;
 use grayscope::model::SpanKind;
 use grayscope::receive::{Decoder, Ingest, IngestMetrics, RequestLimits};
 use grayscope::shard::{LaneReceiver, Shards};
@@ -130,6 +131,7 @@ async fn receivers(queue_spans: usize) -> Receivers {
         ),
         shards,
         metrics,
+        membership: Arc::new(Membership::new("test".into(), "127.0.0.1:0".into(), 6_000)),
     });
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::model::TraceId;
-use crate::read::Reader;
 use crate::read::filter::{self, DEFAULT_LIMIT, FindingFilter, MAX_LIMIT};
+use crate::read::{Found, Reader};
 use crate::store::{FindingQuery, StoreError, Window};
 use crate::verify::Finding;
 use crate::view::{FindingView, GraphView, SpanRef, StatsView, TraceView};
@@ -259,13 +259,20 @@ impl pb::query_server::Query for QueryService {
         let id = req.into_inner().trace_id;
         let trace_id =
             TraceId::from_hex(&id).ok_or_else(|| bad("trace_id", &id, "32 hex digits"))?;
-        let view = self
+        match self
             .reader
-            .trace(trace_id)
+            .find_trace(trace_id, true)
             .await
             .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("trace {trace_id} is unknown")))?;
-        Ok(Response::new(trace(&view)))
+        {
+            Found::Here(view) => Ok(Response::new(trace(&view))),
+            Found::Elsewhere { member, .. } => Err(Status::not_found(format!(
+                "trace {trace_id} is still being assembled by grayscope instance {} at {}: ask it, or \
+                 here once it is finalised (within --trace-idle)",
+                member.id, member.address
+            ))),
+            Found::Nowhere => Err(Status::not_found(format!("trace {trace_id} is unknown"))),
+        }
     }
 
     async fn get_service_graph(

@@ -10,6 +10,7 @@ use serde_json::json;
 use super::params::{self, FindingParams, Params, WindowParams};
 use super::{ApiError, ApiState, ErrorBody};
 use crate::model::TraceId;
+use crate::read::Found;
 use crate::read::filter::{self, FindingFilter};
 use crate::store::FindingQuery;
 use crate::telemetry;
@@ -114,14 +115,17 @@ pub async fn edge(
 }
 
 /// One trace: its spans with both stages, every edge's verdict, and its findings; from memory
-/// while it is assembled, from the store afterwards.
+/// while it is assembled (on whichever instance of a cluster holds it), from the store afterwards.
 #[utoipa::path(
     get,
     path = "/api/v1/traces/{trace_id}",
     tag = "traces",
-    params(("trace_id" = String, Path, description = "32 hex digits")),
+    params(
+        ("trace_id" = String, Path, description = "32 hex digits"),
+        ("local" = Option<bool>, Query, description = "Only this instance and the store: not the other instances of a cluster"),
+    ),
     responses(
-        (status = 200, description = "The trace", body = TraceView),
+        (status = 200, description = "The trace; header `x-grayscope-member` names the instance that holds it when another one does", body = TraceView),
         (status = 400, description = "Not a trace id", body = ErrorBody),
         (status = 404, description = "Unknown trace", body = ErrorBody),
     )
@@ -129,15 +133,52 @@ pub async fn edge(
 pub async fn trace(
     State(st): State<ApiState>,
     Path(id): Path<String>,
+    q: Params,
 ) -> Result<Response, ApiError> {
+    params::only(&q, &["local"])?;
     let trace_id = TraceId::from_hex(&id).ok_or_else(|| {
         ApiError::bad("trace_id", format!("'{id}' is not a 32-digit hex trace id"))
     })?;
-    match st.reader.trace(trace_id).await? {
-        Some(view) => Ok(axum::Json(view).into_response()),
-        None => Err(ApiError::NotFound(format!(
+    let local =
+        filter::Params::parse(&q.0, "local", "true or false", |s| s.parse().ok())?.unwrap_or(false);
+    match st.reader.find_trace(trace_id, !local).await? {
+        Found::Here(view) => Ok(axum::Json(view).into_response()),
+        Found::Elsewhere { member, json } => Ok((
+            [
+                (header::CONTENT_TYPE, "application/json".to_string()),
+                (
+                    header::HeaderName::from_static("x-grayscope-member"),
+                    member.id,
+                ),
+            ],
+            json,
+        )
+            .into_response()),
+        Found::Nowhere => Err(ApiError::NotFound(format!(
             "trace {trace_id} is unknown: it was never received, or it had no findings and was not sampled (--sample-clean), or it is past --retention"
         ))),
+    }
+}
+
+/// The grayscope instances sharing the store (with SQLite: this one).
+#[utoipa::path(
+    get,
+    path = "/api/v1/members",
+    tag = "meta",
+    responses((status = 200, description = "Every instance with a live heartbeat", body = view::MembersPage))
+)]
+pub async fn members(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
+    params::only(&q, &[])?;
+    Ok(axum::Json(members_page(&st.reader)).into_response())
+}
+
+pub fn members_page(reader: &crate::read::Reader) -> view::MembersPage {
+    view::MembersPage {
+        members: reader
+            .members()
+            .iter()
+            .map(|m| view::MemberView::of(m, reader.me(), reader.active_within_ms()))
+            .collect(),
     }
 }
 

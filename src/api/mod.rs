@@ -43,6 +43,7 @@ fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(edge))
         .routes(routes!(services))
         .routes(routes!(trace))
+        .routes(routes!(members))
         .routes(routes!(gate::gate_get))
         .routes(routes!(gate::gate_webhook))
         .routes(routes!(openapi_json))

@@ -155,6 +155,19 @@ pub struct ServeArgs {
     /// An instance stage counts as live this long after its last span [default: 15m]
     #[arg(long, env = "GRAYSCOPE_INSTANCE_TTL", value_name = "DURATION")]
     pub instance_ttl: Option<Dur>,
+    /// Address at which the other instances of a cluster reach this one's API (host:port)
+    /// [default: the --http address]
+    #[arg(long, env = "GRAYSCOPE_ADVERTISE", value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// With a shared store, how often an instance renews its membership and shares what it saw
+    /// [default: 2s]
+    #[arg(long, env = "GRAYSCOPE_HEARTBEAT_INTERVAL", value_name = "DURATION")]
+    pub heartbeat_interval: Option<Dur>,
+    /// After the instances behind the load balancer change, how long a span whose parent never
+    /// arrives is `unverifiable` rather than a broken trace [default: trace-idle + 10s: the
+    /// resolver's interval and noticing the change]
+    #[arg(long, env = "GRAYSCOPE_REBALANCE_WINDOW", value_name = "DURATION")]
+    pub rebalance_window: Option<Dur>,
     /// Verification workers (traces are sharded by trace id) [default: number of CPUs]
     #[arg(long, env = "GRAYSCOPE_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
@@ -210,6 +223,9 @@ pub struct ServeConfig {
     pub trace_idle: Dur,
     pub max_buffered_spans: usize,
     pub instance_ttl: Dur,
+    pub advertise: String,
+    pub heartbeat_interval: Dur,
+    pub rebalance_window: Dur,
     pub workers: usize,
     pub queue_spans: usize,
     pub store_queue_spans: usize,
@@ -269,10 +285,11 @@ impl ServeArgs {
                 message: "must be longer than 0".into(),
             });
         }
+        let http = a.http.unwrap_or(([127, 0, 0, 1], 8080).into());
         Ok(ServeConfig {
             otlp_grpc: a.otlp_grpc.unwrap_or(([127, 0, 0, 1], 4317).into()),
             otlp_http: a.otlp_http.unwrap_or(([127, 0, 0, 1], 4318).into()),
-            http: a.http.unwrap_or(([127, 0, 0, 1], 8080).into()),
+            http,
             max_request_bytes: positive(
                 "max-request-bytes",
                 a.max_request_bytes
@@ -293,6 +310,14 @@ impl ServeArgs {
                 a.max_buffered_spans.unwrap_or(2_000_000),
             )?,
             instance_ttl: a.instance_ttl.unwrap_or(Dur(Duration::from_secs(15 * 60))),
+            advertise: a.advertise.unwrap_or_else(|| http.to_string()),
+            heartbeat_interval: nonzero(
+                "heartbeat-interval",
+                a.heartbeat_interval.unwrap_or(Dur(Duration::from_secs(2))),
+            )?,
+            rebalance_window: a
+                .rebalance_window
+                .unwrap_or(Dur(trace_idle.0 + Duration::from_secs(10))),
             workers: positive("workers", a.workers.unwrap_or(cpus))?,
             max_concurrent_requests: positive(
                 "max-concurrent-requests",
@@ -349,6 +374,9 @@ impl ServeArgs {
             trace_idle: self.trace_idle.or(file.trace_idle),
             max_buffered_spans: self.max_buffered_spans.or(file.max_buffered_spans),
             instance_ttl: self.instance_ttl.or(file.instance_ttl),
+            advertise: self.advertise.or(file.advertise),
+            heartbeat_interval: self.heartbeat_interval.or(file.heartbeat_interval),
+            rebalance_window: self.rebalance_window.or(file.rebalance_window),
             workers: self.workers.or(file.workers),
             queue_spans: self.queue_spans.or(file.queue_spans),
             store_queue_spans: self.store_queue_spans.or(file.store_queue_spans),

@@ -5,6 +5,7 @@
 //! parameters with one set of rules.
 
 pub mod filter;
+mod peers;
 
 use std::sync::Arc;
 
@@ -12,11 +13,23 @@ use tokio::sync::broadcast;
 
 use crate::aggregate::{Aggregate, ServiceGraph};
 use crate::intern::Symbols;
+use crate::membership::{Member, Membership};
 use crate::model::TraceId;
 use crate::shard::Shards;
 use crate::store::{FindingPage, FindingQuery, SharedStore, StageTraces, StoreError, Window};
 use crate::verify::Finding;
 use crate::view::{EdgeSeriesView, GraphView, ServiceView, TraceView};
+
+/// Where a trace was found.
+pub enum Found {
+    Here(TraceView),
+    /// Another instance is assembling it; its answer, as JSON.
+    Elsewhere {
+        member: Member,
+        json: bytes::Bytes,
+    },
+    Nowhere,
+}
 
 /// A handle on everything the read side reads; cheap to clone.
 #[derive(Clone)]
@@ -24,22 +37,55 @@ pub struct Reader {
     aggregate: Arc<Aggregate>,
     shards: Shards,
     store: SharedStore,
+    membership: Arc<Membership>,
 }
 
 impl Reader {
-    pub fn new(aggregate: Arc<Aggregate>, shards: Shards, store: SharedStore) -> Self {
+    pub fn new(
+        aggregate: Arc<Aggregate>,
+        shards: Shards,
+        store: SharedStore,
+        membership: Arc<Membership>,
+    ) -> Self {
         Reader {
             aggregate,
             shards,
             store,
+            membership,
         }
+    }
+
+    /// The instances sharing the store, this one among them.
+    pub fn members(&self) -> Vec<Member> {
+        self.membership.members()
+    }
+
+    pub fn me(&self) -> &str {
+        self.membership.id()
+    }
+
+    /// How recently a member must have received spans to be active.
+    pub fn active_within_ms(&self) -> u64 {
+        self.membership.active_within_ms()
     }
 
     pub fn symbols(&self) -> &Arc<Symbols> {
         self.aggregate.symbols()
     }
 
-    /// A trace wherever it is: being assembled, just finalised, or in the store.
+    /// A trace wherever it is: here (being assembled, just finalised, or in the store), or being
+    /// assembled by another instance of the cluster (`ask_peers`: not when a peer is asking).
+    pub async fn find_trace(&self, id: TraceId, ask_peers: bool) -> Result<Found, StoreError> {
+        if let Some(view) = self.trace(id).await? {
+            return Ok(Found::Here(view));
+        }
+        if ask_peers && let Some((member, json)) = peers::find(self.membership.peers(), id).await {
+            return Ok(Found::Elsewhere { member, json });
+        }
+        Ok(Found::Nowhere)
+    }
+
+    /// A trace here: being assembled, just finalised, or in the store.
     pub async fn trace(&self, id: TraceId) -> Result<Option<TraceView>, StoreError> {
         let live = match self.shards.snapshot(id).await {
             Some(s) => Some(s),

@@ -19,6 +19,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 pub use decode::{Decoded, Decoder, Reject};
 pub use metrics::IngestMetrics;
 
+use crate::membership::Membership;
 use crate::shard::{Shards, SubmitError};
 
 /// How long a refused sender is asked to wait before retrying.
@@ -140,6 +141,8 @@ pub struct Ingest {
     pub decoder: Decoder,
     pub shards: Shards,
     pub metrics: Arc<IngestMetrics>,
+    /// Told when spans arrive: receiving spans is what makes an instance an active member.
+    pub membership: Arc<Membership>,
 }
 
 impl Ingest {
@@ -165,6 +168,9 @@ impl Ingest {
             return Err(e);
         }
         self.metrics.accepted(protocol, accepted);
+        if accepted > 0 {
+            self.membership.spans_arrived();
+        }
         self.count(
             protocol,
             if partial.is_some() {

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use crate::aggregate::ServiceGraph;
 use crate::assemble::Finalised;
+use crate::membership::Member;
 use crate::model::TraceId;
 use crate::view::{EdgeSeriesView, ServiceView, TraceView};
 
@@ -144,7 +145,37 @@ pub trait Store: Send + Sync {
 
     /// A stored trace with its findings, if it was stored (it had findings, or was sampled).
     async fn trace(&self, id: TraceId) -> Result<Option<TraceView>, StoreError>;
+
+    /// Whether several instances share this store (the cluster is more than this process).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Registers `me` (or renews its registration) and returns the members whose heartbeat is
+    /// younger than `expiry_ms`, `me` among them. A store of one process has one member.
+    async fn heartbeat(&self, me: &Member, _expiry_ms: u64) -> Result<Vec<Member>, StoreError> {
+        Ok(vec![me.clone()])
+    }
+
+    /// Removes a member that stops: the others see it gone at once.
+    async fn leave(&self, _id: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Adds what this instance saw to the cluster's sightings and returns every sighting since
+    /// `since_ms`: (service, instance stage, last seen Unix ms). A store of one process has only
+    /// its own.
+    async fn share_sightings(
+        &self,
+        _seen: Vec<Sighting>,
+        _since_ms: u64,
+    ) -> Result<Vec<Sighting>, StoreError> {
+        Ok(Vec::new())
+    }
 }
+
+/// A service instance seen: (service, instance stage, last seen Unix ms).
+pub type Sighting = (String, String, u64);
 
 #[cfg(test)]
 pub(crate) mod tests;

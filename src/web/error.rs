@@ -16,6 +16,9 @@ pub enum WebError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// Not an error: another instance of the cluster holds what was asked for.
+    #[error("{0}")]
+    Elsewhere(String),
     #[error("reading the store failed: {0}")]
     Store(#[from] StoreError),
     #[error("the page could not be rendered: {0}")]
@@ -36,6 +39,7 @@ impl IntoResponse for WebError {
                 (StatusCode::BAD_REQUEST, "Bad request")
             }
             WebError::NotFound(_) => (StatusCode::NOT_FOUND, "Not found"),
+            WebError::Elsewhere(_) => (StatusCode::OK, "On another instance"),
             WebError::Store(_) | WebError::Render(_) => {
                 tracing::error!("dashboard: {self}");
                 (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong")

@@ -10,6 +10,7 @@ mod edge;
 mod error;
 mod findings;
 pub mod layout;
+mod members;
 mod overview;
 mod selection;
 pub mod svg;
@@ -40,6 +41,7 @@ pub fn router(reader: Reader) -> Router {
         .route("/edges/{caller}/{callee}", get(edge::edge))
         .route("/traces/{trace_id}", get(trace::trace))
         .route("/verdicts", get(verdicts::verdicts))
+        .route("/members", get(members::members))
         .route("/static/app.js", get(script))
         .route("/static/style.css", get(style))
         .layer(SetResponseHeaderLayer::overriding(

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::WebError;
 use crate::model::TraceId;
-use crate::read::Reader;
+use crate::read::{Found, Reader};
 use crate::view::TraceView;
 
 struct SpanRow {
@@ -54,13 +54,19 @@ pub(super) async fn trace(
 ) -> Result<Response, WebError> {
     let trace_id = TraceId::from_hex(&id)
         .ok_or_else(|| WebError::BadRequest(format!("'{id}' is not a trace id (32 hex digits)")))?;
-    let view = reader.trace(trace_id).await?.ok_or_else(|| {
-        WebError::NotFound(format!(
+    match reader.find_trace(trace_id, true).await? {
+        Found::Here(view) => Ok(trace_page(&view).into_response()),
+        Found::Elsewhere { member, .. } => Err(WebError::Elsewhere(format!(
+            "trace {trace_id} is still being assembled by grayscope instance {} \
+             (http://{}/traces/{trace_id}); every instance shows it once it is finalised, within \
+             --trace-idle",
+            member.id, member.address
+        ))),
+        Found::Nowhere => Err(WebError::NotFound(format!(
             "trace {trace_id} is unknown: it was never received, or it had no findings and was \
              not sampled (--sample-clean), or it is past --retention"
-        ))
-    })?;
-    Ok(trace_page(&view).into_response())
+        ))),
+    }
 }
 
 pub fn trace_page(t: &TraceView) -> TracePage {

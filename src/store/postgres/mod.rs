@@ -29,12 +29,13 @@ use super::sql::{Db, Row, Value, read};
 use super::stats::Tally;
 use super::writer::WriteSide;
 use super::{
-    Failure, FindingPage, FindingQuery, Health, Reason, StageTraces, Store, StoreConfig,
+    Failure, FindingPage, FindingQuery, Health, Reason, Sighting, StageTraces, Store, StoreConfig,
     StoreError, Window,
 };
 use crate::aggregate::ServiceGraph;
 use crate::assemble::Finalised;
 use crate::intern::Symbols;
+use crate::membership::Member;
 use crate::model::TraceId;
 use crate::view::{EdgeSeriesView, ServiceView, TraceView};
 
@@ -307,6 +308,115 @@ impl Store for PostgresStore {
 
     async fn trace(&self, id: TraceId) -> Result<Option<TraceView>, StoreError> {
         read::trace(&self.inner.db, &self.inner.names, id).await
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn heartbeat(&self, me: &Member, expiry_ms: u64) -> Result<Vec<Member>, StoreError> {
+        let client = self.inner.client().await?;
+        let q = |e: tokio_postgres::Error| StoreError::Query(pg_error(&e));
+        client
+            .execute(
+                "INSERT INTO members (id, address, started_ms, heartbeat_ms, last_span_ms)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET address = excluded.address,
+                    heartbeat_ms = excluded.heartbeat_ms, last_span_ms = excluded.last_span_ms",
+                &[
+                    &me.id,
+                    &me.address,
+                    &(me.started_ms as i64),
+                    &(me.heartbeat_ms as i64),
+                    &(me.last_span_ms as i64),
+                ],
+            )
+            .await
+            .map_err(q)?;
+        let since = me.heartbeat_ms.saturating_sub(expiry_ms) as i64;
+        // Members long gone (killed, never left) are forgotten after an hour.
+        client
+            .execute(
+                "DELETE FROM members WHERE heartbeat_ms < $1",
+                &[&(me.heartbeat_ms.saturating_sub(3_600_000) as i64)],
+            )
+            .await
+            .map_err(q)?;
+        let rows = client
+            .query(
+                "SELECT id, address, started_ms, heartbeat_ms, last_span_ms FROM members
+                 WHERE heartbeat_ms >= $1",
+                &[&since],
+            )
+            .await
+            .map_err(q)?;
+        Ok(rows
+            .iter()
+            .map(|r| Member {
+                id: r.get(0),
+                address: r.get(1),
+                started_ms: r.get::<_, i64>(2) as u64,
+                heartbeat_ms: r.get::<_, i64>(3) as u64,
+                last_span_ms: r.get::<_, i64>(4) as u64,
+            })
+            .collect())
+    }
+
+    async fn leave(&self, id: &str) -> Result<(), StoreError> {
+        let client = self.inner.client().await?;
+        client
+            .execute("DELETE FROM members WHERE id = $1", &[&id])
+            .await
+            .map_err(|e| StoreError::Query(pg_error(&e)))?;
+        Ok(())
+    }
+
+    async fn share_sightings(
+        &self,
+        mut seen: Vec<Sighting>,
+        since_ms: u64,
+    ) -> Result<Vec<Sighting>, StoreError> {
+        let client = self.inner.client().await?;
+        let q = |e: tokio_postgres::Error| StoreError::Query(pg_error(&e));
+        if !seen.is_empty() {
+            // In key order, so that members upserting together do not deadlock.
+            seen.sort();
+            seen.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+            let services: Vec<&str> = seen.iter().map(|s| s.0.as_str()).collect();
+            let stages: Vec<&str> = seen.iter().map(|s| s.1.as_str()).collect();
+            let at: Vec<i64> = seen.iter().map(|s| s.2 as i64).collect();
+            client
+                .execute(
+                    "INSERT INTO sightings (service, stage, last_seen_ms)
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])
+                     ON CONFLICT (service, stage) DO UPDATE SET
+                        last_seen_ms = GREATEST(sightings.last_seen_ms, excluded.last_seen_ms)",
+                    &[&services, &stages, &at],
+                )
+                .await
+                .map_err(q)?;
+        }
+        let rows = client
+            .query(
+                "SELECT service, stage, last_seen_ms FROM sightings WHERE last_seen_ms >= $1",
+                &[&(since_ms as i64)],
+            )
+            .await
+            .map_err(q)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2) as u64))
+            .collect())
+    }
+}
+
+impl Inner {
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.db
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Query(Failure::from(e).message))
     }
 }
 

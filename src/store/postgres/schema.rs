@@ -90,7 +90,16 @@ pub const MIGRATIONS: &[&str] = &[
         id           TEXT PRIMARY KEY,
         address      TEXT NOT NULL,
         started_ms   BIGINT NOT NULL,
-        heartbeat_ms BIGINT NOT NULL
+        heartbeat_ms BIGINT NOT NULL,
+        last_span_ms BIGINT NOT NULL
+    );
+    -- The service instances any member saw (service, instance stage; '' for none), for the
+    -- liveness `misrouted` is judged on: the cluster's view, not one member's share of traffic.
+    CREATE TABLE sightings (
+        service      TEXT NOT NULL,
+        stage        TEXT NOT NULL,
+        last_seen_ms BIGINT NOT NULL,
+        PRIMARY KEY (service, stage)
     );
     "#,
 ];
