@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::aggregate::{Aggregate, AggregateConfig};
 use crate::api::{self, ApiState};
 use crate::assemble::AssemblerConfig;
-use crate::cluster::{self, Cluster, ClusterConfig};
+use crate::cluster::{self, Cluster, ClusterConfig, ClusterMetrics};
 use crate::config::{Data, ServeConfig};
 use crate::demo;
 use crate::instances::{Clock, Instances};
@@ -144,6 +144,7 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
     let ingest_metrics = Arc::new(IngestMetrics::register(&mut registry));
     let worker_metrics = Arc::new(WorkerMetrics::register(&mut registry));
     let listen_metrics = ListenMetrics::register(&mut registry);
+    let cluster_metrics = ClusterMetrics::register(&mut registry);
     crate::intern::register_metrics(&symbols, &mut registry);
     crate::aggregate::register_metrics(&aggregate, &mut registry);
     crate::store::register_metrics(&store, &mut registry);
@@ -206,6 +207,7 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
     let cluster = cluster::spawn(
         Cluster {
             cfg: cluster_cfg,
+            metrics: cluster_metrics,
             store: store.clone(),
             membership: membership.clone(),
             instances,

@@ -2,10 +2,12 @@
 //! the load balancer, and share the service instances each one sees.
 //!
 //! Every `--heartbeat-interval` this instance renews its registration and reads the members back.
-//! An active member is one receiving spans; when the set of active members changes (one joins,
-//! leaves, is killed or stops being routed to), traces in flight may be split between two
-//! instances, so for `--rebalance-window` a span whose parent never arrived is `unverifiable`
-//! (see [`crate::instances::Instances::rebalancing`]). The service instances this instance saw
+//! An active member is one receiving spans. When traffic moves between members (one starts
+//! receiving while others do, or stops while others go on: it joined, left, was killed or the load
+//! balancer's ring changed), traces in flight may be split between two instances, so for
+//! `--rebalance-window` a span whose parent never arrived is `unverifiable` (see
+//! [`crate::instances::Instances::rebalancing`]). Traffic starting, or pausing everywhere, splits
+//! nothing: the set compared is the last one that received anything. The service instances this instance saw
 //! go to the store and the cluster's come back, so `misrouted` is judged on what every member saw.
 
 use std::collections::HashMap;
@@ -17,8 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::instances::{Clock, Instances};
 use crate::intern::Symbols;
-use crate::membership::Membership;
+use crate::membership::{Member, Membership};
 use crate::store::{SharedStore, Sighting};
+use crate::telemetry::Registry;
+use prometheus_client::metrics::gauge::Gauge;
 
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
@@ -36,8 +40,40 @@ impl ClusterConfig {
     }
 }
 
+/// `grayscope_cluster_members`, `grayscope_cluster_receiving_members` and
+/// `grayscope_rebalancing`, set at every heartbeat.
+#[derive(Clone, Default)]
+pub struct ClusterMetrics {
+    members: Gauge,
+    receiving: Gauge,
+    rebalancing: Gauge,
+}
+
+impl ClusterMetrics {
+    pub fn register(r: &mut Registry) -> Self {
+        let m = ClusterMetrics::default();
+        r.register(
+            "cluster_members",
+            "Instances sharing the store with a live heartbeat, this one included",
+            m.members.clone(),
+        );
+        r.register(
+            "cluster_receiving_members",
+            "Members receiving spans: the load balancer's ring as grayscope sees it",
+            m.receiving.clone(),
+        );
+        r.register(
+            "rebalancing",
+            "1 while the members receiving spans changed within --rebalance-window: orphans are unverifiable",
+            m.rebalancing.clone(),
+        );
+        m
+    }
+}
+
 pub struct Cluster {
     pub cfg: ClusterConfig,
+    pub metrics: ClusterMetrics,
     pub store: SharedStore,
     pub membership: Arc<Membership>,
     pub instances: Arc<Instances>,
@@ -65,8 +101,8 @@ pub fn spawn(c: Cluster, stop: CancellationToken) -> JoinHandle<()> {
 
 #[derive(Default)]
 struct State {
-    /// The active members at the last beat; `None` before the first.
-    active: Option<Vec<String>>,
+    /// The last non-empty set of active members; `None` before any member received spans.
+    active: Option<Vec<Member>>,
     /// Sightings pushed, with the time pushed.
     pushed: HashMap<(String, String), u64>,
     failing: bool,
@@ -102,17 +138,19 @@ impl Cluster {
             .heartbeat(&me, self.cfg.expiry().as_millis() as u64)
             .await?;
         let now = crate::wall_ms();
-        let mut active: Vec<String> = members
+        self.metrics.members.set(members.len() as i64);
+        let mut active: Vec<Member> = members
             .iter()
             .filter(|m| m.is_active(now, self.membership.active_within_ms()))
-            .map(|m| m.id.clone())
+            .cloned()
             .collect();
-        active.sort();
+        active.sort_by(|a, b| a.id.cmp(&b.id));
         self.membership.set_members(members);
         let changed = match &state.active {
-            // Joining a shared store: the others' traces in flight may be split with this one.
-            None => self.store.shared(),
-            Some(before) => *before != active,
+            Some(before) if !active.is_empty() => {
+                moved(before, &active, self.cfg.heartbeat.as_millis() as u64)
+            }
+            _ => false,
         };
         if changed {
             let until = self.clock.now_ms() + self.cfg.rebalance_window.as_millis() as u64;
@@ -120,11 +158,21 @@ impl Cluster {
             tracing::info!(
                 "members behind the load balancer changed ({} receiving spans: {}); spans whose parent never arrives are unverifiable for {:?}",
                 active.len(),
-                active.join(", "),
+                active
+                    .iter()
+                    .map(|m| m.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 self.cfg.rebalance_window
             );
         }
-        state.active = Some(active);
+        self.metrics.receiving.set(active.len() as i64);
+        self.metrics
+            .rebalancing
+            .set(i64::from(self.instances.unsettled(self.clock.now_ms())));
+        if !active.is_empty() {
+            state.active = Some(active);
+        }
         Ok(())
     }
 
@@ -157,5 +205,70 @@ impl Cluster {
             );
         }
         Ok(())
+    }
+}
+
+/// Whether traffic moved between members from `before` to `now` (both receiving something): a
+/// member stopped receiving while others went on, or one started receiving noticeably later
+/// (more than `grain_ms`, the heartbeat) than a member that kept receiving. Members that started
+/// receiving together (traffic starting) moved nothing.
+fn moved(before: &[Member], now: &[Member], grain_ms: u64) -> bool {
+    let had = |set: &[Member], id: &str| set.iter().any(|m| m.id == id);
+    if before.iter().any(|m| !had(now, &m.id)) {
+        return true;
+    }
+    let survivors: Vec<&Member> = now.iter().filter(|m| had(before, &m.id)).collect();
+    now.iter().filter(|m| !had(before, &m.id)).any(|added| {
+        survivors
+            .iter()
+            .any(|s| added.receiving_since_ms > s.receiving_since_ms + grain_ms)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, since: u64) -> Member {
+        Member {
+            id: id.into(),
+            address: String::new(),
+            started_ms: 0,
+            heartbeat_ms: 0,
+            last_span_ms: since,
+            receiving_since_ms: since,
+        }
+    }
+
+    #[test]
+    fn traffic_moves_when_a_member_leaves_or_joins_running_traffic() {
+        let (a, b, c) = (member("a", 1000), member("b", 1010), member("c", 1020));
+        // Traffic starting: b and c were seen a beat after a, but began with it.
+        assert!(!moved(
+            std::slice::from_ref(&a),
+            &[a.clone(), b.clone(), c.clone()],
+            500
+        ));
+        // c left the ring; the others go on.
+        assert!(moved(
+            &[a.clone(), b.clone(), c.clone()],
+            &[a.clone(), b.clone()],
+            500
+        ));
+        // d joined a minute into the traffic.
+        let d = member("d", 61_000);
+        assert!(moved(
+            &[a.clone(), b.clone()],
+            &[a.clone(), b.clone(), d.clone()],
+            500
+        ));
+        // Nothing changed.
+        assert!(!moved(
+            &[a.clone(), b.clone()],
+            &[a.clone(), b.clone()],
+            500
+        ));
+        // Everyone replaced: the old ones left.
+        assert!(moved(&[a, b], &[d], 500));
     }
 }

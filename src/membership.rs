@@ -20,6 +20,9 @@ pub struct Member {
     pub heartbeat_ms: u64,
     /// When it last accepted a span (Unix ms); 0 when it never did.
     pub last_span_ms: u64,
+    /// When its current stretch of receiving spans began (Unix ms): telling a member the load
+    /// balancer added to running traffic from one that started receiving with everyone else.
+    pub receiving_since_ms: u64,
 }
 
 impl Member {
@@ -36,6 +39,7 @@ pub struct Membership {
     /// A member is active while it received spans this recently.
     active_within_ms: u64,
     last_span_ms: AtomicU64,
+    receiving_since_ms: AtomicU64,
     members: RwLock<Vec<Member>>,
 }
 
@@ -48,12 +52,14 @@ impl Membership {
             started_ms: now,
             heartbeat_ms: now,
             last_span_ms: 0,
+            receiving_since_ms: 0,
         };
         Membership {
             members: RwLock::new(vec![me.clone()]),
             me,
             active_within_ms,
             last_span_ms: AtomicU64::new(0),
+            receiving_since_ms: AtomicU64::new(0),
         }
     }
 
@@ -72,7 +78,11 @@ impl Membership {
 
     /// Spans were accepted now: once per request, on the receivers' path.
     pub fn spans_arrived(&self) {
-        self.last_span_ms.store(crate::wall_ms(), Ordering::Relaxed);
+        let now = crate::wall_ms();
+        let before = self.last_span_ms.swap(now, Ordering::Relaxed);
+        if now.saturating_sub(before) > self.active_within_ms {
+            self.receiving_since_ms.store(now, Ordering::Relaxed);
+        }
     }
 
     /// This instance as it registers itself now.
@@ -80,6 +90,7 @@ impl Membership {
         Member {
             heartbeat_ms: crate::wall_ms(),
             last_span_ms: self.last_span_ms.load(Ordering::Relaxed),
+            receiving_since_ms: self.receiving_since_ms.load(Ordering::Relaxed),
             ..self.me.clone()
         }
     }

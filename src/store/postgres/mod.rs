@@ -319,16 +319,18 @@ impl Store for PostgresStore {
         let q = |e: tokio_postgres::Error| StoreError::Query(pg_error(&e));
         client
             .execute(
-                "INSERT INTO members (id, address, started_ms, heartbeat_ms, last_span_ms)
-                 VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO members (id, address, started_ms, heartbeat_ms, last_span_ms, receiving_since_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (id) DO UPDATE SET address = excluded.address,
-                    heartbeat_ms = excluded.heartbeat_ms, last_span_ms = excluded.last_span_ms",
+                    heartbeat_ms = excluded.heartbeat_ms, last_span_ms = excluded.last_span_ms,
+                    receiving_since_ms = excluded.receiving_since_ms",
                 &[
                     &me.id,
                     &me.address,
                     &(me.started_ms as i64),
                     &(me.heartbeat_ms as i64),
                     &(me.last_span_ms as i64),
+                    &(me.receiving_since_ms as i64),
                 ],
             )
             .await
@@ -344,8 +346,8 @@ impl Store for PostgresStore {
             .map_err(q)?;
         let rows = client
             .query(
-                "SELECT id, address, started_ms, heartbeat_ms, last_span_ms FROM members
-                 WHERE heartbeat_ms >= $1",
+                "SELECT id, address, started_ms, heartbeat_ms, last_span_ms, receiving_since_ms
+                 FROM members WHERE heartbeat_ms >= $1",
                 &[&since],
             )
             .await
@@ -358,6 +360,7 @@ impl Store for PostgresStore {
                 started_ms: r.get::<_, i64>(2) as u64,
                 heartbeat_ms: r.get::<_, i64>(3) as u64,
                 last_span_ms: r.get::<_, i64>(4) as u64,
+                receiving_since_ms: r.get::<_, i64>(5) as u64,
             })
             .collect())
     }

@@ -91,7 +91,8 @@ pub const MIGRATIONS: &[&str] = &[
         address      TEXT NOT NULL,
         started_ms   BIGINT NOT NULL,
         heartbeat_ms BIGINT NOT NULL,
-        last_span_ms BIGINT NOT NULL
+        last_span_ms BIGINT NOT NULL,
+        receiving_since_ms BIGINT NOT NULL
     );
     -- The service instances any member saw (service, instance stage; '' for none), for the
     -- liveness `misrouted` is judged on: the cluster's view, not one member's share of traffic.
