@@ -2,7 +2,8 @@
 //! disk. Traces come from the load generator's traffic (9-span traces, each with one injected
 //! fault), decoded and finalised by the real pipeline, then written through the real store.
 //!
-//! `cargo bench --bench store_write [-- TRACES]`
+//! `cargo bench --bench store_write [-- TRACES] [postgres://ADMIN_URL]`: SQLite by default; with a
+//! PostgreSQL URL, into a fresh database on that server (dropped afterwards).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(300_000);
+    let postgres = std::env::args().skip(1).find(|a| a.starts_with("postgres"));
     let symbols = Arc::new(Symbols::new(&SymbolLimits::default()));
     let instances = Arc::new(Instances::new([], u64::MAX / 2));
     let decoder = Decoder::new(
@@ -67,8 +69,22 @@ fn main() {
         .sum();
     let finalised: usize = batches.iter().map(Vec::len).sum();
 
-    let dir = tempfile::tempdir().expect("a temporary directory");
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    if let Some(admin) = postgres {
+        let secs = rt.block_on(postgres_run(&admin, batches, symbols));
+        println!("store:                     PostgreSQL");
+        println!(
+            "finalised traces:          {finalised} ({findings} findings, {stored_spans} stored spans)"
+        );
+        println!("write time:                {secs:.2} s");
+        println!("findings per second:       {:.0}", findings as f64 / secs);
+        println!(
+            "stored spans per second:   {:.0}",
+            stored_spans as f64 / secs
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let elapsed = rt.block_on(async {
         let cfg = StoreConfig {
             queue_spans: 1 << 20,
@@ -127,4 +143,47 @@ fn main() {
         "file bytes per finding (everything): {:.0}",
         file as f64 / findings as f64
     );
+}
+
+/// Writes `batches` into a fresh database on `admin`'s server; the seconds it took.
+async fn postgres_run(
+    admin: &str,
+    batches: Vec<Vec<grayscope::assemble::Finalised>>,
+    symbols: Arc<Symbols>,
+) -> f64 {
+    use grayscope::store::{PostgresStore, Store};
+    let name = format!("grayscope_bench_{}", std::process::id());
+    let (client, conn) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
+        .await
+        .expect("the server answers");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("a database");
+    let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
+    let cfg = StoreConfig {
+        queue_spans: 1 << 20,
+        flush_interval: Duration::from_secs(1),
+        retention: Duration::from_secs(3600),
+        max_bytes: u64::MAX,
+    };
+    let store = PostgresStore::connect(&format!("{base}/{name}"), &cfg, symbols)
+        .await
+        .expect("store opens");
+    let t = Instant::now();
+    for b in batches {
+        store.submit(b).await.expect("submitted");
+    }
+    store.flush().await.expect("written");
+    let elapsed = t.elapsed().as_secs_f64();
+    store
+        .stop(tokio::time::Instant::now() + Duration::from_secs(60))
+        .await;
+    drop(store);
+    client
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .expect("dropped");
+    elapsed
 }
