@@ -36,7 +36,11 @@ case "${1:-}" in
 start)
     dir=${2:?usage: postgres.sh start DIR}
     mkdir -p "$dir"
-    [ "$(id -u)" = 0 ] && chown postgres: "$dir"
+    if [ "$(id -u)" = 0 ]; then
+        chown postgres: "$dir"
+        # The postgres user must reach it: a private temporary parent is opened for passing through.
+        chmod a+x "$(dirname "$dir")"
+    fi
     as_owner "$bin/initdb" -D "$dir/data" -A trust -U postgres --no-sync >"$dir/initdb.log" 2>&1 \
         || { cat "$dir/initdb.log" >&2; exit 1; }
     port=$(free_port)
