@@ -2,6 +2,9 @@
 //! a real SQLite file survive a graceful restart and a `kill -9`, and counting continues after; a
 //! second process on the same directory is refused; a store that fails for a while loses nothing,
 //! and one that fails for good neither wedges the process nor loses anything without saying so.
+//! On PostgreSQL, several instances share one store: what one writes the others serve, an outage
+//! is retried, the service instances one sees count for the others' `misrouted`, and a trace one
+//! is still assembling is fetched from it through any other.
 
 mod common;
 
@@ -558,4 +561,132 @@ fn a_postgres_outage_is_retried_and_nothing_queued_is_lost() {
         "one line for the outage: {stderr}"
     );
     assert!(stderr.contains("(io)"), "{stderr}");
+}
+
+/// One request, gateway -> orders, tagged `stage`, served by an orders instance of
+/// `orders_stage`.
+fn routed(trace: u64, stage: &str, orders_stage: &str) -> Value {
+    let kv = |k: &str, v: &str| json!({"key": k, "value": {"stringValue": v}});
+    let id = |n: u64| format!("{:016x}", trace * 4 + n);
+    let tagged = || json!([kv("x-release-stage", stage)]);
+    let resource = |svc: &str, st: &str| json!({"attributes": [kv("service.name", svc), kv("deployment.stage", st)]});
+    let trace = format!("{trace:032x}");
+    json!({"resourceSpans": [
+        {"resource": resource("gateway", "stable"), "scopeSpans": [{"spans": [
+            {"traceId": trace, "spanId": id(1), "name": "GET /checkout", "kind": 2,
+             "attributes": tagged()},
+            {"traceId": trace, "spanId": id(2), "parentSpanId": id(1), "name": "POST /orders",
+             "kind": 3, "attributes": tagged()},
+        ]}]},
+        {"resource": resource("orders", orders_stage), "scopeSpans": [{"spans": [
+            {"traceId": trace, "spanId": id(3), "parentSpanId": id(2), "name": "POST /orders",
+             "kind": 2, "attributes": tagged()},
+        ]}]},
+    ]})
+}
+
+#[test]
+fn instances_on_one_postgres_store_share_sightings_and_the_traces_they_assemble() {
+    let Some(admin) = common::postgres::server() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = rt.block_on(common::postgres::fresh_database(&admin));
+    let beat = ["--heartbeat-interval", "200ms"];
+    // A holds traces open for a minute: what it receives stays in its memory.
+    let a = Server::of(Served::start(
+        &url,
+        &[
+            &beat[..],
+            &["--trace-idle", "60s", "--flush-interval", "200ms"],
+        ]
+        .concat(),
+    ));
+    let b = Server::of(Served::start(&url, &[&QUICK[..], &beat[..]].concat()));
+
+    // Canary requests served by the stable orders instance, while no instance anywhere has seen a
+    // canary orders instance: nothing wrong with routing.
+    b.send(&routed(1, "canary", "stable"));
+    let calls = |s: &Server| {
+        s.get("/api/v1/graph")["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["caller"] == "gateway" && e["callee"] == "orders")
+            .map_or(0, |e| e["calls"].as_u64().unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while calls(&b) < 1 {
+        assert!(Instant::now() < deadline, "B never counted its first call");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    b.wait_for_findings(0);
+
+    // Only A sees the canary orders instance; B learns of it through the store, and the next
+    // canary request B sees served by a stable instance is misrouted.
+    a.send(&routed(0x200, "canary", "canary"));
+    let mut trace = 2;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let found = loop {
+        b.send(&routed(trace, "canary", "stable"));
+        std::thread::sleep(Duration::from_millis(300));
+        let f = b.get("/api/v1/findings?limit=1000")["findings"].clone();
+        if let Some(first) = f.as_array().unwrap().first() {
+            break first.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never judged with A's sighting"
+        );
+        trace += 1;
+    };
+    assert_eq!(found["kind"], "misrouted", "{found}");
+    assert_eq!(found["edge"]["caller"], "gateway", "{found}");
+    assert_eq!(found["edge"]["callee"], "orders", "{found}");
+    let m = b.metrics();
+    assert_eq!(
+        sum(
+            &m,
+            "grayscope_misrouted_total{callee=\"orders\",stage=\"canary\",instance_stage=\"stable\"}"
+        ),
+        1,
+        "{m}"
+    );
+
+    // The trace A is still assembling: not in the store, so B asks A for it.
+    let a_id = a.get("/api/v1/members")["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["this"] == true)
+        .expect("A lists itself")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/api/v1/traces/{:032x}", 0x200);
+    let (status, member, body) = b.rt.block_on(async {
+        let r = reqwest::get(format!("http://{}{path}", b.served.api))
+            .await
+            .unwrap();
+        let member = r
+            .headers()
+            .get("x-grayscope-member")
+            .map(|v| v.to_str().unwrap().to_string());
+        (r.status(), member, r.json::<Value>().await.unwrap())
+    });
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(member.as_deref(), Some(a_id.as_str()));
+    assert_eq!(body["finalised"], false, "{body}");
+    assert_eq!(body["spans"].as_array().unwrap().len(), 3, "{body}");
+    // Asked for its own view only, B does not hold it.
+    let local = b.rt.block_on(async {
+        reqwest::get(format!("http://{}{path}?local=true", b.served.api))
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(local, 404);
+
+    assert_eq!(a.signal(libc::SIGTERM), Some(0));
+    assert_eq!(b.signal(libc::SIGTERM), Some(0));
 }
