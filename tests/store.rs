@@ -458,6 +458,34 @@ fn a_postgres_store_that_cannot_be_reached_stops_the_start_with_exit_2() {
 }
 
 #[test]
+fn a_postgres_store_that_refuses_the_password_stops_the_start_with_exit_2() {
+    let Some(admin) = common::postgres::server() else {
+        return;
+    };
+    // The test server asks for passwords over TCP: the admin URL with another one.
+    let (user, host) = admin
+        .strip_prefix("postgres://")
+        .and_then(|rest| rest.split_once('@'))
+        .expect("postgres://USER:PASSWORD@HOST...");
+    let user = user.split(':').next().unwrap();
+    let url = format!("postgres://{user}:wrong-secret@{host}");
+    let (code, stderr) = run_to_exit(Served::command(&url, &QUICK));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot open the store postgres://{user}:***@{host}: "
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wrong-secret"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
 fn findings_reach_a_postgres_store_and_survive_a_restart_of_every_instance() {
     let Some(admin) = common::postgres::server() else {
         return;
