@@ -43,7 +43,12 @@ fn defaults() {
     assert_eq!(c.max_buffered_spans, 2_000_000);
     assert_eq!(
         c.verify.stage_keys,
-        ["x-release-stage", "http.request.header.x-release-stage"]
+        [
+            "x-release-stage",
+            "http.request.header.x-release-stage",
+            "rpc.grpc.request.metadata.x-release-stage",
+            "rpc.request.metadata.x-release-stage"
+        ]
     );
     assert_eq!(c.verify.instance_stage_key, "deployment.stage");
 }

@@ -11,7 +11,8 @@ use super::ConfigError;
 #[serde(rename_all = "kebab-case")]
 pub struct VerifyArgs {
     /// Span attribute keys that carry the request's stage, first found wins
-    /// [default: x-release-stage,http.request.header.x-release-stage]
+    /// [default: x-release-stage,http.request.header.x-release-stage,
+    /// rpc.grpc.request.metadata.x-release-stage,rpc.request.metadata.x-release-stage]
     #[arg(
         long,
         env = "GRAYSCOPE_STAGE_KEYS",
@@ -77,6 +78,8 @@ impl VerifyArgs {
             vec![
                 "x-release-stage".into(),
                 "http.request.header.x-release-stage".into(),
+                "rpc.grpc.request.metadata.x-release-stage".into(),
+                "rpc.request.metadata.x-release-stage".into(),
             ]
         });
         if stage_keys.is_empty() || stage_keys.iter().any(|k| k.is_empty()) {

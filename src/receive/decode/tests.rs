@@ -163,6 +163,69 @@ fn array_values_take_their_first_element() {
     );
 }
 
+/// Captured gRPC metadata, under the older and the newer semantic conventions, is read with the
+/// default keys; a misspelt metadata key is a near miss.
+#[test]
+fn captured_grpc_metadata_carries_the_stage_by_default() {
+    let keys = crate::config::VerifyArgs::default()
+        .resolve()
+        .unwrap()
+        .stage_keys;
+    let dec = Decoder::new(
+        Arc::new(Symbols::new(&SymbolLimits::default())),
+        Arc::new(Instances::new([], 60_000)),
+        Clock::new(),
+        &keys,
+        "deployment.stage",
+    );
+    let array = |key: &str, first: &str| KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(Value::ArrayValue(ArrayValue {
+                values: [first, "ignored"]
+                    .iter()
+                    .map(|v| AnyValue {
+                        value: Some(Value::StringValue(v.to_string())),
+                    })
+                    .collect(),
+            })),
+        }),
+        ..Default::default()
+    };
+    let span = |id: u8, attr: KeyValue| Span {
+        trace_id: vec![1; 16],
+        span_id: vec![id; 8],
+        attributes: vec![attr],
+        ..Default::default()
+    };
+    let req = RequestBuilder::new()
+        .push(span(
+            1,
+            array("rpc.grpc.request.metadata.x-release-stage", "canary"),
+        ))
+        .push(span(
+            2,
+            array("rpc.request.metadata.x-release-stage", "beta"),
+        ))
+        .push(span(
+            3,
+            array("rpc.grpc.request.metadata.x_release_stag", "canary"),
+        ))
+        .build();
+    let d = dec.decode(&req, 1);
+    let spans = only(&d);
+    let sym = &dec.symbols;
+    let value = |v: Option<crate::model::Sym>| v.map(|s| sym.values.resolve(s).to_string());
+    assert_eq!(value(spans[0].1.stage).as_deref(), Some("canary"));
+    assert_eq!(value(spans[1].1.stage).as_deref(), Some("beta"));
+    assert_eq!(spans[2].1.stage, None);
+    assert_eq!(
+        value(spans[2].1.near_miss_key).as_deref(),
+        Some("rpc.grpc.request.metadata.x_release_stag")
+    );
+    assert_eq!(value(spans[2].1.near_miss_value).as_deref(), Some("canary"));
+}
+
 #[test]
 fn invalid_spans_are_rejected_one_by_one_with_reasons() {
     let dec = decoder();
