@@ -168,6 +168,10 @@ impl StatusCode {
     }
 }
 
+/// The resource attribute `grayscope probe` sets on its own spans (`true`): probe traffic, which
+/// users can tell from real requests anywhere their traces go.
+pub const PROBE_ATTRIBUTE: &str = "grayscope.probe";
+
 /// One span, as grayscope keeps it while its trace is assembled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpanRecord {
@@ -189,6 +193,9 @@ pub struct SpanRecord {
     pub peer: Option<Sym>,
     pub kind: SpanKind,
     pub status: StatusCode,
+    /// Sent by `grayscope probe` ([`PROBE_ATTRIBUTE`]): its root CLIENT span is expected, and
+    /// its trace is always kept so that the probe can read its verdicts once finalised.
+    pub probe: bool,
 }
 
 /// Spans headed for one worker, from one request.

@@ -41,6 +41,7 @@ impl Kit {
             peer: None,
             kind,
             status: StatusCode::Unset,
+            probe: false,
         }
     }
 

@@ -324,7 +324,9 @@ impl Assembler {
             unsettled: instances.unsettled(now_ms),
         };
         let outcome = verify::finalise(buf.trace_id, &mut buf.graph, &cx);
-        let keep = outcome.is_broken() || buf.trace_id.sampled(self.cfg.sample_clean);
+        let keep = outcome.is_broken()
+            || buf.trace_id.sampled(self.cfg.sample_clean)
+            || buf.graph.node_weights().any(|s| s.probe);
         let snapshot = keep
             .then(|| TraceSnapshot::of(buf.trace_id, &buf.graph, outcome.findings.clone(), true));
         Finalised {

@@ -202,3 +202,36 @@ fn an_early_finalised_trace_does_not_call_a_late_parent_broken() {
     assert_eq!(out[0].outcome.findings.len(), 1);
     assert_eq!(out[0].outcome.findings[0].kind, Verdict::BrokenTrace);
 }
+
+/// A probe's trace starts at its root CLIENT span, which is expected, and is always kept for the
+/// probe to read (`sample_clean` is 0 here); any other root CLIENT span is a broken trace.
+#[test]
+fn a_probe_trace_is_kept_and_its_root_client_is_not_broken() {
+    let k = Kit::new();
+    let mut root = k.stage(
+        k.span(10, None, "grayscope-probe", SpanKind::Client),
+        "canary",
+    );
+    let mut spans = chain(&k, false);
+    spans[0].parent = Some(root.span_id);
+    for probe in [false, true] {
+        root.probe = probe;
+        let mut asm = assembler(1000);
+        let mut out = Vec::new();
+        let mut all = spans.clone();
+        all.push(root);
+        asm.insert(batch(1, &all), 0, 0, &mut out);
+        asm.expire(100, 0, &mut out);
+        let kinds: Vec<Verdict> = out[0].outcome.findings.iter().map(|f| f.kind).collect();
+        if probe {
+            assert!(kinds.is_empty(), "{kinds:?}");
+            assert!(out[0].snapshot.is_some(), "a probe trace is kept");
+        } else {
+            assert_eq!(
+                kinds,
+                [Verdict::BrokenTrace],
+                "a root CLIENT span elsewhere"
+            );
+        }
+    }
+}

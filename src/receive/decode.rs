@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 
 use crate::instances::{Clock, Instances};
 use crate::intern::{RequestCache, Symbols};
-use crate::model::{SpanBatch, SpanId, SpanKind, SpanRecord, StatusCode, TraceId};
+use crate::model::{PROBE_ATTRIBUTE, SpanBatch, SpanId, SpanKind, SpanRecord, StatusCode, TraceId};
 use grayscope_propagation::keys::{KeyCache, KeyClass, StageKeys};
 
 /// Longest service name, span name and attribute value kept; longer ones are cut (at a character
@@ -137,6 +137,15 @@ impl Decoder {
             if let Some(stage) = instance_stage {
                 self.instances.touch(service, stage, now_ms);
             }
+            let probe = attrs.iter().any(|kv| {
+                kv.key == PROBE_ATTRIBUTE
+                    && match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                        Some(Value::BoolValue(b)) => *b,
+                        // As `OTEL_RESOURCE_ATTRIBUTES` sets it.
+                        Some(Value::StringValue(s)) => s == "true",
+                        _ => false,
+                    }
+            });
             for (si, ss) in rs.scope_spans.iter().enumerate() {
                 for (pi, span) in ss.spans.iter().enumerate() {
                     let (trace_id, record) = match validate(span) {
@@ -160,6 +169,7 @@ impl Decoder {
                         peer: None,
                         kind: SpanKind::from_otlp(span.kind),
                         status: StatusCode::from_otlp(span.status.as_ref().map_or(0, |s| s.code)),
+                        probe,
                     };
                     read_attributes(&span.attributes, &mut rec, &mut keys, &mut values);
                     out.batches[trace_id.shard(shards)]

@@ -258,7 +258,7 @@ fn root_finding(span: &SpanRecord, cx: &FinaliseContext<'_>) -> Option<Verdict> 
             (false, false) => Some(Verdict::BrokenTrace),
         };
     }
-    if span.kind.is_outgoing() && !policy.exempt(span) {
+    if span.kind.is_outgoing() && !span.probe && !policy.exempt(span) {
         return Some(Verdict::BrokenTrace);
     }
     match span.stage {

@@ -226,6 +226,35 @@ fn captured_grpc_metadata_carries_the_stage_by_default() {
     assert_eq!(value(spans[2].1.near_miss_value).as_deref(), Some("canary"));
 }
 
+/// `grayscope.probe` on the resource (a bool, or "true" as `OTEL_RESOURCE_ATTRIBUTES` sets it)
+/// marks every span of that resource, and nothing else.
+#[test]
+fn the_probe_attribute_marks_its_resources_spans() {
+    let dec = decoder();
+    let mut req = RequestBuilder::new()
+        .resource("grayscope-probe", None)
+        .span(1, 1, None, "GET /", SpanKind::Client, &[])
+        .resource("gateway", None)
+        .span(1, 2, Some(1), "GET /", SpanKind::Server, &[])
+        .resource("grayscope-probe", None)
+        .span(2, 3, None, "GET /", SpanKind::Client, &[])
+        .build();
+    fn attrs(req: &mut ExportTraceServiceRequest, i: usize) -> &mut Vec<KeyValue> {
+        &mut req.resource_spans[i].resource.as_mut().unwrap().attributes
+    }
+    attrs(&mut req, 0).push(KeyValue {
+        key: "grayscope.probe".into(),
+        value: Some(AnyValue {
+            value: Some(Value::BoolValue(true)),
+        }),
+        ..Default::default()
+    });
+    attrs(&mut req, 2).push(crate::loadgen::kv("grayscope.probe", "true"));
+    let d = dec.decode(&req, 1);
+    let probe: Vec<bool> = only(&d).iter().map(|(_, s)| s.probe).collect();
+    assert_eq!(probe, [true, false, true]);
+}
+
 #[test]
 fn invalid_spans_are_rejected_one_by_one_with_reasons() {
     let dec = decoder();
