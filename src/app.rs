@@ -237,7 +237,7 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
     );
     let api = listen::serve_http(
         listeners.http,
-        http_router(reader, telemetry.clone()),
+        http_router(reader, telemetry.clone(), cfg.trace_idle.0),
         Timeouts::new(&listen_metrics, "http", cfg.read_timeout.0),
         api_stop.clone(),
     );
@@ -262,10 +262,15 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
 }
 
 /// The `--http` address: the JSON API, the dashboard, and for any other path the API's 404.
-fn http_router(reader: Reader, telemetry: Arc<Telemetry>) -> axum::Router {
+fn http_router(
+    reader: Reader,
+    telemetry: Arc<Telemetry>,
+    trace_idle: std::time::Duration,
+) -> axum::Router {
     let api = api::router(ApiState {
         reader: reader.clone(),
         telemetry,
+        trace_idle,
     });
     api.merge(web::router(reader)).fallback(api::not_found)
 }

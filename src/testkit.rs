@@ -70,6 +70,7 @@ pub use otlp::RequestBuilder;
 /// OTLP requests built by hand, shaped like the SDK's.
 pub mod otlp {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
@@ -101,6 +102,26 @@ pub mod otlp {
                 scope_spans: vec![ScopeSpans::default()],
                 schema_url: String::new(),
             });
+            self
+        }
+
+        /// Marks the current resource as `grayscope probe`'s (`grayscope.probe = true`).
+        pub fn probe(mut self) -> Self {
+            let rs = self
+                .req
+                .resource_spans
+                .last_mut()
+                .expect("a resource to mark");
+            rs.resource
+                .get_or_insert_with(Resource::default)
+                .attributes
+                .push(KeyValue {
+                    key: crate::model::PROBE_ATTRIBUTE.into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::BoolValue(true)),
+                    }),
+                    ..Default::default()
+                });
             self
         }
 

@@ -1,6 +1,6 @@
 //! JSON shapes of the API: grayscope's records with their symbols resolved to strings.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -328,6 +328,174 @@ impl TraceView {
             findings: t.findings.iter().map(|f| FindingView::of(f, sym)).collect(),
         }
     }
+}
+
+impl TraceView {
+    /// Every judged parent->child edge, named by the service-graph hop it is counted on (as
+    /// [`crate::verify`] attributes it): a call between services is its two services; an edge
+    /// inside a service that leads to an outgoing call is counted on the hop that call makes.
+    pub fn hops(&self) -> Vec<HopVerdictView> {
+        let by_id: HashMap<SpanId, &TraceSpanView> =
+            self.spans.iter().map(|s| (s.span_id, s)).collect();
+        let first_breaks: HashSet<SpanId> = self
+            .findings
+            .iter()
+            .filter(|f| f.first_break)
+            .map(|f| f.callee.span_id)
+            .collect();
+        // Whom each outgoing span called: a child of it in another service.
+        let mut called: HashMap<SpanId, &Arc<str>> = HashMap::new();
+        for s in &self.spans {
+            if let Some(p) = s.parent_span_id.and_then(|p| by_id.get(&p))
+                && p.service != s.service
+            {
+                called.entry(p.span_id).or_insert(&s.service);
+            }
+        }
+        self.edges
+            .iter()
+            .filter_map(|e| {
+                let (p, c) = (by_id.get(&e.parent_span_id)?, by_id.get(&e.span_id)?);
+                let callee = if p.service != c.service {
+                    c.service.clone()
+                } else if c.kind.is_outgoing() {
+                    called
+                        .get(&c.span_id)
+                        .map_or_else(|| p.service.clone(), |&s| s.clone())
+                } else {
+                    p.service.clone()
+                };
+                Some(HopVerdictView {
+                    caller: p.service.clone(),
+                    callee,
+                    scope: e.scope,
+                    verdict: e.verdict,
+                    sent: p.stage.clone(),
+                    received: c.stage.clone(),
+                    instance_stage: c.instance_stage.clone(),
+                    first_break: first_breaks.contains(&c.span_id),
+                    span_id: c.span_id,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Where a trace is, for a client waiting for its verdicts.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceState {
+    /// Nowhere: no span of it has arrived yet, or it was not kept (clean and not sampled) or is
+    /// past retention.
+    Unknown,
+    /// Spans are arriving: verdicts so far; routing, orphans and first breaks are judged when it
+    /// is finalised (about `--trace-idle` after its last span).
+    Assembling,
+    /// Every verdict is final.
+    Finalised,
+}
+
+/// One judged parent->child edge of a trace.
+#[derive(Serialize, Debug, Clone, ToSchema)]
+pub struct HopVerdictView {
+    #[schema(value_type = String)]
+    pub caller: Arc<str>,
+    #[schema(value_type = String)]
+    pub callee: Arc<str>,
+    pub scope: Scope,
+    pub verdict: Verdict,
+    /// The stage the parent span carried: what the caller sent.
+    #[schema(value_type = Option<String>)]
+    pub sent: Option<Arc<str>>,
+    /// The stage the child span carried: what arrived.
+    #[schema(value_type = Option<String>)]
+    pub received: Option<Arc<str>>,
+    /// Which deployment served the child span.
+    #[schema(value_type = Option<String>)]
+    pub instance_stage: Option<Arc<str>>,
+    /// This edge's finding is a first break.
+    pub first_break: bool,
+    /// The child span.
+    #[schema(value_type = String, example = "00f067aa0ba902b7")]
+    pub span_id: SpanId,
+}
+
+/// A service, and which deployment of it, that served a span of the trace.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, ToSchema)]
+pub struct ServedView {
+    #[schema(value_type = String)]
+    pub service: Arc<str>,
+    #[schema(value_type = Option<String>)]
+    pub instance_stage: Option<Arc<str>>,
+}
+
+/// A trace's state and verdicts: what `grayscope probe` waits for.
+#[derive(Serialize, Debug, Clone, ToSchema)]
+pub struct TraceVerdicts {
+    #[schema(value_type = String, example = "4bf92f3577b34da6a3ce929d0e0e4736")]
+    pub trace_id: TraceId,
+    pub state: TraceState,
+    /// The instance of the cluster assembling it, when another one is; its verdicts are there
+    /// until it is finalised and stored.
+    pub member: Option<String>,
+    pub hops: Vec<HopVerdictView>,
+    /// Every (service, instance stage) that served a span, sorted.
+    pub served: Vec<ServedView>,
+    /// Findings, including those on no edge (a span whose parent never arrived, a root CLIENT
+    /// span).
+    pub findings: Vec<FindingView>,
+}
+
+impl TraceVerdicts {
+    pub fn of(view: TraceView) -> Self {
+        let mut served: Vec<ServedView> = view
+            .spans
+            .iter()
+            .map(|s| ServedView {
+                service: s.service.clone(),
+                instance_stage: s.instance_stage.clone(),
+            })
+            .collect();
+        served.sort();
+        served.dedup();
+        TraceVerdicts {
+            trace_id: view.trace_id,
+            state: if view.finalised {
+                TraceState::Finalised
+            } else {
+                TraceState::Assembling
+            },
+            member: None,
+            hops: view.hops(),
+            served,
+            findings: view.findings,
+        }
+    }
+
+    /// Known to no one (`member`: none), or being assembled by `member`.
+    pub fn elsewhere(trace_id: TraceId, member: Option<String>) -> Self {
+        TraceVerdicts {
+            trace_id,
+            state: if member.is_some() {
+                TraceState::Assembling
+            } else {
+                TraceState::Unknown
+            },
+            member,
+            hops: Vec::new(),
+            served: Vec::new(),
+            findings: Vec::new(),
+        }
+    }
+}
+
+/// The body of `POST /api/v1/traces/verdicts`.
+#[derive(Serialize, Debug, Clone, ToSchema)]
+pub struct TraceVerdictsPage {
+    /// `--trace-idle`: a trace is finalised about this long after its last span arrives.
+    pub trace_idle_ms: u64,
+    /// In the order asked.
+    pub traces: Vec<TraceVerdicts>,
 }
 
 /// One deployment stage of a service.

@@ -340,7 +340,9 @@ async fn the_openapi_document_covers_every_route() {
         "/api/v1/members",
         "/api/v1/openapi.json",
         "/api/v1/services",
+        "/api/v1/traces/verdicts",
         "/api/v1/traces/{trace_id}",
+        "/api/v1/traces/{trace_id}/verdicts",
         "/healthz",
         "/metrics",
     ];
@@ -358,7 +360,11 @@ async fn the_openapi_document_covers_every_route() {
         let (method, r) = if doc["paths"][p]["get"].is_object() {
             ("get", client.get(format!("http://{}{url}", c.http)))
         } else {
-            let body = serde_json::json!({"metadata": {"stage": "canary"}});
+            let body = if p.ends_with("/verdicts") {
+                serde_json::json!({"trace_ids": [format!("{BROKEN:032x}")]})
+            } else {
+                serde_json::json!({"metadata": {"stage": "canary"}})
+            };
             let url = url.replace("?stage=canary", "");
             (
                 "post",
@@ -406,5 +412,184 @@ async fn the_openapi_document_covers_every_route() {
     ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
     }
+    c.shutdown().await.unwrap();
+}
+
+const PROBED: u128 = 0x11;
+const PROBED_CLEAN: u128 = 0x12;
+
+/// Two probe traces: grayscope-probe CLIENT -> users SERVER -> users CLIENT -> orders SERVER, all
+/// canary, except that orders lost the stage in `PROBED`.
+async fn send_probed(c: &Collector) {
+    let mut req = RequestBuilder::new()
+        .resource("grayscope-probe", None)
+        .probe();
+    for t in [PROBED, PROBED_CLEAN] {
+        req = req.span(t, 1, None, "GET /", SpanKind::Client, &[(STAGE, "canary")]);
+    }
+    req = req.resource("users", Some("stable"));
+    for t in [PROBED, PROBED_CLEAN] {
+        req = req
+            .span(
+                t,
+                2,
+                Some(1),
+                "GET /",
+                SpanKind::Server,
+                &[(STAGE, "canary")],
+            )
+            .span(
+                t,
+                3,
+                Some(2),
+                "call",
+                SpanKind::Client,
+                &[(STAGE, "canary")],
+            );
+    }
+    let req = req
+        .resource("orders", Some("canary"))
+        .span(PROBED, 4, Some(3), "call", SpanKind::Server, &[])
+        .span(
+            PROBED_CLEAN,
+            4,
+            Some(3),
+            "call",
+            SpanKind::Server,
+            &[(STAGE, "canary")],
+        )
+        .build();
+    let r = RawClient::new(Wire::Http, c.otlp_http)
+        .send(req.encode_to_vec().into(), false)
+        .await
+        .unwrap();
+    assert!(r.is_ok(), "{r:?}");
+}
+
+async fn post(c: &Collector, path: &str, body: String) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{}{}", c.http, path))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// (caller, callee, scope, verdict, first break) of every hop.
+fn hops(t: &serde_json::Value) -> Vec<(String, String, String, String, bool)> {
+    let mut h: Vec<_> = t["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            let s = |k: &str| h[k].as_str().unwrap().to_string();
+            (
+                s("caller"),
+                s("callee"),
+                s("scope"),
+                s("verdict"),
+                h["first_break"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    h.sort();
+    h
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verdicts_say_where_each_trace_is_and_judge_its_hops() {
+    let mut args = test_args();
+    args.trace_idle = Some("10m".parse().unwrap());
+    let c = spawn_collector(args).await;
+    send_probed(&c).await;
+    let ids = [PROBED, PROBED_CLEAN, 0x99].map(|t| format!("{t:032x}"));
+    let ask = serde_json::json!({ "trace_ids": ids }).to_string();
+
+    let (status, page) = post(&c, "/api/v1/traces/verdicts", ask.clone()).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["trace_idle_ms"], 600_000);
+    let states: Vec<_> = page["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["trace_id"].as_str().unwrap(),
+                t["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (ids[0].as_str(), "assembling"),
+            (ids[1].as_str(), "assembling"),
+            (ids[2].as_str(), "unknown")
+        ]
+    );
+    assert_eq!(page["traces"][0]["hops"].as_array().unwrap().len(), 3);
+
+    c.flush().await;
+    let (_, page) = post(&c, "/api/v1/traces/verdicts", ask).await;
+    let t = &page["traces"][0];
+    assert_eq!(t["state"], "finalised");
+    let h = |a: &str, b: &str, scope: &str, v: &str, first: bool| {
+        (
+            a.to_string(),
+            b.to_string(),
+            scope.to_string(),
+            v.to_string(),
+            first,
+        )
+    };
+    assert_eq!(
+        hops(t),
+        [
+            h("grayscope-probe", "users", "cross_service", "ok", false),
+            h("users", "orders", "cross_service", "missing", true),
+            h("users", "orders", "in_process", "ok", false),
+        ]
+    );
+    assert_eq!(
+        t["served"],
+        serde_json::json!([
+            {"service": "grayscope-probe", "instance_stage": null},
+            {"service": "orders", "instance_stage": "canary"},
+            {"service": "users", "instance_stage": "stable"},
+        ])
+    );
+    assert_eq!(t["findings"].as_array().unwrap().len(), 1, "{t}");
+    // A clean probe trace is kept, so its verdicts outlive finalisation (`sample_clean` is 0).
+    let clean = &page["traces"][1];
+    assert_eq!(clean["state"], "finalised");
+    assert!(hops(clean).iter().all(|h| h.3 == "ok"), "{clean}");
+    assert_eq!(clean["findings"], serde_json::json!([]));
+    assert_eq!(page["traces"][2]["state"], "unknown");
+
+    // One trace at a time, the same answer.
+    let (status, one) = get(&c, &format!("/api/v1/traces/{}/verdicts", ids[0])).await;
+    assert_eq!(status, 200);
+    assert_eq!(hops(&one), hops(t));
+
+    // What is wrong with a request is named.
+    for (body, says) in [
+        ("nope".to_string(), "expected {\"trace_ids\": [...]}"),
+        (
+            r#"{"trace_ids": ["00000000000000000000000000000011", "xyz"]}"#.to_string(),
+            "[1]: 'xyz' is not a 32-digit hex trace id",
+        ),
+        (
+            serde_json::json!({ "trace_ids": vec![&ids[0]; 1001] }).to_string(),
+            "1001 trace ids; at most 1000",
+        ),
+    ] {
+        let (status, e) = post(&c, "/api/v1/traces/verdicts", body).await;
+        assert_eq!(status, 400);
+        assert!(e["error"].as_str().unwrap().contains(says), "{e}");
+    }
+    let (status, _) = get(&c, "/api/v1/traces/xyz/verdicts").await;
+    assert_eq!(status, 400);
     c.shutdown().await.unwrap();
 }

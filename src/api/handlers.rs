@@ -160,6 +160,87 @@ pub async fn trace(
     }
 }
 
+/// Most trace ids one request may ask about.
+const MAX_TRACE_IDS: usize = 1000;
+
+/// One trace's state and verdicts: what a client waiting for a trace polls.
+#[utoipa::path(
+    get,
+    path = "/api/v1/traces/{trace_id}/verdicts",
+    tag = "traces",
+    params(
+        ("trace_id" = String, Path, description = "32 hex digits"),
+        ("local" = Option<bool>, Query, description = "Only this instance and the store: not the other instances of a cluster"),
+    ),
+    responses(
+        (status = 200, description = "The trace's state (`unknown` too) and its verdicts so far", body = view::TraceVerdicts),
+        (status = 400, description = "Not a trace id", body = ErrorBody),
+    )
+)]
+pub async fn trace_verdicts(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    q: Params,
+) -> Result<Response, ApiError> {
+    params::only(&q, &["local"])?;
+    let trace_id = TraceId::from_hex(&id).ok_or_else(|| {
+        ApiError::bad("trace_id", format!("'{id}' is not a 32-digit hex trace id"))
+    })?;
+    let local =
+        filter::Params::parse(&q.0, "local", "true or false", |s| s.parse().ok())?.unwrap_or(false);
+    Ok(axum::Json(st.reader.verdicts(trace_id, !local).await?).into_response())
+}
+
+/// The body of `POST /api/v1/traces/verdicts`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub struct TraceIds {
+    /// At most 1000, each 32 hex digits.
+    pub trace_ids: Vec<String>,
+}
+
+/// Many traces' states and verdicts at once, in the order asked.
+#[utoipa::path(
+    post,
+    path = "/api/v1/traces/verdicts",
+    tag = "traces",
+    request_body = TraceIds,
+    responses(
+        (status = 200, description = "Each trace's state and verdicts, and `--trace-idle`", body = view::TraceVerdictsPage),
+        (status = 400, description = "Not JSON of that shape, a bad trace id, or more than 1000", body = ErrorBody),
+    )
+)]
+pub async fn traces_verdicts(
+    State(st): State<ApiState>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let ids: TraceIds = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad("body", format!("expected {{\"trace_ids\": [...]}}: {e}")))?;
+    if ids.trace_ids.len() > MAX_TRACE_IDS {
+        return Err(ApiError::bad(
+            "trace_ids",
+            format!(
+                "{} trace ids; at most {MAX_TRACE_IDS} per request",
+                ids.trace_ids.len()
+            ),
+        ));
+    }
+    let mut traces = Vec::with_capacity(ids.trace_ids.len());
+    for (i, id) in ids.trace_ids.iter().enumerate() {
+        let trace_id = TraceId::from_hex(id).ok_or_else(|| {
+            ApiError::bad(
+                "trace_ids",
+                format!("[{i}]: '{id}' is not a 32-digit hex trace id"),
+            )
+        })?;
+        traces.push(st.reader.verdicts(trace_id, true).await?);
+    }
+    Ok(axum::Json(view::TraceVerdictsPage {
+        trace_idle_ms: st.trace_idle.as_millis() as u64,
+        traces,
+    })
+    .into_response())
+}
+
 /// The grayscope instances sharing the store (with SQLite: this one).
 #[utoipa::path(
     get,

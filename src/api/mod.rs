@@ -24,6 +24,8 @@ pub use error::{ApiError, ErrorBody};
 pub struct ApiState {
     pub reader: Reader,
     pub telemetry: Arc<Telemetry>,
+    /// `--trace-idle`, for clients that wait for traces to be finalised.
+    pub trace_idle: std::time::Duration,
 }
 
 #[derive(OpenApi)]
@@ -43,6 +45,8 @@ fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(edge))
         .routes(routes!(services))
         .routes(routes!(trace))
+        .routes(routes!(trace_verdicts))
+        .routes(routes!(traces_verdicts))
         .routes(routes!(members))
         .routes(routes!(gate::gate_get))
         .routes(routes!(gate::gate_webhook))

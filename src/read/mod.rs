@@ -18,7 +18,7 @@ use crate::model::TraceId;
 use crate::shard::Shards;
 use crate::store::{FindingPage, FindingQuery, SharedStore, StageTraces, StoreError, Window};
 use crate::verify::Finding;
-use crate::view::{EdgeSeriesView, GraphView, ServiceView, TraceView};
+use crate::view::{EdgeSeriesView, GraphView, ServiceView, TraceVerdicts, TraceView};
 
 /// Where a trace was found.
 pub enum Found {
@@ -83,6 +83,21 @@ impl Reader {
             return Ok(Found::Elsewhere { member, json });
         }
         Ok(Found::Nowhere)
+    }
+
+    /// A trace's state and verdicts, wherever it is (`ask_peers` as for [`Reader::find_trace`]).
+    /// A trace another instance holds is reported as assembling there: once finalised it is in
+    /// the shared store, and its verdicts are read from there.
+    pub async fn verdicts(
+        &self,
+        id: TraceId,
+        ask_peers: bool,
+    ) -> Result<TraceVerdicts, StoreError> {
+        Ok(match self.find_trace(id, ask_peers).await? {
+            Found::Here(view) => TraceVerdicts::of(view),
+            Found::Elsewhere { member, .. } => TraceVerdicts::elsewhere(id, Some(member.id)),
+            Found::Nowhere => TraceVerdicts::elsewhere(id, None),
+        })
     }
 
     /// A trace here: being assembled, just finalised, or in the store.
