@@ -237,7 +237,11 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
     );
     let api = listen::serve_http(
         listeners.http,
-        http_router(reader, telemetry.clone(), cfg.trace_idle.0),
+        http_router(
+            reader,
+            telemetry.clone(),
+            (cfg.trace_idle.0, cfg.flush_interval.0),
+        ),
         Timeouts::new(&listen_metrics, "http", cfg.read_timeout.0),
         api_stop.clone(),
     );
@@ -265,12 +269,13 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
 fn http_router(
     reader: Reader,
     telemetry: Arc<Telemetry>,
-    trace_idle: std::time::Duration,
+    (trace_idle, flush_interval): (std::time::Duration, std::time::Duration),
 ) -> axum::Router {
     let api = api::router(ApiState {
         reader: reader.clone(),
         telemetry,
         trace_idle,
+        flush_interval,
     });
     api.merge(web::router(reader)).fallback(api::not_found)
 }

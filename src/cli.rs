@@ -1,4 +1,4 @@
-//! The command line: `grayscope serve | check | loadgen | demo`, each command's arguments owned by
+//! The command line: `grayscope serve | check | loadgen | demo | probe`, each command's arguments owned by
 //! the module that runs it. `serve --demo` is resolved here into a configuration and a demo to run.
 
 use std::time::Duration;
@@ -30,6 +30,9 @@ pub enum Command {
     /// Run a small instrumented service mesh that sends real traffic, with chosen propagation
     /// faults, to any OTLP endpoint.
     Demo(crate::demo::DemoArgs),
+    /// Before go-live: send requests tagged with each stage through the real call chain and
+    /// judge exactly those traces; exits 0 all good, 1 a break or unmet expectation, 2 no verdict.
+    Probe(crate::probe::ProbeArgs),
 }
 
 /// `grayscope serve`: the collector's options, and the demo mesh it can run alongside.

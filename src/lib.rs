@@ -33,6 +33,8 @@ pub mod cli;
 pub mod app;
 // `check`: the pipeline offline, on OTLP/JSON files, for CI.
 pub mod check;
+// `probe`: tagged requests through the real chain before go-live, judged end to end.
+pub mod probe;
 // `demo`: an instrumented service mesh with chosen propagation faults.
 pub mod demo;
 // Builders for tests and benchmarks.

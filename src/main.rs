@@ -41,6 +41,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check(args) => grayscope::check::run(args).map(ExitCode::from),
         Command::Loadgen(args) => grayscope::loadgen::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Probe(args) => {
+            init_logging("warn,opentelemetry_sdk=off");
+            Ok(ExitCode::from(
+                runtime()?.block_on(grayscope::probe::main(args)),
+            ))
+        }
         Command::Demo(args) => {
             // The demo reports export failures itself, once, instead of once per batch.
             init_logging("info,opentelemetry_sdk=off");

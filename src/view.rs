@@ -494,6 +494,9 @@ impl TraceVerdicts {
 pub struct TraceVerdictsPage {
     /// `--trace-idle`: a trace is finalised about this long after its last span arrives.
     pub trace_idle_ms: u64,
+    /// `--flush-interval`: a finalised trace's findings are stored, and listed by
+    /// `/api/v1/findings`, within about this long.
+    pub flush_interval_ms: u64,
     /// In the order asked.
     pub traces: Vec<TraceVerdicts>,
 }

@@ -236,6 +236,7 @@ pub async fn traces_verdicts(
     }
     Ok(axum::Json(view::TraceVerdictsPage {
         trace_idle_ms: st.trace_idle.as_millis() as u64,
+        flush_interval_ms: st.flush_interval.as_millis() as u64,
         traces,
     })
     .into_response())

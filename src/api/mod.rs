@@ -24,8 +24,10 @@ pub use error::{ApiError, ErrorBody};
 pub struct ApiState {
     pub reader: Reader,
     pub telemetry: Arc<Telemetry>,
-    /// `--trace-idle`, for clients that wait for traces to be finalised.
+    /// `--trace-idle` and `--flush-interval`, for clients that wait for traces to be finalised
+    /// and their findings stored.
     pub trace_idle: std::time::Duration,
+    pub flush_interval: std::time::Duration,
 }
 
 #[derive(OpenApi)]

@@ -1,4 +1,4 @@
-//! Counts what the demo's services export, so that the demo can say how many spans reached the
+//! Counts what the demo's services (and the probe) export, so that they can say how many spans reached the
 //! endpoint instead of claiming they did.
 
 use std::sync::Mutex;
@@ -11,15 +11,15 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
 /// Spans exported and refused, over every service of the mesh.
 #[derive(Debug, Default)]
-pub(super) struct Exports {
-    pub(super) spans: AtomicU64,
-    pub(super) failed: AtomicU64,
+pub struct Exports {
+    pub spans: AtomicU64,
+    pub failed: AtomicU64,
     first_error: Mutex<Option<String>>,
 }
 
 impl Exports {
     /// The first export error, which usually names the cause (connection refused, wrong path).
-    pub(super) fn first_error(&self) -> Option<String> {
+    pub fn first_error(&self) -> Option<String> {
         self.first_error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -38,9 +38,9 @@ impl Exports {
 
 /// An exporter that counts the outcome of every batch it passes on.
 #[derive(Debug)]
-pub(super) struct Counted<E> {
-    pub(super) inner: E,
-    pub(super) exports: std::sync::Arc<Exports>,
+pub struct Counted<E> {
+    pub inner: E,
+    pub exports: std::sync::Arc<Exports>,
 }
 
 impl<E: SpanExporter> SpanExporter for Counted<E> {

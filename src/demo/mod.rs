@@ -12,7 +12,7 @@
 //! over OTLP itself, exactly as a production service would; the only thing special about the demo
 //! is that a fault can turn one hop into one of the bugs grayscope exists to find.
 
-mod export;
+pub mod export;
 mod fault;
 mod mesh;
 mod traffic;
