@@ -209,6 +209,16 @@ impl Demo {
         out
     }
 
+    /// The gateway's base URL: the mesh's entry point (`/checkout?user=U&item=I`).
+    pub fn gateway_url(&self) -> String {
+        self.mesh.gateway_url()
+    }
+
+    /// The stable orders instance, a gRPC entry point (`grayscope.demo.v1.Orders`).
+    pub fn orders_addr(&self) -> std::net::SocketAddr {
+        self.mesh.orders_addr()
+    }
+
     pub fn progress(&self) -> Progress {
         self.traffic.progress()
     }

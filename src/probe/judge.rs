@@ -48,6 +48,8 @@ pub struct StageReport {
     pub entry: EntryReport,
     pub hops: Vec<HopReport>,
     pub first_breaks: Vec<BreakReport>,
+    /// `--expect-services`, met or not.
+    pub expected_services: Vec<String>,
     /// Expected services some requests did not reach.
     pub unreached: Vec<Unreached>,
     pub instance_stages: Vec<InstanceExpectation>,
@@ -332,6 +334,7 @@ fn judge_stage(
         entry,
         hops,
         first_breaks: breaks,
+        expected_services: plan.expect_services.clone(),
         unreached,
         instance_stages,
     }

@@ -242,14 +242,23 @@ fn suite(s: &StageReport, success: &str) -> TestSuite {
             ));
         }
     }
-    for u in &s.unreached {
+    let expected = s.expected_services.iter().map(String::as_str);
+    let unexpected = s
+        .unreached
+        .iter()
+        .map(|u| u.service.as_str())
+        .filter(|u| !s.expected_services.iter().any(|e| e == u));
+    for service in expected.chain(unexpected) {
+        let unreached = s.unreached.iter().find(|u| u.service == service);
         suite.add_test_case(case(
-            format!("reaches {}", u.service),
+            format!("reaches {service}"),
             &class,
-            Some((
-                format!("not reached by {} of {} requests", u.requests, s.requests),
-                String::new(),
-            )),
+            unreached.map(|u| {
+                (
+                    format!("not reached by {} of {} requests", u.requests, s.requests),
+                    String::new(),
+                )
+            }),
         ));
     }
     for e in &s.instance_stages {

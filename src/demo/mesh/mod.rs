@@ -176,6 +176,8 @@ pub(super) struct Mesh {
     servers: Vec<JoinHandle<()>>,
     stop: CancellationToken,
     gateway: SocketAddr,
+    /// The stable orders instance (gRPC).
+    orders: SocketAddr,
     layout: String,
 }
 
@@ -257,6 +259,7 @@ impl Mesh {
             servers: Vec::new(),
             stop: CancellationToken::new(),
             gateway: ([127, 0, 0, 1], 0).into(),
+            orders: ([127, 0, 0, 1], 0).into(),
             layout: String::new(),
         };
         let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
@@ -306,6 +309,7 @@ impl Mesh {
             ));
         }
         let (orders_stable, orders_canary) = (orders_addrs[0], orders_addrs[1]);
+        mesh.orders = orders_stable;
 
         let users = caller(&mut mesh, Svc::Users, DEFAULT_STAGE)?;
         let users_state = Arc::new(UsersService {
@@ -350,6 +354,10 @@ impl Mesh {
 
     pub(super) fn gateway_url(&self) -> String {
         format!("http://{}", self.gateway)
+    }
+
+    pub(super) fn orders_addr(&self) -> SocketAddr {
+        self.orders
     }
 
     pub(super) fn describe(&self) -> String {
