@@ -379,6 +379,7 @@ impl Collector {
 pub struct ServeDemo {
     pub faults: Vec<demo::Fault>,
     pub rate: f64,
+    pub gateway: std::net::SocketAddr,
 }
 
 pub async fn serve(cfg: ServeConfig, demo: Option<ServeDemo>) -> anyhow::Result<Stopped> {
@@ -396,6 +397,7 @@ pub async fn serve(cfg: ServeConfig, demo: Option<ServeDemo>) -> anyhow::Result<
             )?;
             let mut options = demo::DemoOptions::new(export, d.faults);
             options.rate = d.rate;
+            options.gateway = Some(d.gateway);
             let demo = demo::Demo::start(options).await?;
             print!("{}", demo.describe());
             println!(

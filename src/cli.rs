@@ -58,7 +58,13 @@ pub struct ServeDemoArgs {
     /// Requests per second the demo sends
     #[arg(long, value_name = "N", requires = "demo", default_value_t = 20.0)]
     pub demo_rate: f64,
+    /// Where the demo's gateway listens, for `grayscope probe` and curl [default: 127.0.0.1:8081]
+    #[arg(long, value_name = "ADDR", requires = "demo")]
+    pub demo_gateway: Option<std::net::SocketAddr>,
 }
+
+/// `serve --demo`'s gateway port: the OTLP ports and the API's, plus one.
+const DEMO_GATEWAY_PORT: u16 = 8081;
 
 /// The fault `serve --demo` shows when none is given: a newcomer sees one red hop.
 const DEFAULT_DEMO_FAULT: &str = "missing@orders->payments";
@@ -95,6 +101,9 @@ impl ServeCommand {
         let demo = ServeDemo {
             faults: crate::demo::parse_faults(&faults)?,
             rate: demo.demo_rate,
+            gateway: demo
+                .demo_gateway
+                .unwrap_or(([127, 0, 0, 1], DEMO_GATEWAY_PORT).into()),
         };
         Ok((cfg, Some(demo)))
     }

@@ -352,7 +352,7 @@ fn serve_demo_shows_a_finding_within_seconds() {
     let started = Instant::now();
     let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_grayscope"))
-        .args(["serve", "--demo"])
+        .args(["serve", "--demo", "--demo-gateway", "127.0.0.1:0"])
         .args(["--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0"])
         .args(["--http", "127.0.0.1:0", "--log", "warn"])
         .arg("--data")
@@ -399,6 +399,37 @@ fn serve_demo_shows_a_finding_within_seconds() {
     assert_eq!(first["scope"], "in_process");
     assert_eq!(first["edge"]["caller"], "orders");
     assert_eq!(first["edge"]["callee"], "payments");
+
+    // The README's probe, against the same mesh: it names the same hop and exits 1.
+    let after = |prefix: &str| -> String {
+        let rest = &printed[printed.find(prefix).expect(prefix) + prefix.len()..];
+        rest.split([',', ' ', '\n']).next().unwrap().to_string()
+    };
+    let probe = Command::new(env!("CARGO_BIN_EXE_grayscope"))
+        .args(["probe", "--requests", "5"])
+        .arg("--url")
+        .arg(format!(
+            "{}/checkout?user=alice&item=book",
+            after("gateway    HTTP ")
+        ))
+        .args(["--collector", &format!("http://{api}")])
+        .args([
+            "--otlp-endpoint",
+            &format!("http://{}", after("OTLP/gRPC on ")),
+        ])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&probe.stdout);
+    assert_eq!(
+        probe.status.code(),
+        Some(1),
+        "{report}{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    assert!(
+        report.contains("first break: missing on orders -> payments (in process), 5 of 5 requests"),
+        "{report}"
+    );
 
     // SAFETY: kill(2) on the pid of a child this test started and has not reaped yet.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);

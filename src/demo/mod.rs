@@ -38,9 +38,10 @@ pub enum DemoError {
     Endpoint { endpoint: String, reason: String },
     #[error("cannot build the OTLP exporter of {service}: {message}")]
     Exporter { service: String, message: String },
-    #[error("cannot bind a loopback port for {service}: {source}")]
+    #[error("cannot listen on {addr} for {service}: {source}")]
     Bind {
         service: &'static str,
+        addr: std::net::SocketAddr,
         source: std::io::Error,
     },
     #[error("--canary-share must be between 0 and 1, not {0}")]
@@ -84,6 +85,9 @@ pub struct DemoArgs {
     /// Stop after this many requests
     #[arg(long, value_name = "N")]
     pub requests: Option<u64>,
+    /// Where the gateway, the mesh's entry point, listens [default: a free loopback port]
+    #[arg(long, value_name = "ADDR")]
+    pub gateway: Option<std::net::SocketAddr>,
 }
 
 /// Where spans go.
@@ -136,6 +140,8 @@ pub struct DemoOptions {
     pub requests: Option<u64>,
     /// How long spans wait in each service's exporter batch.
     pub batch_delay: Duration,
+    /// Where the gateway listens [default: a loopback port the OS chooses].
+    pub gateway: Option<std::net::SocketAddr>,
 }
 
 impl DemoOptions {
@@ -147,6 +153,7 @@ impl DemoOptions {
             faults,
             requests: None,
             batch_delay: Duration::from_millis(500),
+            gateway: None,
         }
     }
 
@@ -244,6 +251,7 @@ pub async fn run(args: DemoArgs) -> Result<Progress, DemoError> {
     options.rate = args.rate;
     options.canary_share = args.canary_share;
     options.requests = args.requests;
+    options.gateway = args.gateway;
     let mut demo = Demo::start(options).await?;
     print!("{}", demo.describe());
     let deadline = async {

@@ -45,7 +45,7 @@ use grayscope_propagation::{
 
 use super::proto as pb;
 use faulty::FaultService;
-use otel::{bind, provider};
+use otel::{bind, bind_at, provider};
 use services::{
     GatewayService, InventoryService, OrdersService, UsersService, charge, checkout, place_order,
 };
@@ -333,7 +333,11 @@ impl Mesh {
                 .map(OrdersClient::new),
         });
         mesh.gateway = mesh.serve_http(
-            bind("gateway").await?,
+            bind_at(
+                "gateway",
+                options.gateway.unwrap_or(([127, 0, 0, 1], 0).into()),
+            )
+            .await?,
             axum::Router::new()
                 .route("/checkout", axum::routing::get(checkout))
                 .with_state(gateway_state)

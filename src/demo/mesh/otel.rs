@@ -52,7 +52,18 @@ pub(super) fn provider(
 }
 
 pub(super) async fn bind(service: &'static str) -> Result<TcpListener, DemoError> {
-    TcpListener::bind(("127.0.0.1", 0))
+    bind_at(service, ([127, 0, 0, 1], 0).into()).await
+}
+
+pub(super) async fn bind_at(
+    service: &'static str,
+    addr: SocketAddr,
+) -> Result<TcpListener, DemoError> {
+    TcpListener::bind(addr)
         .await
-        .map_err(|source| DemoError::Bind { service, source })
+        .map_err(|source| DemoError::Bind {
+            service,
+            addr,
+            source,
+        })
 }
