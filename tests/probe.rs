@@ -20,8 +20,14 @@ use serde_json::Value;
 /// A collector quick to finalise and store, and the demo mesh exporting to it, sending nothing
 /// by itself.
 async fn rig(faults: &[&str]) -> (TestCollector, Demo) {
+    rig_idle(faults, "300ms").await
+}
+
+/// [`rig`] with the collector's `--trace-idle`.
+async fn rig_idle(faults: &[&str], trace_idle: &str) -> (TestCollector, Demo) {
     let mut args = test_args();
     args.flush_interval = Some("200ms".parse().unwrap());
+    args.trace_idle = Some(trace_idle.parse().unwrap());
     let c = spawn_collector(args).await;
     let specs: Vec<String> = faults.iter().map(|s| s.to_string()).collect();
     let export = Export::new(Protocol::Grpc, Some(&format!("http://{}", c.otlp_grpc))).unwrap();
@@ -388,15 +394,7 @@ async fn no_verdict_exits_2_saying_why() {
     );
 
     // A collector that holds traces longer than the probe waits.
-    let mut args = test_args();
-    args.trace_idle = Some("10m".parse().unwrap());
-    let c = spawn_collector(args).await;
-    let specs: Vec<String> = Vec::new();
-    let export = Export::new(Protocol::Grpc, Some(&format!("http://{}", c.otlp_grpc))).unwrap();
-    let mut o = DemoOptions::new(export, parse_faults(&specs).unwrap());
-    o.requests = Some(0);
-    o.batch_delay = Duration::from_millis(100);
-    let demo = Demo::start(o).await.unwrap();
+    let (c, demo) = rig_idle(&["none"], "10m").await;
     let r = probe(
         &c,
         &[

@@ -135,12 +135,7 @@ pub async fn trace(
     Path(id): Path<String>,
     q: Params,
 ) -> Result<Response, ApiError> {
-    params::only(&q, &["local"])?;
-    let trace_id = TraceId::from_hex(&id).ok_or_else(|| {
-        ApiError::bad("trace_id", format!("'{id}' is not a 32-digit hex trace id"))
-    })?;
-    let local =
-        filter::Params::parse(&q.0, "local", "true or false", |s| s.parse().ok())?.unwrap_or(false);
+    let (trace_id, local) = trace_and_local(&id, &q)?;
     match st.reader.find_trace(trace_id, !local).await? {
         Found::Here(view) => Ok(axum::Json(view).into_response()),
         Found::Elsewhere { member, json } => Ok((
@@ -158,6 +153,17 @@ pub async fn trace(
             "trace {trace_id} is unknown: it was never received, or it had no findings and was not sampled (--sample-clean), or it is past --retention"
         ))),
     }
+}
+
+/// The path's trace id and `?local=`, the only parameter of the trace endpoints.
+fn trace_and_local(id: &str, q: &Params) -> Result<(TraceId, bool), ApiError> {
+    params::only(q, &["local"])?;
+    let trace_id = TraceId::from_hex(id).ok_or_else(|| {
+        ApiError::bad("trace_id", format!("'{id}' is not a 32-digit hex trace id"))
+    })?;
+    let local =
+        filter::Params::parse(&q.0, "local", "true or false", |s| s.parse().ok())?.unwrap_or(false);
+    Ok((trace_id, local))
 }
 
 /// Most trace ids one request may ask about.
@@ -182,12 +188,7 @@ pub async fn trace_verdicts(
     Path(id): Path<String>,
     q: Params,
 ) -> Result<Response, ApiError> {
-    params::only(&q, &["local"])?;
-    let trace_id = TraceId::from_hex(&id).ok_or_else(|| {
-        ApiError::bad("trace_id", format!("'{id}' is not a 32-digit hex trace id"))
-    })?;
-    let local =
-        filter::Params::parse(&q.0, "local", "true or false", |s| s.parse().ok())?.unwrap_or(false);
+    let (trace_id, local) = trace_and_local(&id, &q)?;
     Ok(axum::Json(st.reader.verdicts(trace_id, !local).await?).into_response())
 }
 

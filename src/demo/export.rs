@@ -9,6 +9,32 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
+/// An OTLP span exporter to `export` (gRPC, or HTTP with protobuf bodies), counting what it
+/// passes on into `exports`.
+pub fn exporter(
+    export: &super::Export,
+    exports: &std::sync::Arc<Exports>,
+) -> Result<Counted<opentelemetry_otlp::SpanExporter>, String> {
+    use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+    let url = export.url.clone();
+    let inner = match export.protocol {
+        super::Protocol::Grpc => SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(url)
+            .build(),
+        super::Protocol::Http => SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(url)
+            .build(),
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(Counted {
+        inner,
+        exports: exports.clone(),
+    })
+}
+
 /// Spans exported and refused, over every service of the mesh.
 #[derive(Debug, Default)]
 pub struct Exports {

@@ -18,15 +18,13 @@ use opentelemetry::trace::{
     Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use super::{Plan, ProbeError};
-use crate::demo::Protocol;
-use crate::demo::export::{Counted, Exports};
+use crate::demo::export::{Exports, exporter};
 use crate::model::PROBE_ATTRIBUTE;
 
 /// The service name of the probe's own spans.
@@ -230,26 +228,10 @@ pub async fn send_all(plan: &Plan) -> Result<Vec<Sent>, ProbeError> {
 
 /// The probe's OpenTelemetry setup: its own resource, marked as probe traffic.
 fn provider(plan: &Plan, exports: &Arc<Exports>) -> Result<SdkTracerProvider, ProbeError> {
-    let url = plan.export.url.clone();
-    let exporter = match plan.export.protocol {
-        Protocol::Grpc => SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(url.clone())
-            .build(),
-        Protocol::Http => SpanExporter::builder()
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(url.clone())
-            .build(),
-    }
-    .map_err(|e| ProbeError::Export {
-        endpoint: url,
-        cause: e.to_string(),
+    let exporter = exporter(&plan.export, exports).map_err(|cause| ProbeError::Export {
+        endpoint: plan.export.url.clone(),
+        cause,
     })?;
-    let exporter = Counted {
-        inner: exporter,
-        exports: exports.clone(),
-    };
     let batch = BatchSpanProcessor::builder(exporter)
         .with_batch_config(
             BatchConfigBuilder::default()

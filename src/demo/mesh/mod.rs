@@ -23,7 +23,6 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
-use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::BaggagePropagator;
 use opentelemetry_sdk::trace::{
@@ -36,8 +35,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
-use super::export::{Counted, Exports};
-use super::{DemoError, DemoOptions, Export, FaultKind, Protocol, Svc};
+use super::export::{Exports, exporter};
+use super::{DemoError, DemoOptions, FaultKind, Svc};
 use grayscope_propagation::{
     self as propagation, BaggageSpanProcessor, ForwardLayer, ForwardService, STAGE_HEADER,
     STAGE_KEY, StageLayer,

@@ -9,26 +9,10 @@ pub(super) fn provider(
     service: Svc,
     stage: &str,
 ) -> Result<SdkTracerProvider, DemoError> {
-    let Export { protocol, url } = &options.export;
-    let exporter = match protocol {
-        Protocol::Grpc => SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(url.clone())
-            .build(),
-        Protocol::Http => SpanExporter::builder()
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(url.clone())
-            .build(),
-    }
-    .map_err(|e| DemoError::Exporter {
+    let exporter = exporter(&options.export, exports).map_err(|message| DemoError::Exporter {
         service: service.to_string(),
-        message: e.to_string(),
+        message,
     })?;
-    let exporter = Counted {
-        inner: exporter,
-        exports: exports.clone(),
-    };
     let batch = BatchSpanProcessor::builder(exporter)
         .with_batch_config(
             BatchConfigBuilder::default()
