@@ -467,7 +467,9 @@ fn a_postgres_store_that_refuses_the_password_stops_the_start_with_exit_2() {
         .strip_prefix("postgres://")
         .and_then(|rest| rest.split_once('@'))
         .expect("postgres://USER:PASSWORD@HOST...");
-    let user = user.split(':').next().unwrap();
+    let (user, _) = user.split_once(':').expect(
+        "GRAYSCOPE_TEST_POSTGRES: a server that asks for a password, as scripts/postgres.sh starts",
+    );
     let url = format!("postgres://{user}:wrong-secret@{host}");
     let (code, stderr) = run_to_exit(Served::command(&url, &QUICK));
     assert_eq!(code, Some(2), "{stderr}");
