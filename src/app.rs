@@ -23,10 +23,12 @@ use crate::config::{Data, ServeConfig};
 use crate::demo;
 use crate::instances::{Clock, Instances};
 use crate::intern::{SymbolLimits, Symbols};
-use crate::listen::{self, ListenMetrics, Timeouts};
+use crate::listen::{self, Accept, ListenMetrics};
 use crate::membership::Membership;
 use crate::read::Reader;
 use crate::receive::{self, Decoder, Ingest, IngestMetrics, RequestLimits};
+use crate::security::guard::{GrpcGuardLayer, require_reader};
+use crate::security::{AuthMetrics, Guard, Security, ServerTls};
 use crate::shard::WorkerMetrics;
 use crate::shard::{Shards, WorkerSetup};
 use crate::store::{DirLock, PostgresStore, SharedStore, SqliteStore, StoreConfig, Tally};
@@ -87,6 +89,7 @@ pub struct Collector {
 
 /// Builds the pipeline and starts serving on already-bound listeners.
 pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collector> {
+    let security = Security::load(&cfg.security)?;
     let symbols = Arc::new(Symbols::new(&SymbolLimits::default()));
     let clock = Clock::new();
     let policy = Arc::new(Policy::new(
@@ -144,6 +147,7 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
     let ingest_metrics = Arc::new(IngestMetrics::register(&mut registry));
     let worker_metrics = Arc::new(WorkerMetrics::register(&mut registry));
     let listen_metrics = ListenMetrics::register(&mut registry);
+    let auth_metrics = AuthMetrics::register(&mut registry);
     let cluster_metrics = ClusterMetrics::register(&mut registry);
     crate::intern::register_metrics(&symbols, &mut registry);
     crate::aggregate::register_metrics(&aggregate, &mut registry);
@@ -221,18 +225,34 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
         shards.clone(),
         store.clone(),
         membership.clone(),
+        security.peers.clone(),
     );
+    security.watch(&api_stop);
+    let guards = ReceiverGuards {
+        grpc_ingest: Guard::new(&auth_metrics, "otlp_grpc", security.ingest.clone()),
+        grpc_read: Guard::new(&auth_metrics, "otlp_grpc", security.read.clone()),
+        http_ingest: Guard::new(&auth_metrics, "otlp_http", security.ingest.clone()),
+    };
+    let accept = |listener, tls: &Option<Arc<ServerTls>>| {
+        Accept::new(&listen_metrics, listener, cfg.read_timeout.0).with_tls(tls.clone())
+    };
     let receivers = serve_receivers(
         ingest,
-        listeners.otlp_grpc,
-        listeners.otlp_http,
+        (
+            listeners.otlp_grpc,
+            accept("otlp_grpc", &security.otlp_grpc_tls),
+        ),
+        (
+            listeners.otlp_http,
+            accept("otlp_http", &security.otlp_http_tls),
+        ),
         RequestLimits {
             max_bytes: cfg.max_request_bytes,
             read_timeout: cfg.read_timeout.0,
             max_concurrent: cfg.max_concurrent_requests,
         },
         Some(api::grpc::service(reader.clone(), receivers_stop.clone())),
-        &listen_metrics,
+        &guards,
         receivers_stop.clone(),
     );
     let api = listen::serve_http(
@@ -241,8 +261,10 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
             reader,
             telemetry.clone(),
             (cfg.trace_idle.0, cfg.flush_interval.0),
+            Guard::new(&auth_metrics, "http", security.read.clone()),
         ),
-        Timeouts::new(&listen_metrics, "http", cfg.read_timeout.0),
+        Accept::new(&listen_metrics, "http", cfg.read_timeout.0)
+            .with_tls(security.http_tls.clone()),
         api_stop.clone(),
     );
 
@@ -265,11 +287,13 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
     })
 }
 
-/// The `--http` address: the JSON API, the dashboard, and for any other path the API's 404.
+/// The `--http` address: the JSON API, the dashboard, and for any other path the API's 404; all
+/// of it behind the read token check, but `/healthz` and the login page.
 fn http_router(
     reader: Reader,
     telemetry: Arc<Telemetry>,
     (trace_idle, flush_interval): (std::time::Duration, std::time::Duration),
+    read: Guard,
 ) -> axum::Router {
     let api = api::router(ApiState {
         reader: reader.clone(),
@@ -277,26 +301,44 @@ fn http_router(
         trace_idle,
         flush_interval,
     });
-    api.merge(web::router(reader)).fallback(api::not_found)
+    api.merge(web::router(reader))
+        .merge(web::login_router(read.clone()))
+        .fallback(api::not_found)
+        .layer(axum::middleware::from_fn_with_state(read, require_reader))
+}
+
+/// The receivers' token checks; the default lets everything through.
+#[derive(Clone, Default)]
+pub struct ReceiverGuards {
+    /// OTLP export over gRPC.
+    pub grpc_ingest: Guard,
+    /// The gRPC query API, which shares the OTLP/gRPC port.
+    pub grpc_read: Guard,
+    pub http_ingest: Guard,
 }
 
 /// Serves OTLP/gRPC and OTLP/HTTP into `ingest` until `stop` is cancelled; each handle ends once
 /// its server has finished its in-flight requests.
+/// `grpc` and `http`: each listener with how it accepts connections (time limit, TLS).
 pub fn serve_receivers(
     ingest: Arc<Ingest>,
-    grpc: TcpListener,
-    http: TcpListener,
+    (grpc, grpc_accept): (TcpListener, Accept),
+    (http, http_accept): (TcpListener, Accept),
     limits: RequestLimits,
     query: Option<api::grpc::QueryServer<api::grpc::QueryService>>,
-    listen_metrics: &ListenMetrics,
+    guards: &ReceiverGuards,
     stop: CancellationToken,
 ) -> Vec<JoinHandle<anyhow::Result<()>>> {
     let metrics = ingest.metrics.clone();
-    let grpc_timeouts = Timeouts::new(listen_metrics, "otlp_grpc", limits.read_timeout);
-    let http_timeouts = Timeouts::new(listen_metrics, "otlp_http", limits.read_timeout);
     let in_flight = receive::InFlight::new(&limits);
-    // Layers added later sit inside: the status mapping sees the read timeout's answer.
+    // Layers added later sit inside: a request without its token is refused before it waits for
+    // a slot; the status mapping sees the read timeout's answer.
     let grpc = tonic::transport::Server::builder()
+        .layer(GrpcGuardLayer {
+            ingest_prefix: receive::grpc::SERVICE_PREFIX,
+            ingest: guards.grpc_ingest.clone(),
+            read: guards.grpc_read.clone(),
+        })
         .layer(tower::util::MapResponseLayer::new(move |r| {
             receive::grpc::otlp_status::<tonic::body::Body>(&metrics, r)
         }))
@@ -304,13 +346,18 @@ pub fn serve_receivers(
         .add_service(receive::grpc::service(ingest.clone(), limits.max_bytes))
         .add_optional_service(query)
         .serve_with_incoming_shutdown(
-            listen::grpc_incoming(grpc, grpc_timeouts, stop.clone()),
+            listen::grpc_incoming(grpc, grpc_accept, stop.clone()),
             stop.clone().cancelled_owned(),
         );
     let http = listen::serve_http(
         http,
-        receive::http::router(ingest, limits.max_bytes, in_flight),
-        http_timeouts,
+        receive::http::router(
+            ingest,
+            limits.max_bytes,
+            in_flight,
+            guards.http_ingest.clone(),
+        ),
+        http_accept,
         stop,
     );
     vec![

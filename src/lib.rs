@@ -77,6 +77,8 @@ pub mod verify;
 
 // Shared: below everything.
 
+// TLS, mutual TLS and bearer tokens for every listener; login sessions; certificates reloaded.
+pub mod security;
 // Flags, environment and TOML, resolved into the `serve` configuration.
 pub mod config;
 // Which stages each service runs, for `misrouted`.

@@ -10,7 +10,7 @@ use common::*;
 use grayscope::app::serve_receivers;
 use grayscope::instances::{Clock, Instances};
 use grayscope::intern::{SymbolLimits, Symbols};
-use grayscope::listen::ListenMetrics;
+use grayscope::listen::{Accept, ListenMetrics};
 use grayscope::loadgen::{RawClient, Wire};
 use grayscope::membership::Membership;
 use grayscope::model::SpanKind;
@@ -142,7 +142,16 @@ async fn receivers(queue_spans: usize) -> Receivers {
         read_timeout: std::time::Duration::from_secs(10),
         max_concurrent: 4,
     };
-    serve_receivers(ingest, grpc, http, limits, None, &listen, stop.clone());
+    let accept = |listener| Accept::new(&listen, listener, limits.read_timeout);
+    serve_receivers(
+        ingest,
+        (grpc, accept("otlp_grpc")),
+        (http, accept("otlp_http")),
+        limits,
+        None,
+        &Default::default(),
+        stop.clone(),
+    );
     Receivers {
         grpc: RawClient::new(Wire::Grpc, ga),
         http: RawClient::new(Wire::Http, ha),

@@ -14,7 +14,9 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::Args;
 
+mod security;
 mod verify;
+pub use security::{SecurityArgs, SecurityConfig, TlsFiles};
 use serde::{Deserialize, Serialize};
 pub use verify::{VerifyArgs, VerifyConfig};
 
@@ -208,6 +210,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub verify: VerifyArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// `serve` settings with defaults applied.
@@ -239,6 +244,8 @@ pub struct ServeConfig {
     pub log: String,
     #[serde(flatten)]
     pub verify: VerifyConfig,
+    #[serde(flatten)]
+    pub security: SecurityConfig,
 }
 
 impl ServeArgs {
@@ -286,9 +293,14 @@ impl ServeArgs {
             });
         }
         let http = a.http.unwrap_or(([127, 0, 0, 1], 8080).into());
-        Ok(ServeConfig {
+        let addrs = security::Addresses {
             otlp_grpc: a.otlp_grpc.unwrap_or(([127, 0, 0, 1], 4317).into()),
             otlp_http: a.otlp_http.unwrap_or(([127, 0, 0, 1], 4318).into()),
+            http,
+        };
+        Ok(ServeConfig {
+            otlp_grpc: addrs.otlp_grpc,
+            otlp_http: addrs.otlp_http,
             http,
             max_request_bytes: positive(
                 "max-request-bytes",
@@ -356,6 +368,7 @@ impl ServeArgs {
             shutdown_grace: a.shutdown_grace.unwrap_or(Dur(Duration::from_secs(10))),
             log: a.log.unwrap_or_else(|| "info".into()),
             verify: a.verify.resolve()?,
+            security: a.security.resolve(&addrs)?,
         })
     }
 
@@ -389,6 +402,7 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
             log: self.log.or(file.log),
             verify: self.verify.or(file.verify),
+            security: self.security.or(file.security),
         }
     }
 }

@@ -48,6 +48,8 @@ pub enum DemoError {
     Share(f64),
     #[error("--rate must be more than 0")]
     Rate,
+    #[error(transparent)]
+    Auth(crate::security::SecurityError),
 }
 
 /// How the demo's services export their spans.
@@ -88,6 +90,8 @@ pub struct DemoArgs {
     /// Where the gateway, the mesh's entry point, listens [default: a free loopback port]
     #[arg(long, value_name = "ADDR")]
     pub gateway: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub auth: crate::security::ClientAuthArgs,
 }
 
 /// Where spans go.
@@ -96,6 +100,8 @@ pub struct Export {
     pub protocol: Protocol,
     /// For gRPC the collector's URL, for HTTP the full URL of the traces endpoint.
     pub url: String,
+    /// The CA to trust (https), the client certificate and the token to send.
+    pub auth: crate::security::ClientAuth,
 }
 
 impl Export {
@@ -113,8 +119,7 @@ impl Export {
             .parse()
             .map_err(|e: http::uri::InvalidUri| err(&e.to_string()))?;
         match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => return Err(err("https is not supported: this build has no TLS")),
+            Some("http" | "https") => {}
             _ => return Err(err("expected a URL like http://127.0.0.1:4317")),
         }
         if uri.host().is_none() {
@@ -125,7 +130,21 @@ impl Export {
             Protocol::Http if uri.path().ends_with("/v1/traces") => endpoint.to_string(),
             Protocol::Http => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
         };
-        Ok(Export { protocol, url })
+        Ok(Export {
+            protocol,
+            url,
+            auth: Default::default(),
+        })
+    }
+
+    /// Sends with `auth`'s token, and over https trusts and presents what it says.
+    pub fn with_auth(mut self, auth: crate::security::ClientAuth) -> Export {
+        self.auth = auth;
+        self
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.url.starts_with("https://")
     }
 }
 
@@ -246,7 +265,8 @@ impl Demo {
 
 /// `grayscope demo`: runs until `--duration`, `--requests` or an interrupt, then flushes.
 pub async fn run(args: DemoArgs) -> Result<Progress, DemoError> {
-    let export = Export::new(args.protocol, args.otlp_endpoint.as_deref())?;
+    let export = Export::new(args.protocol, args.otlp_endpoint.as_deref())?
+        .with_auth(args.auth.resolve().map_err(DemoError::Auth)?);
     let mut options = DemoOptions::new(export, parse_faults(&args.faults)?);
     options.rate = args.rate;
     options.canary_share = args.canary_share;
@@ -292,9 +312,8 @@ mod tests {
         assert_eq!(e.url, "http://h:1");
         assert!(
             Export::new(Protocol::Grpc, Some("https://h:1"))
-                .unwrap_err()
-                .to_string()
-                .contains("no TLS")
+                .unwrap()
+                .is_https()
         );
         assert!(Export::new(Protocol::Grpc, Some("h:1")).is_err());
     }

@@ -15,6 +15,7 @@ use crate::aggregate::{Aggregate, ServiceGraph};
 use crate::intern::Symbols;
 use crate::membership::{Member, Membership};
 use crate::model::TraceId;
+use crate::security::PeerAuth;
 use crate::shard::Shards;
 use crate::store::{FindingPage, FindingQuery, SharedStore, StageTraces, StoreError, Window};
 use crate::verify::Finding;
@@ -38,6 +39,7 @@ pub struct Reader {
     shards: Shards,
     store: SharedStore,
     membership: Arc<Membership>,
+    peers: PeerAuth,
 }
 
 impl Reader {
@@ -46,12 +48,14 @@ impl Reader {
         shards: Shards,
         store: SharedStore,
         membership: Arc<Membership>,
+        peers: PeerAuth,
     ) -> Self {
         Reader {
             aggregate,
             shards,
             store,
             membership,
+            peers,
         }
     }
 
@@ -79,7 +83,10 @@ impl Reader {
         if let Some(view) = self.trace(id).await? {
             return Ok(Found::Here(view));
         }
-        if ask_peers && let Some((member, json)) = peers::find(self.membership.peers(), id).await {
+        if ask_peers
+            && let Some((member, json)) =
+                peers::find(&self.peers, self.membership.peers(), id).await
+        {
             return Ok(Found::Elsewhere { member, json });
         }
         Ok(Found::Nowhere)

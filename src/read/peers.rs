@@ -6,29 +6,53 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::membership::Member;
 use crate::model::TraceId;
+use crate::security::PeerAuth;
 
 /// How long one peer may take to answer.
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Asks every peer at once for its local view of trace `id`; the first that holds it answers.
-pub async fn find(peers: Vec<Member>, id: TraceId) -> Option<(Member, Bytes)> {
+/// Asks every peer at once for its local view of trace `id`; the first that holds it answers. Over
+/// TLS and with a read token when `auth` says so: the instances of a cluster share one
+/// configuration.
+pub async fn find(auth: &PeerAuth, peers: Vec<Member>, id: TraceId) -> Option<(Member, Bytes)> {
     if peers.is_empty() {
         return None;
     }
-    let client: Client<HttpConnector, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let (scheme, connector) = match &auth.tls {
+        Some(tls) => (
+            "https",
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.as_ref().clone())
+                .https_only()
+                .enable_http1()
+                .build(),
+        ),
+        None => (
+            "http",
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls_unused())
+                .https_or_http()
+                .enable_http1()
+                .build(),
+        ),
+    };
+    let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
+    let authorization = auth.authorization();
     let mut asks = tokio::task::JoinSet::new();
     for m in peers {
-        let client = client.clone();
+        let (client, authorization) = (client.clone(), authorization.clone());
         asks.spawn(async move {
-            let uri = format!("http://{}/api/v1/traces/{id}?local=true", m.address);
+            let uri = format!("{scheme}://{}/api/v1/traces/{id}?local=true", m.address);
             let ask = async {
-                let req = http::Request::get(uri).body(Empty::new()).ok()?;
+                let mut req = http::Request::get(uri);
+                if let Some(a) = authorization {
+                    req = req.header(http::header::AUTHORIZATION, a);
+                }
+                let req = req.body(Empty::new()).ok()?;
                 let resp = client.request(req).await.ok()?;
                 if resp.status() != http::StatusCode::OK {
                     return None;
@@ -49,4 +73,15 @@ pub async fn find(peers: Vec<Member>, id: TraceId) -> Option<(Member, Bytes)> {
         }
     }
     None
+}
+
+/// A client configuration for a connector that only ever speaks plain HTTP.
+fn tls_unused() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth()
 }

@@ -91,6 +91,9 @@ pub fn otlp_status<B>(metrics: &IngestMetrics, mut resp: http::Response<B>) -> h
 
 const READ_TIMEOUT_MESSAGE: &str = "request message not received within";
 
+/// The OTLP/gRPC trace service's methods start with this.
+pub const SERVICE_PREFIX: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/";
+
 /// The OTLP/gRPC export method's path.
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 

@@ -20,6 +20,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 use tonic::Code;
 
+use crate::security::{Guard, guard};
+
 use super::{Admission, BUSY_MESSAGE, InFlight, Ingest, Outcome, Protocol, RETRY_AFTER_SECS};
 
 pub const PROTOBUF: &str = "application/x-protobuf";
@@ -30,10 +32,12 @@ struct HttpReceiver {
     ingest: Arc<Ingest>,
     max_bytes: usize,
     in_flight: InFlight,
+    guard: Guard,
 }
 
 /// The `/v1/traces` route.
-pub fn router(ingest: Arc<Ingest>, max_bytes: usize, in_flight: InFlight) -> Router {
+/// `guard`: the ingest token check, before anything of the body is read.
+pub fn router(ingest: Arc<Ingest>, max_bytes: usize, in_flight: InFlight, guard: Guard) -> Router {
     Router::new()
         .route("/v1/traces", post(export))
         .layer(DefaultBodyLimit::disable())
@@ -41,6 +45,7 @@ pub fn router(ingest: Arc<Ingest>, max_bytes: usize, in_flight: InFlight) -> Rou
             ingest,
             max_bytes,
             in_flight,
+            guard,
         })
 }
 
@@ -73,6 +78,27 @@ impl Failure {
 }
 
 async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) -> Response {
+    if rx.guard.check(&headers).is_err() {
+        let protocol = match content_type(&headers) {
+            Some(PROTOBUF) => Protocol::HttpProtobuf,
+            _ => Protocol::HttpJson,
+        };
+        let f = Failure::new(
+            StatusCode::UNAUTHORIZED,
+            Code::Unauthenticated,
+            Outcome::Refused,
+            guard::REFUSED_MESSAGE,
+        );
+        let mut resp = reply_error(protocol, f);
+        let h = resp.headers_mut();
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(guard::CHALLENGE),
+        );
+        // The body is not read: the connection cannot carry another request.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
     let protocol = match content_type(&headers) {
         Some(PROTOBUF) => Protocol::HttpProtobuf,
         Some(JSON) => Protocol::HttpJson,

@@ -10,6 +10,7 @@ mod edge;
 mod error;
 mod findings;
 pub mod layout;
+mod login;
 mod members;
 mod overview;
 mod selection;
@@ -53,6 +54,18 @@ pub fn router(reader: Reader) -> Router {
             HeaderValue::from_static("nosniff"),
         ))
         .with_state(reader)
+}
+
+/// The login page and logout, with the read tokens they check.
+pub fn login_router(guard: crate::security::Guard) -> Router {
+    Router::new()
+        .route("/login", get(login::form).post(login::login))
+        .route("/logout", axum::routing::post(login::logout))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        ))
+        .with_state(guard)
 }
 
 /// Escapes text for HTML (and for SVG, and for attribute values).

@@ -14,6 +14,14 @@
 //!   connections are closed after the same time, as most HTTP servers close them.
 //!
 //! Connections closed for either reason count in `grayscope_connection_timeouts_total{listener}`.
+//!
+//! On a TLS listener the handshake, and after it the same check of how the client speaks, must
+//! complete within that timeout too (a handshake that stalls holds a socket like any silent peer);
+//! failed handshakes count in `grayscope_tls_handshake_failures_total{listener,reason}` ([`tls`]).
+
+mod tls;
+
+pub use tls::Conn;
 
 use std::future::Future;
 use std::io;
@@ -32,6 +40,7 @@ use tokio_util::task::TaskTracker;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 
+use crate::security::ServerTls;
 use crate::telemetry::Registry;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -49,10 +58,18 @@ struct ListenerLabels {
     listener: &'static str,
 }
 
-/// Connections closed for sending no request (head) within the read timeout, by listener.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+/// Connections closed for sending no request (head) within the read timeout, and TLS handshakes
+/// that failed, by listener.
 #[derive(Clone, Default)]
 pub struct ListenMetrics {
     connection_timeouts: Family<ListenerLabels, Counter>,
+    tls_failures: Family<FailureLabels, Counter>,
 }
 
 impl ListenMetrics {
@@ -62,6 +79,11 @@ impl ListenMetrics {
             "connection_timeouts",
             "Connections closed because no request, or no complete HTTP/1.1 request head, arrived within --read-timeout (idle HTTP/1.1 keep-alive connections included)",
             m.connection_timeouts.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "TLS connections not served because the handshake failed, by listener and reason: no_client_certificate or bad_client_certificate (mutual TLS), not_tls (plain HTTP to a TLS port, answered 400), client_alert (the client refused the certificate), other",
+            m.tls_failures.clone(),
         );
         // At zero from the start, so that a rate is 0 rather than absent.
         for listener in ["otlp_grpc", "otlp_http", "http"] {
@@ -73,25 +95,82 @@ impl ListenMetrics {
     }
 }
 
-/// One listener's time limit and the counter of the connections it closed for it.
-#[derive(Clone, Debug)]
-pub struct Timeouts {
+/// One listener's rules for a new connection: its time limit, its TLS, and the counters of the
+/// connections it closed.
+#[derive(Clone)]
+pub struct Accept {
     listener: &'static str,
     read_timeout: Duration,
     closed: Counter,
+    tls: Option<Arc<ServerTls>>,
+    tls_failures: Family<FailureLabels, Counter>,
 }
 
-impl Timeouts {
-    /// `listener` names it in logs and in the counter's label: `otlp_grpc`, `otlp_http` or `http`.
+impl Accept {
+    /// `listener` names it in logs and in the counters' label: `otlp_grpc`, `otlp_http` or `http`.
     pub fn new(metrics: &ListenMetrics, listener: &'static str, read_timeout: Duration) -> Self {
         let closed = metrics
             .connection_timeouts
             .get_or_create(&ListenerLabels { listener })
             .clone();
-        Timeouts {
+        Accept {
             listener,
             read_timeout,
             closed,
+            tls: None,
+            tls_failures: metrics.tls_failures.clone(),
+        }
+    }
+
+    /// Serve TLS with `tls`'s current configuration.
+    pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Self {
+        if tls.is_some() {
+            for reason in ["no_client_certificate", "not_tls"] {
+                self.tls_failure(reason, 0);
+            }
+        }
+        self.tls = tls;
+        self
+    }
+
+    fn tls_failure(&self, reason: &'static str, n: u64) {
+        self.tls_failures
+            .get_or_create(&FailureLabels {
+                listener: self.listener,
+                reason,
+            })
+            .inc_by(n);
+    }
+
+    /// The connection, once it has shown how it speaks (and, on a TLS listener, completed its
+    /// handshake) within the read timeout.
+    async fn admit(&self, s: TcpStream, stop: &CancellationToken) -> Option<Conn> {
+        let Some(tls) = &self.tls else {
+            return self.opened(&s, stop).await.then(|| Conn::plain(s));
+        };
+        let handshake = async {
+            match tls::starts_tls(&s).await {
+                Ok(Some(true)) => {
+                    tls::accept(s, tls.get().as_ref().clone(), |r| self.tls_failure(r, 1)).await
+                }
+                Ok(Some(false)) => {
+                    self.tls_failure("not_tls", 1);
+                    tls::refuse_plain(s).await;
+                    None
+                }
+                Ok(None) | Err(_) => None,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => None,
+            done = tokio::time::timeout(self.read_timeout, handshake) => match done {
+                Ok(conn) => conn,
+                Err(_) => {
+                    self.closed.inc();
+                    tracing::debug!(listener = self.listener, "closing a TLS connection that did not complete its handshake and first request within {:?}", self.read_timeout);
+                    None
+                }
+            },
         }
     }
 
@@ -136,12 +215,12 @@ async fn opening(s: &TcpStream) -> io::Result<bool> {
 /// a task of `tracker`.
 async fn accept_each<F, Fut>(
     listener: TcpListener,
-    timeouts: Timeouts,
+    timeouts: Accept,
     stop: CancellationToken,
     tracker: TaskTracker,
     serve: F,
 ) where
-    F: Fn(TcpStream) -> Fut + Clone + Send + 'static,
+    F: Fn(Conn) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
     loop {
@@ -162,8 +241,8 @@ async fn accept_each<F, Fut>(
         no_delay(&s);
         let (timeouts, stop, serve) = (timeouts.clone(), stop.clone(), serve.clone());
         tracker.spawn(async move {
-            if timeouts.opened(&s, &stop).await {
-                serve(s).await;
+            if let Some(conn) = timeouts.admit(s, &stop).await {
+                serve(conn).await;
             }
         });
     }
@@ -192,7 +271,7 @@ fn no_delay(s: &TcpStream) {
 pub async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
-    timeouts: Timeouts,
+    timeouts: Accept,
     stop: CancellationToken,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -204,7 +283,7 @@ pub async fn serve_http(
     let tracker = TaskTracker::new();
     let closed = timeouts.closed.clone();
     let conn_stop = stop.clone();
-    let serve = move |s: TcpStream| {
+    let serve = move |s: Conn| {
         let (builder, router, stop, closed) = (
             builder.clone(),
             router.clone(),
@@ -240,11 +319,11 @@ pub async fn serve_http(
 /// peer that never does holds nothing past the timeout. Ends at `stop`.
 pub fn grpc_incoming(
     listener: TcpListener,
-    timeouts: Timeouts,
+    timeouts: Accept,
     stop: CancellationToken,
-) -> ReceiverStream<io::Result<TcpStream>> {
+) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let serve = move |s: TcpStream| {
+    let serve = move |s: Conn| {
         let tx = tx.clone();
         async move {
             // The server has stopped if nobody receives: the connection is dropped, unserved.
