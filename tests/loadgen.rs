@@ -28,6 +28,8 @@ async fn run(wire: Wire, gzip: bool, seed: u64) {
         server_pid: None,
         threads: 1,
         rate: None,
+        tls: false,
+        auth: Default::default(),
     })
     .await
     .unwrap();

@@ -41,6 +41,8 @@ async fn steady_traffic_keeps_memory_flat() {
         server_pid: None,
         threads: 1,
         rate: Some(RATE),
+        tls: false,
+        auth: Default::default(),
     })
     .await
     .unwrap();

@@ -9,9 +9,12 @@ use std::net::SocketAddr;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+
+use crate::security::{ClientAuth, SecurityError};
 
 pub use crate::receive::grpc::EXPORT_PATH;
 
@@ -61,15 +64,45 @@ impl Reply {
 
 #[derive(Clone)]
 pub struct RawClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     wire: Wire,
     uri: http::Uri,
+    /// `Bearer ...`, sent with every request.
+    authorization: Option<http::HeaderValue>,
 }
 
 impl RawClient {
+    /// A plain-text client without a token.
     pub fn new(wire: Wire, addr: SocketAddr) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        Self::with_auth(wire, addr, &ClientAuth::default(), false)
+            .expect("a client without TLS files or a token builds")
+    }
+
+    /// `tls`: connect with TLS, trusting and presenting what `auth` says; `auth`'s token is sent
+    /// either way. The server's certificate must name `addr`'s IP address.
+    pub fn with_auth(
+        wire: Wire,
+        addr: SocketAddr,
+        auth: &ClientAuth,
+        tls: bool,
+    ) -> Result<Self, SecurityError> {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let config = if tls {
+            auth.tls.config()?
+        } else {
+            crate::security::ClientTls::plain()
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http();
+        // One protocol each, as over plain TCP: gRPC speaks HTTP/2, OTLP/HTTP HTTP/1.1.
+        let connector = if wire == Wire::Grpc {
+            connector.enable_http2().wrap_connector(http)
+        } else {
+            connector.enable_http1().wrap_connector(http)
+        };
         let mut b = Client::builder(TokioExecutor::new());
         if wire == Wire::Grpc {
             b.http2_only(true);
@@ -78,13 +111,21 @@ impl RawClient {
             Wire::Grpc => EXPORT_PATH,
             Wire::Http | Wire::HttpJson => "/v1/traces",
         };
-        RawClient {
+        let scheme = if tls { "https" } else { "http" };
+        let authorization = match &auth.authorization {
+            Some(a) => Some(a.parse().map_err(|_| SecurityError::Tokens {
+                message: "the token is not a valid header value".into(),
+            })?),
+            None => None,
+        };
+        Ok(RawClient {
             client: b.build(connector),
             wire,
-            uri: format!("http://{addr}{path}")
+            uri: format!("{scheme}://{addr}{path}")
                 .parse()
                 .expect("a socket address makes a valid URI"),
-        }
+            authorization,
+        })
     }
 
     /// Sends `payload` as the request message. `gzip`: compress it first (gRPC message compression,
@@ -114,7 +155,12 @@ impl RawClient {
     }
 
     /// Sends a request built by the caller (for unusual headers).
-    pub async fn send_request(&self, req: Request<Full<Bytes>>) -> Result<Reply, ClientError> {
+    pub async fn send_request(&self, mut req: Request<Full<Bytes>>) -> Result<Reply, ClientError> {
+        if let Some(a) = &self.authorization {
+            req.headers_mut()
+                .entry(header::AUTHORIZATION)
+                .or_insert_with(|| a.clone());
+        }
         let resp = self.client.request(req).await?;
         let (parts, body) = resp.into_parts();
         let collected = body.collect().await?;

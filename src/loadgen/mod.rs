@@ -71,6 +71,11 @@ pub struct LoadgenArgs {
     /// Send at this many spans per second at most, evenly paced [default: as fast as accepted]
     #[arg(long, value_name = "SPANS_PER_SECOND")]
     pub rate: Option<f64>,
+    /// Connect with TLS (the collector's certificate must name the address's IP)
+    #[arg(long)]
+    pub tls: bool,
+    #[command(flatten)]
+    pub auth: crate::security::ClientAuthArgs,
 }
 
 /// What a run measured.
@@ -147,9 +152,10 @@ pub async fn generate(args: LoadgenArgs) -> anyhow::Result<Summary> {
     let cpu_before = args.server_pid.and_then(proc_cpu_seconds);
     let started = Instant::now();
 
+    let auth = args.auth.resolve()?;
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
-        let client = RawClient::new(args.protocol, addr);
+        let client = RawClient::with_auth(args.protocol, addr, &auth, args.tls)?;
         let (templates, next) = (templates.clone(), next.clone());
         let (limit, gzip) = (args.requests, args.gzip);
         tasks.push(tokio::spawn(async move {

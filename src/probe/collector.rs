@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::ProbeError;
+use crate::security::ClientAuth;
 
 /// Most trace ids asked about in one request (the API's limit).
 const BATCH: usize = 1000;
@@ -121,14 +122,27 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(base: &str) -> Self {
-        Api {
-            base: base.to_string(),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
+    /// `auth`: the CA and client certificate for an https collector, and the read token.
+    pub fn new(base: &str, auth: &ClientAuth) -> Result<Self, ProbeError> {
+        let usage = |m: String| ProbeError::Usage(m);
+        let mut headers = http::HeaderMap::new();
+        if let Some(a) = &auth.authorization {
+            let mut v = http::HeaderValue::from_str(a)
+                .map_err(|_| usage("the read token is not a valid header value".into()))?;
+            v.set_sensitive(true);
+            headers.insert(http::header::AUTHORIZATION, v);
         }
+        let client = auth
+            .reqwest()
+            .map_err(|e| usage(e.to_string()))?
+            .timeout(Duration::from_secs(10))
+            .default_headers(headers)
+            .build()
+            .map_err(|e| usage(format!("cannot build the API client: {e}")))?;
+        Ok(Api {
+            base: base.to_string(),
+            client,
+        })
     }
 
     fn unreachable(&self, e: reqwest::Error) -> ProbeError {

@@ -39,6 +39,8 @@ pub enum Target {
         headers: Vec<(String, String)>,
         body: Bytes,
         timeout: Duration,
+        /// Trusted for an https entry point, besides the system's roots.
+        ca: Option<std::path::PathBuf>,
     },
     Grpc {
         addr: String,
@@ -58,14 +60,15 @@ impl Target {
         headers: Vec<(String, String)>,
         body: Vec<u8>,
         timeout: Duration,
+        ca: Option<std::path::PathBuf>,
     ) -> Result<Target, String> {
         let body = Bytes::from(body);
         match (url, grpc) {
             (Some(url), None) => {
                 let uri: http::Uri = url.parse().map_err(|e| format!("--url '{url}': {e}"))?;
-                if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
                     return Err(format!(
-                        "--url '{url}': expected a URL like http://gateway:8080/path (https is not supported yet)"
+                        "--url '{url}': expected a URL like http://gateway:8080/path"
                     ));
                 }
                 let method = method.unwrap_or("GET");
@@ -83,6 +86,7 @@ impl Target {
                     headers,
                     body,
                     timeout,
+                    ca,
                 })
             }
             (None, Some(addr)) => {
@@ -153,13 +157,27 @@ pub struct Answer {
     pub error: Option<String>,
 }
 
+/// The entry point's client: the system's roots, and `--ca-file` besides for an internal CA.
+fn http_client(target: &Target) -> Result<reqwest::Client, ProbeError> {
+    let mut b = reqwest::Client::builder();
+    if let Target::Http { ca: Some(ca), .. } = target {
+        let pem = std::fs::read(ca)
+            .map_err(|e| ProbeError::Usage(format!("--ca-file {}: {e}", ca.display())))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| ProbeError::Usage(format!("--ca-file {}: {e}", ca.display())))?;
+        b = b.add_root_certificate(cert);
+    }
+    b.build()
+        .map_err(|e| ProbeError::Usage(format!("cannot build the entry point's client: {e}")))
+}
+
 /// Sends every stage's requests, one after another, then exports the probe's spans.
 pub async fn send_all(plan: &Plan) -> Result<Vec<Sent>, ProbeError> {
     let exports = Arc::new(Exports::default());
     let provider = provider(plan, &exports)?;
     let tracer = provider.tracer("grayscope-probe");
     let key = plan.stage_header.to_ascii_lowercase();
-    let http_client = reqwest::Client::new();
+    let http_client = http_client(&plan.target)?;
     let mut grpc = None;
     let mut sent = Vec::new();
     for stage in &plan.stages {
@@ -260,6 +278,7 @@ async fn http(
         headers,
         body,
         timeout,
+        ..
     } = target
     else {
         unreachable!("an HTTP target");

@@ -21,6 +21,7 @@ use clap::{ArgGroup, Args, ValueEnum};
 
 use crate::config::Dur;
 use crate::demo::{Export, Protocol};
+use crate::security::ClientAuth;
 
 pub use judge::{Outcome, Report};
 
@@ -117,6 +118,14 @@ pub struct ProbeArgs {
     /// Output format
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+    /// File whose first token is sent to the collector's API (a read token)
+    #[arg(long, env = "GRAYSCOPE_READ_TOKEN_FILE", value_name = "FILE")]
+    pub read_token_file: Option<std::path::PathBuf>,
+    /// --ca-file, --client-cert and --client-key apply to the collector's API and OTLP endpoint
+    /// (and --ca-file to an https entry point besides the system's roots); --token-file is the
+    /// ingest token sent with the probe's spans
+    #[command(flatten)]
+    pub auth: crate::security::ClientAuthArgs,
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -147,6 +156,8 @@ pub struct Plan {
     pub expect_services: Vec<String>,
     pub expect_instance_stages: Vec<(String, String)>,
     pub collector: String,
+    /// TLS and the read token, for the collector's API.
+    pub api_auth: ClientAuth,
     pub export: Export,
     pub timeout: Duration,
     pub format: Format,
@@ -171,6 +182,7 @@ impl ProbeArgs {
                 None => d.as_bytes().to_vec(),
             },
         };
+        let auth = self.auth.resolve().map_err(|e| usage(e.to_string()))?;
         let target = entry::Target::new(
             self.url.as_deref(),
             self.grpc.as_deref(),
@@ -178,6 +190,7 @@ impl ProbeArgs {
             self.headers.clone(),
             body,
             self.request_timeout.0,
+            self.auth.ca_file.clone(),
         )
         .map_err(usage)?;
         http::HeaderName::from_bytes(self.stage_header.as_bytes()).map_err(|_| {
@@ -190,15 +203,18 @@ impl ProbeArgs {
         let uri: http::Uri = collector
             .parse()
             .map_err(|e| usage(format!("--collector '{collector}': {e}")))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(usage(format!(
-                "--collector '{collector}': expected a URL like http://127.0.0.1:8080"
-            )));
-        }
+        let scheme = match uri.scheme_str() {
+            Some(s @ ("http" | "https")) if uri.host().is_some() => s,
+            _ => {
+                return Err(usage(format!(
+                    "--collector '{collector}': expected a URL like http://127.0.0.1:8080"
+                )));
+            }
+        };
         let otlp = match &self.otlp_endpoint {
             Some(e) => e.clone(),
             None => format!(
-                "http://{}:{}",
+                "{scheme}://{}:{}",
                 uri.host().unwrap_or("127.0.0.1"),
                 match self.otlp_protocol {
                     Protocol::Grpc => 4317,
@@ -207,7 +223,17 @@ impl ProbeArgs {
             ),
         };
         let export = Export::new(self.otlp_protocol, Some(&otlp))
-            .map_err(|e| usage(format!("--otlp-endpoint: {e}")))?;
+            .map_err(|e| usage(format!("--otlp-endpoint: {e}")))?
+            .with_auth(auth.clone());
+        let api_auth = ClientAuth {
+            tls: auth.tls,
+            authorization: self
+                .read_token_file
+                .as_ref()
+                .map(crate::security::client::read_token)
+                .transpose()
+                .map_err(|e| usage(format!("--read-token-file: {e}")))?,
+        };
         Ok(Plan {
             target,
             stages,
@@ -216,6 +242,7 @@ impl ProbeArgs {
             expect_services: self.expect_services,
             expect_instance_stages: self.expect_instance_stages,
             collector,
+            api_auth,
             export,
             timeout: self.timeout.0,
             format: self.format,
@@ -228,7 +255,7 @@ impl ProbeArgs {
 pub async fn run(plan: &Plan) -> Result<Report, ProbeError> {
     let started = Instant::now();
     let since_ms = crate::wall_ms();
-    let api = collector::Api::new(&plan.collector);
+    let api = collector::Api::new(&plan.collector, &plan.api_auth)?;
     api.health().await?;
     let sent = entry::send_all(plan).await?;
     let deadline = started + plan.timeout;

@@ -34,7 +34,7 @@ pub async fn find(auth: &PeerAuth, peers: Vec<Member>, id: TraceId) -> Option<(M
         None => (
             "http",
             hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls_unused())
+                .with_tls_config(crate::security::ClientTls::plain())
                 .https_or_http()
                 .enable_http1()
                 .build(),
@@ -73,15 +73,4 @@ pub async fn find(auth: &PeerAuth, peers: Vec<Member>, id: TraceId) -> Option<(M
         }
     }
     None
-}
-
-/// A client configuration for a connector that only ever speaks plain HTTP.
-fn tls_unused() -> rustls::ClientConfig {
-    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default protocol versions")
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth()
 }

@@ -117,6 +117,15 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
+    /// A configuration for connectors that only ever speak plain text: it trusts nothing.
+    pub fn plain() -> ClientConfig {
+        ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth()
+    }
+
     /// The rustls configuration, without ALPN (HTTP clients set their own).
     pub fn config(&self) -> Result<ClientConfig, SecurityError> {
         let roots = match &self.ca {

@@ -25,6 +25,7 @@ pub const STAGE: &str = "x-release-stage";
 
 pub mod binary;
 pub mod otlp;
+pub mod pki;
 pub mod postgres;
 
 /// Serve options for tests: every port chosen by the OS, a short idle time.
@@ -156,6 +157,11 @@ impl Service {
             }
         }
         .expect("exporter builds");
+        Self::with_exporter(exporter, name, instance_stage)
+    }
+
+    /// A service exporting through `exporter` (one configured for TLS and a token, say).
+    pub fn with_exporter(exporter: SpanExporter, name: &str, instance_stage: Option<&str>) -> Self {
         let mut resource = Resource::builder().with_service_name(name.to_string());
         if let Some(s) = instance_stage {
             resource = resource.with_attribute(KeyValue::new("deployment.stage", s.to_string()));
