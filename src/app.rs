@@ -90,6 +90,14 @@ pub struct Collector {
 /// Builds the pipeline and starts serving on already-bound listeners.
 pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Collector> {
     let security = Security::load(&cfg.security)?;
+    let exposed = cfg.security.warnings(&crate::config::Addresses {
+        otlp_grpc: cfg.otlp_grpc,
+        otlp_http: cfg.otlp_http,
+        http: cfg.http,
+    });
+    for w in exposed {
+        tracing::warn!("{w}");
+    }
     let symbols = Arc::new(Symbols::new(&SymbolLimits::default()));
     let clock = Clock::new();
     let policy = Arc::new(Policy::new(

@@ -79,8 +79,10 @@ impl Browser {
             assert!(Instant::now() < deadline, "chromedriver not ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // The HTTPS test serves a certificate of a CA made at test time.
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            "acceptInsecureCerts": true,
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"]
@@ -181,6 +183,19 @@ impl Browser {
             );
         }
         panic!("{css} kept going stale");
+    }
+
+    /// Types `text` into the element matching `css`.
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css).await;
+        let v = self
+            .cmd(
+                reqwest::Method::POST,
+                &format!("/element/{id}/value"),
+                Some(json!({ "text": text })),
+            )
+            .await;
+        assert!(v.is_null(), "typing failed: {v}");
     }
 
     async fn text(&self, id: &str) -> String {
@@ -392,5 +407,74 @@ async fn hostile_names_are_text_and_open_no_dialog() {
     }
     b.screenshot("hostile").await;
     drop(b);
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_https_the_dashboard_asks_for_a_read_token_once_and_keeps_it_from_scripts() {
+    if !have_chromium() {
+        return;
+    }
+    let pki = common::pki::Pki::new();
+    let mut args = test_args();
+    args.security = grayscope::config::SecurityArgs {
+        http_tls_cert: Some(pki.cert.clone()),
+        http_tls_key: Some(pki.key.clone()),
+        read_tokens: Some(pki.read_tokens.clone()),
+        ..Default::default()
+    };
+    let c = spawn_collector(args).await;
+    let demo = demo(&c, &["missing@orders->payments"]).await;
+    let b = Browser::start().await;
+    let site = format!("https://localhost:{}", c.http.port());
+
+    b.go(&format!("{site}/findings?kind=missing")).await;
+    assert_eq!(
+        b.url().await,
+        format!("{site}/login?next=%2Ffindings%3Fkind%3Dmissing")
+    );
+    b.type_into("#token", "not-the-token-0123456789").await;
+    b.click("button[type=submit]").await;
+    let refused = b.find("#refused").await;
+    assert_eq!(b.text(&refused).await, "That token is not accepted.");
+    b.screenshot("login-refused").await;
+
+    b.type_into("#token", common::pki::READ_TOKEN).await;
+    b.click("button[type=submit]").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !b.url().await.ends_with("/findings?kind=missing") {
+        assert!(Instant::now() < deadline, "not sent back: {}", b.url().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.find("form.controls").await;
+    let title = b.js("return document.title").await;
+    assert!(title.as_str().unwrap().contains("indings"), "{title}");
+
+    let cookies = b.cmd(reqwest::Method::GET, "/cookie", None).await;
+    let session = cookies
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "grayscope_session")
+        .unwrap_or_else(|| panic!("no session cookie: {cookies}"));
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert_eq!(session["secure"], true, "{session}");
+    assert_eq!(session["sameSite"], "Strict", "{session}");
+    assert_eq!(b.js("return document.cookie").await, "", "no script reads it");
+
+    // The session opens the rest of the site, the API the pages call included.
+    b.go(&format!("{site}/")).await;
+    b.find("svg").await;
+    let status = b
+        .js("const r = new XMLHttpRequest(); r.open('GET', '/api/v1/findings?limit=1', false); r.send(); return r.status")
+        .await;
+    assert_eq!(status, 200);
+    b.screenshot("logged-in-overview").await;
+    let m = c.telemetry.encode();
+    assert!(
+        m.contains("grayscope_auth_refused_total{listener=\"http\",reason=\"invalid\"} 1"),
+        "the wrong token counted"
+    );
+    demo.stop().await;
     c.shutdown().await.unwrap();
 }

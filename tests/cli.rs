@@ -302,3 +302,42 @@ fn serve_finalises_everything_it_accepted_on_sigterm() {
     );
     drop(stalled);
 }
+
+#[test]
+fn serve_refuses_an_unprotected_listener_off_loopback_before_binding_anything() {
+    let o = Command::new(env!("CARGO_BIN_EXE_grayscope"))
+        .args(["serve", "--http", "0.0.0.0:0", "--otlp-grpc", "127.0.0.1:0"])
+        .args(["--otlp-http", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("http: refusing to listen on 0.0.0.0:0 with neither TLS nor tokens"),
+        "{err}"
+    );
+    assert!(err.contains("--allow-insecure-listen"), "{err}");
+
+    // The security settings print as the flags that give them, and read back from a file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("grayscope.toml");
+    std::fs::write(
+        &file,
+        "http = \"0.0.0.0:0\"\nallow-insecure-listen = true\ntls-cert = \"/c.pem\"\ntls-key = \"/c.key\"\nread-tokens = \"/read\"\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_grayscope"))
+        .args(["serve", "--print-config", "--http-tls-cert", "/api.pem"])
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let cfg: toml::Table = toml::from_str(&text(&o.stdout)).unwrap();
+    assert_eq!(cfg["allow-insecure-listen"].as_bool(), Some(true));
+    assert_eq!(cfg["otlp-grpc-tls-cert"].as_str(), Some("/c.pem"));
+    assert_eq!(cfg["http-tls-cert"].as_str(), Some("/api.pem"));
+    assert_eq!(cfg["http-tls-key"].as_str(), Some("/c.key"));
+    assert_eq!(cfg["read-tokens"].as_str(), Some("/read"));
+    assert!(!cfg.contains_key("tls-cert"), "printed per listener");
+}

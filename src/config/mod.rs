@@ -16,7 +16,7 @@ use clap::Args;
 
 mod security;
 mod verify;
-pub use security::{SecurityArgs, SecurityConfig, TlsFiles};
+pub use security::{Addresses, SecurityArgs, SecurityConfig, TlsFiles};
 use serde::{Deserialize, Serialize};
 pub use verify::{VerifyArgs, VerifyConfig};
 

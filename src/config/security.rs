@@ -224,6 +224,36 @@ impl SecurityArgs {
 }
 
 impl SecurityConfig {
+    /// What is exposed, though allowed, on listeners off loopback: logged at start.
+    pub fn warnings(&self, addrs: &Addresses) -> Vec<String> {
+        let (ingest, read) = (self.ingest_tokens.is_some(), self.read_tokens.is_some());
+        let listeners = [
+            ("OTLP/gRPC", addrs.otlp_grpc, &self.otlp_grpc_tls, ingest && read, "send spans and read traces"),
+            ("OTLP/HTTP", addrs.otlp_http, &self.otlp_http_tls, ingest, "send spans"),
+            ("the API", addrs.http, &self.http_tls, read, "read traces, findings and the gate"),
+        ];
+        let mut out = Vec::new();
+        for (what, addr, tls, tokens, can) in listeners {
+            if addr.ip().is_loopback() {
+                continue;
+            }
+            let mutual = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+            match (tls.is_some(), tokens || mutual) {
+                (false, false) => out.push(format!(
+                    "{what} listens on {addr} with neither TLS nor tokens (--allow-insecure-listen): anyone who reaches it can {can}"
+                )),
+                (false, true) => out.push(format!(
+                    "{what} on {addr} takes bearer tokens without TLS: they cross the network in clear text unless a sidecar encrypts it"
+                )),
+                (true, false) => out.push(format!(
+                    "{what} on {addr} speaks TLS but checks no token or client certificate: anyone who reaches it can {can}"
+                )),
+                (true, true) => {}
+            }
+        }
+        out
+    }
+
     /// Each listener off loopback needs TLS or the tokens of everything it serves.
     fn refuse_exposed(&self, addrs: &Addresses) -> Result<(), ConfigError> {
         let (ingest, read) = (self.ingest_tokens.is_some(), self.read_tokens.is_some());

@@ -135,3 +135,66 @@ fn lists_split_on_commas() {
     assert_eq!(c.verify.stage_keys, ["a", "b"]);
     assert_eq!(c.verify.allowed_stages, ["stable", "canary"]);
 }
+
+#[test]
+fn an_unprotected_listener_off_loopback_is_refused() {
+    let err = |args: &[&str]| parse(args).resolve().unwrap_err().to_string();
+    let e = err(&["--http", "0.0.0.0:8080"]);
+    assert!(
+        e.contains("refusing to listen on 0.0.0.0:8080 with neither TLS nor tokens"),
+        "{e}"
+    );
+    assert!(e.contains("--allow-insecure-listen"), "{e}");
+    // The gRPC port also serves the query API: an ingest token alone does not protect it.
+    let e = err(&["--otlp-grpc", "10.0.0.1:4317", "--ingest-tokens", "/t"]);
+    assert!(e.starts_with("otlp-grpc: refusing"), "{e}");
+    assert!(
+        parse(&["--otlp-grpc", "10.0.0.1:4317", "--ingest-tokens", "/t", "--read-tokens", "/r"])
+            .resolve()
+            .is_ok()
+    );
+    assert!(parse(&["--otlp-http", "[::]:4318", "--ingest-tokens", "/t"]).resolve().is_ok());
+    assert!(
+        parse(&["--http", "0.0.0.0:8080", "--tls-cert", "/c", "--tls-key", "/k"])
+            .resolve()
+            .is_ok()
+    );
+    assert!(
+        parse(&["--http", "0.0.0.0:8080", "--allow-insecure-listen"])
+            .resolve()
+            .is_ok()
+    );
+    assert!(parse(&["--http", "[::1]:8080"]).resolve().is_ok(), "loopback");
+}
+
+#[test]
+fn tls_files_per_listener_override_the_common_ones() {
+    let c = parse(&[
+        "--tls-cert",
+        "/all.pem",
+        "--tls-key",
+        "/all.key",
+        "--tls-client-ca",
+        "/ca.pem",
+        "--http-tls-cert",
+        "/api.pem",
+        "--http-tls-key",
+        "/api.key",
+    ])
+    .resolve()
+    .unwrap()
+    .security;
+    let grpc = c.otlp_grpc_tls.unwrap();
+    assert_eq!(grpc.cert, PathBuf::from("/all.pem"));
+    assert_eq!(grpc.client_ca, Some(PathBuf::from("/ca.pem")));
+    let api = c.http_tls.unwrap();
+    assert_eq!((api.cert, api.key), ("/api.pem".into(), "/api.key".into()));
+    assert_eq!(api.client_ca, Some(PathBuf::from("/ca.pem")));
+    let e = parse(&["--otlp-http-tls-cert", "/c.pem"])
+        .resolve()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs its key"), "{e}");
+    let e = parse(&["--tls-client-ca", "/ca.pem"]).resolve().unwrap_err().to_string();
+    assert!(e.contains("a client CA needs a certificate"), "{e}");
+}
