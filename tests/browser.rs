@@ -443,7 +443,11 @@ async fn over_https_the_dashboard_asks_for_a_read_token_once_and_keeps_it_from_s
     b.click("button[type=submit]").await;
     let deadline = Instant::now() + Duration::from_secs(15);
     while !b.url().await.ends_with("/findings?kind=missing") {
-        assert!(Instant::now() < deadline, "not sent back: {}", b.url().await);
+        assert!(
+            Instant::now() < deadline,
+            "not sent back: {}",
+            b.url().await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     b.find("form.controls").await;
@@ -460,7 +464,11 @@ async fn over_https_the_dashboard_asks_for_a_read_token_once_and_keeps_it_from_s
     assert_eq!(session["httpOnly"], true, "{session}");
     assert_eq!(session["secure"], true, "{session}");
     assert_eq!(session["sameSite"], "Strict", "{session}");
-    assert_eq!(b.js("return document.cookie").await, "", "no script reads it");
+    assert_eq!(
+        b.js("return document.cookie").await,
+        "",
+        "no script reads it"
+    );
 
     // The session opens the rest of the site, the API the pages call included.
     b.go(&format!("{site}/")).await;

@@ -228,9 +228,27 @@ impl SecurityConfig {
     pub fn warnings(&self, addrs: &Addresses) -> Vec<String> {
         let (ingest, read) = (self.ingest_tokens.is_some(), self.read_tokens.is_some());
         let listeners = [
-            ("OTLP/gRPC", addrs.otlp_grpc, &self.otlp_grpc_tls, ingest && read, "send spans and read traces"),
-            ("OTLP/HTTP", addrs.otlp_http, &self.otlp_http_tls, ingest, "send spans"),
-            ("the API", addrs.http, &self.http_tls, read, "read traces, findings and the gate"),
+            (
+                "OTLP/gRPC",
+                addrs.otlp_grpc,
+                &self.otlp_grpc_tls,
+                ingest && read,
+                "send spans and read traces",
+            ),
+            (
+                "OTLP/HTTP",
+                addrs.otlp_http,
+                &self.otlp_http_tls,
+                ingest,
+                "send spans",
+            ),
+            (
+                "the API",
+                addrs.http,
+                &self.http_tls,
+                read,
+                "read traces, findings and the gate",
+            ),
         ];
         let mut out = Vec::new();
         for (what, addr, tls, tokens, can) in listeners {

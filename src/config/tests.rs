@@ -149,22 +149,43 @@ fn an_unprotected_listener_off_loopback_is_refused() {
     let e = err(&["--otlp-grpc", "10.0.0.1:4317", "--ingest-tokens", "/t"]);
     assert!(e.starts_with("otlp-grpc: refusing"), "{e}");
     assert!(
-        parse(&["--otlp-grpc", "10.0.0.1:4317", "--ingest-tokens", "/t", "--read-tokens", "/r"])
+        parse(&[
+            "--otlp-grpc",
+            "10.0.0.1:4317",
+            "--ingest-tokens",
+            "/t",
+            "--read-tokens",
+            "/r"
+        ])
+        .resolve()
+        .is_ok()
+    );
+    assert!(
+        parse(&["--otlp-http", "[::]:4318", "--ingest-tokens", "/t"])
             .resolve()
             .is_ok()
     );
-    assert!(parse(&["--otlp-http", "[::]:4318", "--ingest-tokens", "/t"]).resolve().is_ok());
     assert!(
-        parse(&["--http", "0.0.0.0:8080", "--tls-cert", "/c", "--tls-key", "/k"])
-            .resolve()
-            .is_ok()
+        parse(&[
+            "--http",
+            "0.0.0.0:8080",
+            "--tls-cert",
+            "/c",
+            "--tls-key",
+            "/k"
+        ])
+        .resolve()
+        .is_ok()
     );
     assert!(
         parse(&["--http", "0.0.0.0:8080", "--allow-insecure-listen"])
             .resolve()
             .is_ok()
     );
-    assert!(parse(&["--http", "[::1]:8080"]).resolve().is_ok(), "loopback");
+    assert!(
+        parse(&["--http", "[::1]:8080"]).resolve().is_ok(),
+        "loopback"
+    );
 }
 
 #[test]
@@ -195,6 +216,9 @@ fn tls_files_per_listener_override_the_common_ones() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("needs its key"), "{e}");
-    let e = parse(&["--tls-client-ca", "/ca.pem"]).resolve().unwrap_err().to_string();
+    let e = parse(&["--tls-client-ca", "/ca.pem"])
+        .resolve()
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("a client CA needs a certificate"), "{e}");
 }
