@@ -8,6 +8,10 @@
 # time into a cache directory (ROTEL_VERSION, default below; GRAYSCOPE_BENCH_CACHE to move the cache).
 # grayscope runs as users run it: `serve` with verification and the store on, default settings.
 #
+# COLLECTORS (default "grayscope rotel") may add grayscope-tls: grayscope with TLS on every listener
+# and bearer tokens for ingest and reading (certificates made with the openssl command), the load
+# generator sending over TLS with the token, for the cost of TLS next to the plain rows.
+#
 # Per row: spans/s accepted, p50/p99 request latency, server CPU seconds per million spans and peak
 # RSS. grayscope's CPU is read once every accepted span has been judged and every finalised trace
 # written to the store (buffered spans and store queue both 0), so deferred work is counted; rotel's
@@ -20,6 +24,7 @@ cache=${GRAYSCOPE_BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/grayscope-bench}
 protocols=${PROTOCOLS:-grpc http}
 span_counts=${SPANS:-100 1000}
 client_counts=${CLIENTS:-4 16}
+collectors=${COLLECTORS:-grayscope rotel}
 
 cargo build --release --locked --quiet
 bin=target/release/grayscope
@@ -53,21 +58,44 @@ tick=$(getconf CLK_TCK)
 cpu_s() { awk -v t="$tick" '{ sub(/.*\) /, ""); print ($12 + $13) / t }' "/proc/$pid/stat"; }
 peak_mib() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$pid/status"; }
 
-start_grayscope() {
+# TLS material for grayscope-tls: a CA, a certificate for 127.0.0.1 signed by it, token files.
+tls_files() {
+    [ -f "$work/tls/ca.pem" ] && return 0
+    mkdir -p "$work/tls"
+    (
+        cd "$work/tls"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+            -subj /CN=bench-ca -keyout ca.key -out ca.pem 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+            -keyout server.key -out server.csr 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile ext -out server.pem 2>/dev/null
+        openssl rand -hex 32 >ingest.tokens
+        openssl rand -hex 32 >read.tokens
+    )
+}
+start_grayscope() { serve_grayscope; }
+start_grayscope-tls() {
+    tls_files
+    serve_grayscope --tls-cert "$work/tls/server.pem" --tls-key "$work/tls/server.key" \
+        --ingest-tokens "$work/tls/ingest.tokens" --read-tokens "$work/tls/read.tokens"
+}
+serve_grayscope() {
     "$bin" serve --otlp-grpc 127.0.0.1:0 --otlp-http 127.0.0.1:0 --http 127.0.0.1:0 --log warn \
-        --data "$(mktemp -d -p "$work")" >"$work/out" 2>"$work/err" &
+        --data "$(mktemp -d -p "$work")" "$@" >"$work/out" 2>"$work/err" &
     pid=$!
     for _ in $(seq 200); do grep -q "metrics on" "$work/out" 2>/dev/null && break; sleep 0.05; done
     line=$(head -n1 "$work/out")
     grpc=$(sed -E 's/.*OTLP\/gRPC on ([^,]+),.*/\1/' <<<"$line")
     http=$(sed -E 's/.*OTLP\/HTTP on ([^,]+),.*/\1/' <<<"$line")
-    api=$(sed -E 's/.*metrics on http:\/\/(.+)$/\1/' <<<"$line")
+    api=$(sed -E 's/.*metrics on (https?:\/\/.+)$/\1/' <<<"$line")
 }
 # Until every accepted span is judged and stored.
 drain_grayscope() {
     sleep 1
     for _ in $(seq 600); do
-        left=$(curl -s "http://$api/metrics" | awk '
+        left=$(curl -s "${curl_auth[@]}" "$api/metrics" | awk '
             /^grayscope_buffered_spans/ || /^grayscope_store_queued_spans/ { s += $2 }
             END { print s + 0 }')
         [ "$left" = 0 ] && return 0
@@ -84,6 +112,12 @@ start_rotel() {
     wait_port "$grpc"
     wait_port "$http"
 }
+drain_grayscope-tls() {
+    curl_auth=(--cacert "$work/tls/ca.pem" -H "Authorization: Bearer $(cat "$work/tls/read.tokens")")
+    drain_grayscope
+    curl_auth=()
+}
+curl_auth=()
 drain_rotel() { sleep 1; }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
 
@@ -91,12 +125,16 @@ results=$work/results
 for proto in $protocols; do
     for spans in $span_counts; do
         for clients in $client_counts; do
-            for collector in grayscope rotel; do
+            for collector in $collectors; do
                 "start_$collector"
                 c0=$(cpu_s)
+                tls=()
+                if [ "$collector" = grayscope-tls ]; then
+                    tls=(--tls --ca-file "$work/tls/ca.pem" --token-file "$work/tls/ingest.tokens")
+                fi
                 "$bin" loadgen --protocol "$proto" --grpc "$grpc" --http "$http" --seed 7 \
                     --spans-per-request "$spans" --concurrency "$clients" --duration "${secs}s" \
-                    >"$work/run"
+                    "${tls[@]}" >"$work/run"
                 "drain_$collector"
                 c1=$(cpu_s)
                 rss=$(peak_mib)
@@ -120,6 +158,7 @@ echo
 echo "| protocol | spans/req | clients | collector | spans/s | p50 ms | p99 ms | CPU s per 1M spans | peak RSS MiB | refused |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
 awk '{ printf "| %s | %s | %s | %s | %d | %s | %s | %s | %s | %s |\n", $2, $3, $4, $1, $5, $6, $7, $8, $9, $10 }' "$results"
+if grep -q '^rotel ' "$results"; then
 echo
 echo "| protocol | spans/req | clients | spans/s grayscope/rotel (>= 1) | CPU per span grayscope/rotel (<= 1) |"
 echo "|---|---|---|---|---|"
@@ -129,6 +168,23 @@ awk '
     END {
         for (i = 1; i <= n; i++) {
             k = order[i]; split(k, f, " ")
-            printf "| %s | %s | %s | %.2f | %.2f |\n", f[1], f[2], f[3], gt[k] / rt[k], gc[k] / rc[k]
+            if (rt[k] > 0 && rc[k] > 0)
+                printf "| %s | %s | %s | %.2f | %.2f |\n", f[1], f[2], f[3], gt[k] / rt[k], gc[k] / rc[k]
         }
     }' "$results"
+fi
+if grep -q '^grayscope-tls ' "$results"; then
+    echo
+    echo "| protocol | spans/req | clients | spans/s TLS+tokens/plain | CPU per span TLS+tokens/plain |"
+    echo "|---|---|---|---|---|"
+    awk '
+        $1 == "grayscope"     { k = $2 " " $3 " " $4; pt[k] = $5; pc[k] = $8; order[++n] = k }
+        $1 == "grayscope-tls" { k = $2 " " $3 " " $4; tt[k] = $5; tc[k] = $8 }
+        END {
+            for (i = 1; i <= n; i++) {
+                k = order[i]; split(k, f, " ")
+                if (pt[k] > 0 && pc[k] > 0)
+                    printf "| %s | %s | %s | %.2f | %.2f |\n", f[1], f[2], f[3], tt[k] / pt[k], tc[k] / pc[k]
+            }
+        }' "$results"
+fi

@@ -441,8 +441,15 @@ pub async fn serve(cfg: ServeConfig, demo: Option<ServeDemo>) -> anyhow::Result<
     let listeners = Listeners::bind(&cfg).await?;
     let collector = start(&cfg, listeners).await?;
     println!(
-        "grayscope: OTLP/gRPC on {}, OTLP/HTTP on {}, API and metrics on http://{}",
-        collector.otlp_grpc, collector.otlp_http, collector.http
+        "grayscope: OTLP/gRPC on {}, OTLP/HTTP on {}, API and metrics on {}://{}",
+        collector.otlp_grpc,
+        collector.otlp_http,
+        if cfg.security.http_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
+        collector.http
     );
     let demo = match demo {
         Some(d) => {

@@ -637,3 +637,78 @@ async fn the_load_generator_sends_over_tls_with_a_token() {
     );
     c.shutdown().await.unwrap();
 }
+
+/// Instances of a cluster ask each other's API for traces they are still assembling: over TLS,
+/// with a read token, checking the certificate against `--peer-server-name` when the advertised
+/// address is an IP the certificate does not have to name. Needs the test PostgreSQL server.
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_ask_each_other_over_tls_with_a_read_token() {
+    let Some(admin) = postgres::server() else {
+        return;
+    };
+    let url = postgres::fresh_database(&admin).await;
+    let pki = Pki::new();
+    let instance = |trace_idle: &str, server_name: &str| {
+        let mut a = test_args();
+        a.data = Some(url.clone().into());
+        a.trace_idle = Some(trace_idle.parse().unwrap());
+        a.heartbeat_interval = Some("200ms".parse().unwrap());
+        a.security = SecurityArgs {
+            http_tls_cert: Some(pki.cert.clone()),
+            http_tls_key: Some(pki.key.clone()),
+            read_tokens: Some(pki.read_tokens.clone()),
+            peer_ca: Some(pki.ca.clone()),
+            peer_server_name: Some(server_name.into()),
+            ..SecurityArgs::default()
+        };
+        a
+    };
+    // A holds its traces for a minute; B asks A for them.
+    let a = spawn_collector(instance("60s", "localhost")).await;
+    let b = spawn_collector(instance("300ms", "localhost")).await;
+    let wrong = spawn_collector(instance("300ms", "not-the-name.example")).await;
+    let sent = RawClient::new(Wire::Grpc, a.otlp_grpc)
+        .send(otlp::encode(Wire::Grpc, &otlp::good(0x77)), false)
+        .await
+        .unwrap();
+    assert!(sent.is_ok(), "{sent:?}");
+
+    let path = format!("/api/v1/traces/{:032x}", 0x77);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let r = loop {
+        let r = api_get(&b, &pki, &path, Some(READ_TOKEN)).await;
+        if r.status() == 200 {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never found A's trace: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(r.headers().contains_key("x-grayscope-member"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["finalised"], false, "{body}");
+    assert_eq!(body["spans"].as_array().unwrap().len(), 3, "{body}");
+    // Another instance that checks A's certificate against a name it does not carry finds
+    // nothing, though it sees A among the members.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let members = api_get(&wrong, &pki, "/api/v1/members", Some(READ_TOKEN))
+            .await
+            .json::<serde_json::Value>()
+            .await
+            .unwrap();
+        if members["members"].as_array().unwrap().len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{members}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = api_get(&wrong, &pki, &path, Some(READ_TOKEN)).await;
+    assert_eq!(r.status(), 404);
+    for c in [a, b, wrong] {
+        c.shutdown().await.unwrap();
+    }
+}

@@ -60,6 +60,11 @@ pub struct SecurityArgs {
     /// [default: the system's roots]
     #[arg(long, env = "GRAYSCOPE_PEER_CA", value_name = "FILE")]
     pub peer_ca: Option<PathBuf>,
+    /// The name other instances' API certificates are checked against, when it is not the host of
+    /// their advertised address (pods advertise their IP; certificates name the Service)
+    /// [default: the advertised host]
+    #[arg(long, env = "GRAYSCOPE_PEER_SERVER_NAME", value_name = "NAME")]
+    pub peer_server_name: Option<String>,
     /// Listen on non-loopback addresses with neither TLS nor tokens (when a sidecar or mesh
     /// terminates TLS and authenticates in front of grayscope)
     #[arg(long, env = "GRAYSCOPE_ALLOW_INSECURE_LISTEN")]
@@ -87,6 +92,7 @@ pub struct SecurityConfig {
     pub ingest_tokens: Option<PathBuf>,
     pub read_tokens: Option<PathBuf>,
     pub peer_ca: Option<PathBuf>,
+    pub peer_server_name: Option<String>,
     pub allow_insecure_listen: bool,
 }
 
@@ -117,6 +123,7 @@ impl Serialize for SecurityConfig {
             ingest_tokens: self.ingest_tokens.clone(),
             read_tokens: self.read_tokens.clone(),
             peer_ca: self.peer_ca.clone(),
+            peer_server_name: self.peer_server_name.clone(),
             allow_insecure_listen: self.allow_insecure_listen,
             ..SecurityArgs::default()
         }
@@ -153,6 +160,7 @@ impl SecurityArgs {
             ingest_tokens: self.ingest_tokens.or(file.ingest_tokens),
             read_tokens: self.read_tokens.or(file.read_tokens),
             peer_ca: self.peer_ca.or(file.peer_ca),
+            peer_server_name: self.peer_server_name.or(file.peer_server_name),
             allow_insecure_listen: self.allow_insecure_listen || file.allow_insecure_listen,
         }
     }
@@ -214,6 +222,15 @@ impl SecurityArgs {
             ingest_tokens: a.ingest_tokens.clone(),
             read_tokens: a.read_tokens.clone(),
             peer_ca: a.peer_ca.clone(),
+            peer_server_name: match &a.peer_server_name {
+                Some(n) if rustls::pki_types::ServerName::try_from(n.as_str()).is_err() => {
+                    return Err(ConfigError::Invalid {
+                        option: "peer-server-name",
+                        message: format!("'{n}' is not a DNS name or IP address"),
+                    });
+                }
+                n => n.clone(),
+            },
             allow_insecure_listen: a.allow_insecure_listen,
         };
         if !cfg.allow_insecure_listen {

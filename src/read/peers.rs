@@ -23,14 +23,18 @@ pub async fn find(auth: &PeerAuth, peers: Vec<Member>, id: TraceId) -> Option<(M
         return None;
     }
     let (scheme, connector) = match &auth.tls {
-        Some(tls) => (
-            "https",
-            hyper_rustls::HttpsConnectorBuilder::new()
+        Some(tls) => {
+            let b = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(tls.as_ref().clone())
-                .https_only()
-                .enable_http1()
-                .build(),
-        ),
+                .https_only();
+            let b = match &auth.server_name {
+                Some(name) => b.with_server_name_resolver(
+                    hyper_rustls::FixedServerNameResolver::new(name.clone()),
+                ),
+                None => b,
+            };
+            ("https", b.enable_http1().build())
+        }
         None => (
             "http",
             hyper_rustls::HttpsConnectorBuilder::new()

@@ -66,6 +66,8 @@ pub struct Security {
 #[derive(Clone, Default)]
 pub struct PeerAuth {
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Checked in the peers' certificates instead of the host of their advertised address.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
     pub read: Option<Arc<Watched<Tokens>>>,
 }
 
@@ -110,6 +112,10 @@ impl Security {
             ingest: tokens("ingest tokens", &cfg.ingest_tokens)?,
             peers: PeerAuth {
                 tls: peer_tls,
+                server_name: cfg
+                    .peer_server_name
+                    .as_ref()
+                    .and_then(|n| rustls::pki_types::ServerName::try_from(n.clone()).ok()),
                 read: read.clone(),
             },
             read,
