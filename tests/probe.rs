@@ -472,34 +472,32 @@ async fn the_demo_and_the_probe_work_against_a_collector_with_tls_and_tokens() {
     let demo = Demo::start(o).await.expect("the demo mesh starts");
 
     let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    let tls_args = [
-        "--ca-file".to_string(),
-        path(&pki.ca),
-        "--token-file".into(),
-        path(&pki.ingest_tokens),
-        "--read-token-file".into(),
-        path(&pki.read_tokens),
-    ];
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_grayscope"));
-    cmd.arg("probe")
-        .args([
-            "--collector",
-            &format!("https://localhost:{}", c.http.port()),
-        ])
-        .args([
-            "--otlp-endpoint",
-            &format!("https://localhost:{}", c.otlp_grpc.port()),
-        ])
-        .args(&tls_args)
-        .args([
-            "--url",
-            &checkout(&demo),
-            "--requests",
-            "3",
-            "--format",
-            "json",
-        ]);
-    let r = run(cmd).await;
+    let (collector, otlp) = (
+        format!("https://localhost:{}", c.http.port()),
+        format!("https://localhost:{}", c.otlp_grpc.port()),
+    );
+    // `grayscope COMMAND` with the CA, the ingest token and, if `read`, the read token.
+    let grayscope = |command: &str, read: bool, args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_grayscope"));
+        cmd.arg(command)
+            .args(["--ca-file", &path(&pki.ca)])
+            .args(["--token-file", &path(&pki.ingest_tokens)])
+            .args(args);
+        if read {
+            cmd.args(["--read-token-file", &path(&pki.read_tokens)]);
+        }
+        if command == "probe" {
+            cmd.args(["--collector", &collector, "--otlp-endpoint", &otlp]);
+        }
+        cmd
+    };
+    let url = checkout(&demo);
+    let r = run(grayscope(
+        "probe",
+        true,
+        &["--url", &url, "--requests", "3", "--format", "json"],
+    ))
+    .await;
     assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
     assert_eq!(
         first_breaks(&r.json()),
@@ -512,49 +510,33 @@ async fn the_demo_and_the_probe_work_against_a_collector_with_tls_and_tokens() {
     );
 
     // Without the read token the probe cannot get a verdict: exit 2, and it says why.
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_grayscope"));
-    cmd.arg("probe")
-        .args([
-            "--collector",
-            &format!("https://localhost:{}", c.http.port()),
-        ])
-        .args([
-            "--otlp-endpoint",
-            &format!("https://localhost:{}", c.otlp_grpc.port()),
-        ])
-        .args(&tls_args[..4])
-        .args(["--url", &checkout(&demo), "--requests", "1"]);
-    let r = run(cmd).await;
+    let r = run(grayscope(
+        "probe",
+        false,
+        &["--url", &url, "--requests", "1"],
+    ))
+    .await;
     assert_eq!(r.code, Some(2), "{}\n{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("401"), "{}", r.stderr);
 
     // `grayscope demo` over gRPC with TLS and the token: every span it sent was accepted.
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_grayscope"));
-    cmd.arg("demo")
-        .args([
-            "--otlp-endpoint",
-            &format!("https://localhost:{}", c.otlp_grpc.port()),
-        ])
-        .args(&tls_args[..4])
-        .args(["--requests", "5", "--rate", "50", "--fault", "none"]);
-    let r = run(cmd).await;
+    let demo_args = ["--otlp-endpoint", &otlp, "--rate", "50", "--fault", "none"];
+    let r = run(grayscope(
+        "demo",
+        false,
+        &[&demo_args[..], &["--requests", "5"]].concat(),
+    ))
+    .await;
     assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+    // A token that is not an ingest token: refused, and the demo says so with exit 1.
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_grayscope"));
     cmd.arg("demo")
-        .args([
-            "--otlp-endpoint",
-            &format!("https://localhost:{}", c.otlp_grpc.port()),
-        ])
-        .args(&tls_args[..2])
-        .args(["--requests", "2", "--rate", "50", "--fault", "none"]);
+        .args(["--ca-file", &path(&pki.ca)])
+        .args(["--token-file", &path(&pki.read_tokens)])
+        .args(demo_args)
+        .args(["--requests", "2"]);
     let r = run(cmd).await;
-    assert_eq!(
-        r.code,
-        Some(1),
-        "no token: refused\n{}\n{}",
-        r.stdout,
-        r.stderr
-    );
+    assert_eq!(r.code, Some(1), "refused\n{}\n{}", r.stdout, r.stderr);
     demo.stop().await;
     c.shutdown().await.unwrap();
 }

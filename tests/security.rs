@@ -483,7 +483,7 @@ async fn healthz(s: &mut tokio_rustls::client::TlsStream<TcpStream>) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn rotated_certificates_serve_new_connections_and_established_ones_go_on() {
+async fn rotated_certificates_and_tokens_serve_new_connections_and_established_ones_go_on() {
     let pki = Pki::new();
     let first = read(&pki.cert);
     let first =
@@ -516,6 +516,29 @@ async fn rotated_certificates_serve_new_connections_and_established_ones_go_on()
         "HTTP/1.1 200 OK",
         "the connection made before the rotation still serves"
     );
+    // Tokens rotate the same way: a new token is added, then the old one removed.
+    let new_token = "read-rotated-0123456789abcdef";
+    std::fs::write(&pki.read_tokens, format!("{READ_TOKEN}\n{new_token}\n")).unwrap();
+    let status = |token: &'static str| {
+        let (c, pki) = (&c, &pki);
+        async move {
+            api_get(c, pki, "/api/v1/findings", Some(token))
+                .await
+                .status()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status(new_token).await != 200 {
+        assert!(Instant::now() < deadline, "the new token was not picked up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::fs::write(&pki.read_tokens, format!("{new_token}\n")).unwrap();
+    while status(READ_TOKEN).await != 401 {
+        assert!(Instant::now() < deadline, "the old token was not removed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status(new_token).await, 200);
+
     // A broken pair (a key that does not match) is refused and the current one kept.
     let (other_cert, _) = pki.issue("mismatch", rcgen::ExtendedKeyUsagePurpose::ServerAuth);
     std::fs::write(&pki.cert, other_cert).unwrap();
