@@ -8,12 +8,16 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
-use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
 
 use crate::instances::{Clock, Instances};
 use crate::intern::{RequestCache, Symbols};
-use crate::model::{PROBE_ATTRIBUTE, SpanBatch, SpanId, SpanKind, SpanRecord, StatusCode, TraceId};
+use crate::model::{
+    PROBE_ATTRIBUTE, SpanBatch, SpanId, SpanKind, SpanRecord, StatusCode, Sym, TraceId,
+};
+
+mod protobuf;
+pub mod wire;
 use grayscope_propagation::keys::{KeyCache, KeyClass, StageKeys};
 
 /// Longest service name, span name and attribute value kept; longer ones are cut (at a character
@@ -51,7 +55,7 @@ impl Reject {
         }
     }
 
-    fn explain(self, span: &Span) -> String {
+    fn explain(self, span: &SpanFields<'_>) -> String {
         let id = |name: &str, got: &[u8], want: usize| {
             if got.len() == want {
                 format!("{name} is all zeroes")
@@ -60,8 +64,8 @@ impl Reject {
             }
         };
         match self {
-            Reject::TraceId => id("trace_id", &span.trace_id, 16),
-            Reject::SpanId => id("span_id", &span.span_id, 8),
+            Reject::TraceId => id("trace_id", span.trace_id, 16),
+            Reject::SpanId => id("span_id", span.span_id, 8),
             Reject::ParentId => format!(
                 "parent_span_id must be empty or 8 bytes, got {} bytes",
                 span.parent_span_id.len()
@@ -110,81 +114,295 @@ impl Decoder {
         }
     }
 
+    /// Decodes a request already parsed into `opentelemetry-proto`'s structs (OTLP/JSON, `check`).
     pub fn decode(&self, req: &ExportTraceServiceRequest, shards: usize) -> Decoded {
-        let mut out = Decoded {
-            batches: (0..shards).map(|_| SpanBatch::default()).collect(),
-            ..Decoded::default()
-        };
-        let mut services = RequestCache::new(&self.symbols.services);
-        let mut names = RequestCache::new(&self.symbols.names);
-        let mut values = RequestCache::new(&self.symbols.values);
-        let mut keys = KeyCache::new(&self.keys);
-        let now_ms = self.clock.now_ms();
-
+        let mut s = Session::new(self, shards);
         for (ri, rs) in req.resource_spans.iter().enumerate() {
             let attrs = rs
                 .resource
                 .as_ref()
                 .map(|r| r.attributes.as_slice())
                 .unwrap_or(&[]);
-            let service = services.intern(cut(
-                find_str(attrs, "service.name").unwrap_or("unknown_service"),
-                MAX_SERVICE_LEN,
-            ));
-            let instance_stage = find_str(attrs, &self.instance_key)
-                .filter(|s| !s.is_empty())
-                .map(|s| values.intern(cut(s, MAX_VALUE_LEN)));
-            if let Some(stage) = instance_stage {
-                self.instances.touch(service, stage, now_ms);
-            }
-            let probe = attrs.iter().any(|kv| {
-                kv.key == PROBE_ATTRIBUTE
-                    && match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                        Some(Value::BoolValue(b)) => *b,
-                        // As `OTEL_RESOURCE_ATTRIBUTES` sets it.
-                        Some(Value::StringValue(s)) => s == "true",
-                        _ => false,
-                    }
-            });
+            let res = s
+                .resource(attrs.iter().map(|kv| Ok((kv.key.as_bytes(), value_of(kv)))))
+                .expect("decoded strings are UTF-8");
             for (si, ss) in rs.scope_spans.iter().enumerate() {
                 for (pi, span) in ss.spans.iter().enumerate() {
-                    let (trace_id, record) = match validate(span) {
-                        Ok(ids) => ids,
-                        Err(reason) => {
-                            out.reject(reason, span, (ri, si, pi));
-                            continue;
-                        }
-                    };
-                    let mut rec = SpanRecord {
-                        span_id: record.0,
-                        parent: record.1,
+                    let fields = SpanFields {
+                        trace_id: &span.trace_id,
+                        span_id: &span.span_id,
+                        parent_span_id: &span.parent_span_id,
+                        name: &span.name,
+                        kind: span.kind,
                         start_ns: span.start_time_unix_nano,
                         end_ns: span.end_time_unix_nano,
-                        service,
-                        name: names.intern(cut(&span.name, MAX_NAME_LEN)),
-                        stage: None,
-                        instance_stage,
-                        near_miss_key: None,
-                        near_miss_value: None,
-                        peer: None,
-                        kind: SpanKind::from_otlp(span.kind),
-                        status: StatusCode::from_otlp(span.status.as_ref().map_or(0, |s| s.code)),
-                        probe,
+                        status: span.status.as_ref().map_or(0, |s| s.code),
                     };
-                    read_attributes(&span.attributes, &mut rec, &mut keys, &mut values);
-                    out.batches[trace_id.shard(shards)]
-                        .spans
-                        .push((trace_id, rec));
-                    out.accepted += 1;
+                    let attrs = span
+                        .attributes
+                        .iter()
+                        .map(|kv| Ok((kv.key.as_bytes(), value_of(kv))));
+                    s.span(&res, &fields, attrs, (ri, si, pi))
+                        .expect("decoded strings are UTF-8");
                 }
             }
         }
-        out
+        s.finish()
+    }
+
+    /// Decodes OTLP/protobuf bytes in place ([`wire`]): the same records as parsing them into
+    /// `opentelemetry-proto`'s structs and calling [`Decoder::decode`], without the allocations.
+    pub fn decode_protobuf(&self, bytes: &[u8], shards: usize) -> wire::Result<Decoded> {
+        let mut s = Session::new(self, shards);
+        protobuf::request(&mut s, bytes)?;
+        Ok(s.finish())
+    }
+}
+
+/// An attribute's value as decoding needs it; strings are bytes not yet checked for UTF-8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttrValue<'a> {
+    /// A string, or the first element of an array when that is a string (captured headers are
+    /// arrays).
+    Str(&'a [u8]),
+    Bool(bool),
+    Other,
+}
+
+/// An attribute: its key (bytes, not yet checked) and value.
+pub type Attr<'a> = (&'a [u8], AttrValue<'a>);
+
+fn value_of(kv: &KeyValue) -> AttrValue<'_> {
+    match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => AttrValue::Str(s.as_bytes()),
+        Some(Value::BoolValue(b)) => AttrValue::Bool(*b),
+        Some(Value::ArrayValue(a)) => match a.values.first().and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(s)) => AttrValue::Str(s.as_bytes()),
+            _ => AttrValue::Other,
+        },
+        _ => AttrValue::Other,
+    }
+}
+
+/// The fields of a span that verification reads; `name` is checked UTF-8.
+pub struct SpanFields<'a> {
+    pub trace_id: &'a [u8],
+    pub span_id: &'a [u8],
+    pub parent_span_id: &'a [u8],
+    pub name: &'a str,
+    pub kind: i32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub status: i32,
+}
+
+/// What a resource says about its spans.
+pub struct ResourceInfo {
+    service: Sym,
+    instance_stage: Option<Sym>,
+    probe: bool,
+}
+
+/// One request's decoding: its string caches and what it has produced so far. Instance sightings
+/// are applied only when the whole request has decoded, so a request refused as malformed leaves
+/// nothing behind.
+pub struct Session<'a> {
+    decoder: &'a Decoder,
+    services: RequestCache<'a>,
+    names: RequestCache<'a>,
+    values: RequestCache<'a>,
+    keys: KeyCache<'a>,
+    now_ms: u64,
+    shards: usize,
+    sightings: Vec<(Sym, Sym)>,
+    /// The attributes of the span being read, reused from span to span.
+    attr_buf: Vec<&'a [u8]>,
+    out: Decoded,
+}
+
+impl<'a> Session<'a> {
+    fn new(decoder: &'a Decoder, shards: usize) -> Self {
+        Session {
+            decoder,
+            services: RequestCache::new(&decoder.symbols.services),
+            names: RequestCache::new(&decoder.symbols.names),
+            values: RequestCache::new(&decoder.symbols.values),
+            keys: KeyCache::new(&decoder.keys),
+            now_ms: decoder.clock.now_ms(),
+            shards,
+            sightings: Vec::new(),
+            attr_buf: Vec::new(),
+            out: Decoded {
+                batches: (0..shards).map(|_| SpanBatch::default()).collect(),
+                ..Decoded::default()
+            },
+        }
+    }
+
+    fn finish(self) -> Decoded {
+        for (service, stage) in self.sightings {
+            self.decoder.instances.touch(service, stage, self.now_ms);
+        }
+        self.out
+    }
+
+    /// The service, instance stage and probe marker of a resource's attributes. The first
+    /// attribute of a key counts, as a lookup by key finds it.
+    pub fn resource(
+        &mut self,
+        attrs: impl Iterator<Item = wire::Result<Attr<'a>>>,
+    ) -> wire::Result<ResourceInfo> {
+        let instance_key = self.decoder.instance_key.as_bytes();
+        let (mut service, mut instance, mut probe) = (None, None, false);
+        for attr in attrs {
+            let (key, value) = attr?;
+            if key == b"service.name" && service.is_none() {
+                service = Some(value);
+            } else if key == instance_key && instance.is_none() {
+                instance = Some(value);
+            }
+            if key == PROBE_ATTRIBUTE.as_bytes() {
+                probe |= match value {
+                    AttrValue::Bool(b) => b,
+                    // As `OTEL_RESOURCE_ATTRIBUTES` sets it.
+                    AttrValue::Str(s) => s == b"true",
+                    AttrValue::Other => false,
+                };
+            }
+        }
+        let kept = |v: Option<AttrValue<'a>>| -> wire::Result<Option<&'a str>> {
+            match v {
+                Some(AttrValue::Str(s)) => Ok(Some(wire::utf8(s)?)),
+                _ => Ok(None),
+            }
+        };
+        let service = self.services.intern(cut(
+            kept(service)
+                .map_err(|e| e.within("AnyValue", "value"))?
+                .unwrap_or("unknown_service"),
+            MAX_SERVICE_LEN,
+        ));
+        let instance_stage = kept(instance)
+            .map_err(|e| e.within("AnyValue", "value"))?
+            .filter(|s| !s.is_empty())
+            .map(|s| self.values.intern(cut(s, MAX_VALUE_LEN)));
+        if let Some(stage) = instance_stage {
+            self.sightings.push((service, stage));
+        }
+        Ok(ResourceInfo {
+            service,
+            instance_stage,
+            probe,
+        })
+    }
+
+    /// One span: rejected with its reason, or a record in its trace's batch.
+    pub fn span(
+        &mut self,
+        res: &ResourceInfo,
+        span: &SpanFields<'a>,
+        attrs: impl Iterator<Item = wire::Result<Attr<'a>>>,
+        at: (usize, usize, usize),
+    ) -> wire::Result<()> {
+        let (trace_id, ids) = match validate(span) {
+            Ok(ids) => ids,
+            Err(reason) => {
+                // Its attributes must still be well formed, as in a request decoded whole.
+                for a in attrs {
+                    a?;
+                }
+                self.out.reject(reason, span, at);
+                return Ok(());
+            }
+        };
+        let mut rec = SpanRecord {
+            span_id: ids.0,
+            parent: ids.1,
+            start_ns: span.start_ns,
+            end_ns: span.end_ns,
+            service: res.service,
+            name: self.names.intern(cut(span.name, MAX_NAME_LEN)),
+            stage: None,
+            instance_stage: res.instance_stage,
+            near_miss_key: None,
+            near_miss_value: None,
+            peer: None,
+            kind: SpanKind::from_otlp(span.kind),
+            status: StatusCode::from_otlp(span.status),
+            probe: res.probe,
+        };
+        self.read_attributes(attrs, &mut rec)?;
+        self.out.batches[trace_id.shard(self.shards)]
+            .spans
+            .push((trace_id, rec));
+        self.out.accepted += 1;
+        Ok(())
+    }
+
+    /// Request stage (first configured key wins), near-miss key, and the peer of an outgoing call.
+    fn read_attributes(
+        &mut self,
+        attrs: impl Iterator<Item = wire::Result<Attr<'a>>>,
+        rec: &mut SpanRecord,
+    ) -> wire::Result<()> {
+        let mut best_stage: Option<(usize, &'a [u8])> = None;
+        let mut near_miss: Option<(&'a str, &'a [u8])> = None;
+        let mut peer_service = None;
+        let mut server_address = None;
+        for attr in attrs {
+            let (key, value) = attr?;
+            let value = match value {
+                AttrValue::Str(v) => Some(v),
+                _ => None,
+            };
+            match key {
+                b"peer.service" => peer_service = value,
+                b"server.address" => server_address = value,
+                key => {
+                    // A key that is not UTF-8 is no stage key, nor close to one.
+                    let Ok(key) = std::str::from_utf8(key) else {
+                        continue;
+                    };
+                    match self.keys.classify(key) {
+                        KeyClass::Stage(i) if best_stage.is_none_or(|(b, _)| i < b) => {
+                            if let Some(v) = value.filter(|v| !v.is_empty()) {
+                                best_stage = Some((i, v));
+                            }
+                        }
+                        KeyClass::NearMiss if near_miss.is_none() => {
+                            if let Some(v) = value.filter(|v| !v.is_empty()) {
+                                near_miss = Some((key, v));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let value = |v: &'a [u8]| {
+            wire::utf8(v).map_err(|e| wire::WireError::from(e).within("AnyValue", "value"))
+        };
+        rec.stage = match best_stage {
+            Some((_, v)) => Some(self.values.intern(cut(value(v)?, MAX_VALUE_LEN))),
+            None => None,
+        };
+        if rec.stage.is_none()
+            && let Some((k, v)) = near_miss
+        {
+            rec.near_miss_key = Some(self.values.intern(cut(k, MAX_VALUE_LEN)));
+            rec.near_miss_value = Some(self.values.intern(cut(value(v)?, MAX_VALUE_LEN)));
+        }
+        if rec.kind.is_outgoing()
+            && let Some(p) = peer_service.or(server_address).filter(|p| !p.is_empty())
+        {
+            rec.peer = Some(self.values.intern(cut(value(p)?, MAX_VALUE_LEN)));
+        }
+        Ok(())
     }
 }
 
 impl Decoded {
-    fn reject(&mut self, reason: Reject, span: &Span, at: (usize, usize, usize)) {
+    fn reject(&mut self, reason: Reject, span: &SpanFields<'_>, at: (usize, usize, usize)) {
         self.rejected += 1;
         match self.reasons.iter_mut().find(|(r, _)| *r == reason) {
             Some((_, n)) => *n += 1,
@@ -224,83 +442,19 @@ impl Decoded {
     }
 }
 
-fn validate(span: &Span) -> Result<(TraceId, (SpanId, Option<SpanId>)), Reject> {
-    let trace_id = TraceId::from_bytes(&span.trace_id).ok_or(Reject::TraceId)?;
-    let span_id = SpanId::from_bytes(&span.span_id).ok_or(Reject::SpanId)?;
+fn validate(span: &SpanFields<'_>) -> Result<(TraceId, (SpanId, Option<SpanId>)), Reject> {
+    let trace_id = TraceId::from_bytes(span.trace_id).ok_or(Reject::TraceId)?;
+    let span_id = SpanId::from_bytes(span.span_id).ok_or(Reject::SpanId)?;
     let parent = match span.parent_span_id.len() {
         0 => None,
         // An all-zero parent is how some exporters write "no parent".
-        8 => SpanId::from_bytes(&span.parent_span_id),
+        8 => SpanId::from_bytes(span.parent_span_id),
         _ => return Err(Reject::ParentId),
     };
     if parent == Some(span_id) {
         return Err(Reject::OwnParent);
     }
     Ok((trace_id, (span_id, parent)))
-}
-
-/// Request stage (first configured key wins), near-miss key, and the peer of an outgoing call.
-fn read_attributes<'a>(
-    attrs: &'a [KeyValue],
-    rec: &mut SpanRecord,
-    keys: &mut KeyCache<'a>,
-    values: &mut RequestCache<'a>,
-) {
-    let mut best_stage: Option<(usize, &str)> = None;
-    let mut near_miss: Option<(&str, &str)> = None;
-    let mut peer_service = None;
-    let mut server_address = None;
-    for kv in attrs {
-        match kv.key.as_str() {
-            "peer.service" => peer_service = string_value(kv.value.as_ref()),
-            "server.address" => server_address = string_value(kv.value.as_ref()),
-            key => match keys.classify(key) {
-                KeyClass::Stage(i) if best_stage.is_none_or(|(b, _)| i < b) => {
-                    if let Some(v) = string_value(kv.value.as_ref()).filter(|v| !v.is_empty()) {
-                        best_stage = Some((i, v));
-                    }
-                }
-                KeyClass::NearMiss if near_miss.is_none() => {
-                    if let Some(v) = string_value(kv.value.as_ref()).filter(|v| !v.is_empty()) {
-                        near_miss = Some((key, v));
-                    }
-                }
-                _ => {}
-            },
-        }
-    }
-    rec.stage = best_stage.map(|(_, v)| values.intern(cut(v, MAX_VALUE_LEN)));
-    if rec.stage.is_none()
-        && let Some((k, v)) = near_miss
-    {
-        rec.near_miss_key = Some(values.intern(cut(k, MAX_VALUE_LEN)));
-        rec.near_miss_value = Some(values.intern(cut(v, MAX_VALUE_LEN)));
-    }
-    if rec.kind.is_outgoing() {
-        rec.peer = peer_service
-            .or(server_address)
-            .filter(|p| !p.is_empty())
-            .map(|p| values.intern(cut(p, MAX_VALUE_LEN)));
-    }
-}
-
-/// A string attribute, or the first element of a string array (captured headers are arrays).
-fn string_value(v: Option<&AnyValue>) -> Option<&str> {
-    match v?.value.as_ref()? {
-        Value::StringValue(s) => Some(s),
-        Value::ArrayValue(a) => match a.values.first()?.value.as_ref()? {
-            Value::StringValue(s) => Some(s),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-fn find_str<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
-    attrs
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| string_value(kv.value.as_ref()))
 }
 
 /// `s` cut to at most `max` bytes, at a character boundary.

@@ -1,53 +1,147 @@
-//! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export`, served by the generated
-//! tonic server of the `opentelemetry-proto` crate.
+//! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
+//!
+//! The service is written out here rather than generated, for its codec: the request message is
+//! handed over as the bytes it arrived in and decoded in place ([`super::decode::wire`]), never
+//! into `opentelemetry-proto`'s structs. Compression, the message size limit and the status
+//! mapping stay tonic's.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
+use bytes::{Buf, Bytes};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
+use tonic::codec::{
+    Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use tonic::codec::CompressionEncoding;
+use tonic::codegen::{Body, BoxFuture, StdError};
+use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::IngestMetrics;
-use super::{Admission, BUSY_MESSAGE, InFlight, Ingest, Outcome, Protocol, RETRY_AFTER_SECS};
+use super::{
+    Admission, BUSY_MESSAGE, ExportError, InFlight, Ingest, Outcome, Protocol, RETRY_AFTER_SECS,
+};
 use crate::shard::SubmitError;
-
-pub struct GrpcReceiver {
-    ingest: Arc<Ingest>,
-}
 
 /// The TraceService, ready to add to a tonic server: gzip accepted, messages over `max_bytes`
 /// (before or after decompression) refused.
-pub fn service(ingest: Arc<Ingest>, max_bytes: usize) -> TraceServiceServer<GrpcReceiver> {
-    TraceServiceServer::new(GrpcReceiver { ingest })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_bytes)
+#[derive(Clone)]
+pub struct TraceService {
+    ingest: Arc<Ingest>,
+    max_bytes: usize,
 }
 
-#[tonic::async_trait]
-impl TraceService for GrpcReceiver {
-    async fn export(
-        &self,
-        req: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        match self.ingest.export(req.get_ref(), Protocol::Grpc) {
-            Ok(partial_success) => Ok(Response::new(ExportTraceServiceResponse {
-                partial_success,
-            })),
-            Err(e @ SubmitError::Full { .. }) => Err(Status::with_error_details(
-                Code::Unavailable,
-                e.to_string(),
-                ErrorDetails::with_retry_info(Some(Duration::from_secs(RETRY_AFTER_SECS))),
-            )),
-            Err(e @ SubmitError::Closed) => Err(Status::unavailable(e.to_string())),
+pub fn service(ingest: Arc<Ingest>, max_bytes: usize) -> TraceService {
+    TraceService { ingest, max_bytes }
+}
+
+impl NamedService for TraceService {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl<B> tower::Service<http::Request<B>> for TraceService
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != EXPORT_PATH {
+            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
         }
+        let (ingest, max) = (self.ingest.clone(), self.max_bytes);
+        Box::pin(async move {
+            let mut gzip = EnabledCompressionEncodings::default();
+            gzip.enable(CompressionEncoding::Gzip);
+            let mut grpc = tonic::server::Grpc::new(OtlpCodec)
+                .apply_compression_config(gzip, gzip)
+                .apply_max_message_size_config(Some(max), None);
+            Ok(grpc.unary(Export(ingest), req).await)
+        })
+    }
+}
+
+/// The export call itself.
+struct Export(Arc<Ingest>);
+
+impl UnaryService<Bytes> for Export {
+    type Response = ExportTraceServiceResponse;
+    type Future = BoxFuture<Response<Self::Response>, Status>;
+
+    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        let ingest = self.0.clone();
+        Box::pin(async move {
+            match ingest.export_protobuf(req.get_ref(), Protocol::Grpc) {
+                Ok(partial_success) => Ok(Response::new(ExportTraceServiceResponse {
+                    partial_success,
+                })),
+                Err(ExportError::Invalid(e)) => {
+                    ingest.count(Protocol::Grpc, Outcome::Invalid);
+                    Err(Status::invalid_argument(e.to_string()))
+                }
+                Err(ExportError::Submit(e @ SubmitError::Full { .. })) => {
+                    Err(Status::with_error_details(
+                        Code::Unavailable,
+                        e.to_string(),
+                        ErrorDetails::with_retry_info(Some(Duration::from_secs(RETRY_AFTER_SECS))),
+                    ))
+                }
+                Err(ExportError::Submit(e @ SubmitError::Closed)) => {
+                    Err(Status::unavailable(e.to_string()))
+                }
+            }
+        })
+    }
+}
+
+/// Requests as their bytes, responses encoded by prost.
+struct OtlpCodec;
+
+impl Codec for OtlpCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Bytes;
+    type Encoder = ResponseEncoder;
+    type Decoder = BytesDecoder;
+
+    fn encoder(&mut self) -> ResponseEncoder {
+        ResponseEncoder
+    }
+
+    fn decoder(&mut self) -> BytesDecoder {
+        BytesDecoder
+    }
+}
+
+struct ResponseEncoder;
+
+impl Encoder for ResponseEncoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("encoding the response: {e}")))
+    }
+}
+
+struct BytesDecoder;
+
+impl Decoder for BytesDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 

@@ -22,7 +22,9 @@ use tonic::Code;
 
 use crate::security::{Guard, guard};
 
-use super::{Admission, BUSY_MESSAGE, InFlight, Ingest, Outcome, Protocol, RETRY_AFTER_SECS};
+use super::{
+    Admission, BUSY_MESSAGE, ExportError, InFlight, Ingest, Outcome, Protocol, RETRY_AFTER_SECS,
+};
 
 pub const PROTOBUF: &str = "application/x-protobuf";
 pub const JSON: &str = "application/json";
@@ -185,34 +187,36 @@ async fn handle(
         }
     })?;
     let body = decompress(headers, raw, max)?;
-    let req = match protocol {
+    let exported = match protocol {
         Protocol::HttpJson => {
-            serde_json::from_slice::<ExportTraceServiceRequest>(&body).map_err(|e| {
+            let req = serde_json::from_slice::<ExportTraceServiceRequest>(&body).map_err(|e| {
                 Failure::new(
                     StatusCode::BAD_REQUEST,
                     Code::InvalidArgument,
                     Outcome::Invalid,
                     format!("invalid OTLP/JSON: {e}"),
                 )
-            })?
+            })?;
+            rx.ingest
+                .export(&req, protocol)
+                .map_err(ExportError::Submit)
         }
-        _ => ExportTraceServiceRequest::decode(body).map_err(|e| {
-            Failure::new(
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-                Outcome::Invalid,
-                format!("invalid OTLP protobuf: {e}"),
-            )
-        })?,
+        _ => rx.ingest.export_protobuf(&body, protocol),
     };
-    match rx.ingest.export(&req, protocol) {
+    match exported {
         Ok(partial_success) => Ok(reply(
             protocol,
             StatusCode::OK,
             &ExportTraceServiceResponse { partial_success },
         )),
+        Err(ExportError::Invalid(e)) => Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            Code::InvalidArgument,
+            Outcome::Invalid,
+            format!("invalid OTLP protobuf: {e}"),
+        )),
         // Already counted as refused by `Ingest::export`.
-        Err(e) => {
+        Err(ExportError::Submit(e)) => {
             let mut resp = reply_error(
                 protocol,
                 Failure::new(

@@ -136,6 +136,15 @@ impl Outcome {
     }
 }
 
+/// Why a request was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Invalid(decode::wire::WireError),
+    #[error(transparent)]
+    Submit(SubmitError),
+}
+
 /// The receiving half of the pipeline, shared by every receiver.
 pub struct Ingest {
     pub decoder: Decoder,
@@ -153,7 +162,28 @@ impl Ingest {
         req: &ExportTraceServiceRequest,
         protocol: Protocol,
     ) -> Result<Option<ExportTracePartialSuccess>, SubmitError> {
-        let decoded = self.decoder.decode(req, self.shards.len());
+        self.submit(self.decoder.decode(req, self.shards.len()), protocol)
+    }
+
+    /// Like [`Ingest::export`], for OTLP/protobuf bytes decoded in place. A malformed request is
+    /// `Invalid` and nothing of it is queued; it is not counted here (the receiver answers it).
+    pub fn export_protobuf(
+        &self,
+        bytes: &[u8],
+        protocol: Protocol,
+    ) -> Result<Option<ExportTracePartialSuccess>, ExportError> {
+        let decoded = self
+            .decoder
+            .decode_protobuf(bytes, self.shards.len())
+            .map_err(ExportError::Invalid)?;
+        self.submit(decoded, protocol).map_err(ExportError::Submit)
+    }
+
+    fn submit(
+        &self,
+        decoded: decode::Decoded,
+        protocol: Protocol,
+    ) -> Result<Option<ExportTracePartialSuccess>, SubmitError> {
         for &(reason, n) in &decoded.reasons {
             self.metrics.rejected(protocol, reason.as_str(), n as u64);
         }

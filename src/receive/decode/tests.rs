@@ -354,3 +354,221 @@ fn huge_strings_are_cut_before_interning() {
             .starts_with("éé")
     );
 }
+
+/// Decodes `bytes` both ways with one decoder (so symbols agree) and asserts the same outcome;
+/// returns the in-place decoder's result.
+fn both_ways(dec: &Decoder, bytes: &[u8]) -> Result<Decoded, String> {
+    use prost::Message;
+    let wire = dec.decode_protobuf(bytes, 3);
+    let prost = ExportTraceServiceRequest::decode(bytes).map(|r| dec.decode(&r, 3));
+    match (&wire, &prost) {
+        (Ok(w), Ok(p)) => {
+            assert_eq!(only(w), only(p));
+            assert_eq!((w.accepted, w.rejected), (p.accepted, p.rejected));
+            assert_eq!(w.reasons, p.reasons);
+            assert_eq!(w.error_message(), p.error_message());
+        }
+        (Err(w), Err(p)) => eprintln!("in place: {w}\nprost:    {p}"),
+        (w, p) => panic!("in place: {w:?}\nprost: {p:?}"),
+    }
+    wire.map_err(|e| e.to_string())
+}
+
+#[test]
+fn in_place_decoding_gives_the_records_of_prost_on_generated_traffic() {
+    use crate::loadgen::Wire;
+    use rand::SeedableRng;
+    let dec = decoder();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(9);
+    for spans in [9, 100, 1000] {
+        let t = crate::loadgen::traffic::Template::build(spans, 0.5, Wire::Grpc, &mut rng);
+        for n in 0..3 {
+            let d = both_ways(&dec, &t.instance(1, n, None)).unwrap();
+            assert!(d.accepted >= spans, "{}", d.accepted);
+        }
+    }
+}
+
+#[test]
+fn in_place_decoding_agrees_on_rejections_arrays_probes_and_merged_fields() {
+    use prost::Message;
+    let dec = decoder();
+    let mut bad_ids = span(9, 0, Some(3), "zero span id");
+    bad_ids.trace_id = vec![1; 15];
+    let mut own = span(9, 4, Some(4), "own parent");
+    own.attributes.push(KeyValue {
+        key: "x-release-stage".into(),
+        value: Some(AnyValue {
+            value: Some(Value::ArrayValue(ArrayValue {
+                values: vec![AnyValue {
+                    value: Some(Value::StringValue("canary".into())),
+                }],
+            })),
+        }),
+        ..Default::default()
+    });
+    let mut arr = span(9, 5, None, "array stage");
+    arr.attributes = vec![KeyValue {
+        key: "x-release-stage".into(),
+        value: Some(AnyValue {
+            value: Some(Value::ArrayValue(ArrayValue {
+                values: vec![
+                    AnyValue {
+                        value: Some(Value::StringValue("canary".into())),
+                    },
+                    AnyValue {
+                        value: Some(Value::IntValue(3)),
+                    },
+                ],
+            })),
+        }),
+        ..Default::default()
+    }];
+    let req = RequestBuilder::new()
+        .resource("orders", Some("canary"))
+        .probe()
+        .push(bad_ids)
+        .push(own)
+        .push(arr)
+        .span(
+            9,
+            6,
+            Some(5),
+            "GET /x",
+            SpanKind::Client,
+            &[("peer.service", "users"), ("x_release_stage", "canary")],
+        )
+        .build();
+    let d = both_ways(&dec, &req.encode_to_vec()).unwrap();
+    assert_eq!((d.accepted, d.rejected), (2, 2));
+
+    // Merged occurrences: two statuses, a value given twice, the resource split in two.
+    let mut bytes = req.encode_to_vec();
+    let mut extra = RequestBuilder::new()
+        .resource("ignored-second-resource-name", None)
+        .build()
+        .encode_to_vec();
+    bytes.append(&mut extra);
+    both_ways(&dec, &bytes).unwrap();
+    // resource_spans { resource {attributes{service.name=a}} scope_spans{spans{...}} resource {attributes{deployment.stage=canary}} }
+    let one = RequestBuilder::new()
+        .resource("split", None)
+        .span(
+            11,
+            1,
+            None,
+            "GET /",
+            SpanKind::Server,
+            &[("x-release-stage", "canary")],
+        )
+        .build();
+    let mut rs = one.resource_spans[0].clone();
+    let mut later = rs.clone();
+    later.scope_spans.clear();
+    later.resource.as_mut().unwrap().attributes =
+        vec![crate::loadgen::traffic::kv("deployment.stage", "canary")];
+    let mut rs_bytes = rs.encode_to_vec();
+    rs_bytes.extend(later.encode_to_vec());
+    rs = opentelemetry_proto::tonic::trace::v1::ResourceSpans::decode(&rs_bytes[..]).unwrap();
+    assert_eq!(
+        rs.resource.as_ref().unwrap().attributes.len(),
+        2,
+        "merged by prost"
+    );
+    let mut req_bytes = vec![0x0a];
+    prost::encoding::encode_varint(rs_bytes.len() as u64, &mut req_bytes);
+    req_bytes.extend(&rs_bytes);
+    let d = both_ways(&dec, &req_bytes).unwrap();
+    assert_eq!(
+        only(&d)[0]
+            .1
+            .instance_stage
+            .map(|s| dec.symbols.values.resolve(s).to_string()),
+        Some("canary".into())
+    );
+}
+
+#[test]
+fn in_place_decoding_refuses_what_prost_refuses_but_unused_strings_need_no_utf8() {
+    use prost::Message;
+    let dec = decoder();
+    let req = RequestBuilder::new()
+        .resource("svc", None)
+        .span(
+            5,
+            1,
+            None,
+            "NAMEXX",
+            SpanKind::Server,
+            &[("unused.key", "VALUEX"), ("x-release-stage", "STAGEX")],
+        )
+        .build();
+    let clean = req.encode_to_vec();
+    let poison = |marker: &[u8]| {
+        let mut b = clean.clone();
+        let at = b.windows(marker.len()).position(|w| w == marker).unwrap();
+        b[at] = 0xff;
+        b
+    };
+    // Used strings: the span's name and its stage.
+    for marker in [&b"NAMEXX"[..], b"STAGEX"] {
+        let e = dec.decode_protobuf(&poison(marker), 1).unwrap_err();
+        assert!(e.to_string().contains("not UTF-8"), "{e}");
+        assert!(ExportTraceServiceRequest::decode(&poison(marker)[..]).is_err());
+    }
+    // An attribute nobody reads: prost refuses the request, grayscope does not need to.
+    let b = poison(b"VALUEX");
+    assert!(ExportTraceServiceRequest::decode(&b[..]).is_err());
+    assert_eq!(dec.decode_protobuf(&b, 1).unwrap().accepted, 1);
+
+    // Structure is checked everywhere, read or not.
+    for (bytes, says) in [
+        (&[0x0a, 0x05, 0x01][..], "buffer underflow"),
+        (
+            &[0x08, 0x01],
+            "invalid wire type: Varint (expected LengthDelimited)",
+        ),
+        (&[0x0f], "invalid wire type value: 7"),
+        (&[0x00], "invalid tag value: 0"),
+        (&[0x14], "unexpected end group tag"),
+        (&[0x0a, 0x02, 0x12, 0x80], "invalid varint"),
+    ] {
+        let e = both_ways(&dec, bytes).unwrap_err();
+        assert!(e.contains(says), "{bytes:?}: {e}");
+    }
+    // Nesting past the recursion limit inside an attribute nobody reads.
+    let mut value = AnyValue {
+        value: Some(Value::StringValue("x".into())),
+    };
+    for _ in 0..60 {
+        value = AnyValue {
+            value: Some(Value::ArrayValue(ArrayValue {
+                values: vec![value],
+            })),
+        };
+    }
+    let mut deep = span(5, 1, None, "deep");
+    deep.attributes.push(KeyValue {
+        key: "deep".into(),
+        value: Some(value),
+        ..Default::default()
+    });
+    let req = RequestBuilder::new()
+        .resource("svc", None)
+        .push(deep)
+        .build();
+    let e = both_ways(&dec, &req.encode_to_vec()).unwrap_err();
+    assert!(e.contains("recursion limit reached"), "{e}");
+}
+
+/// A span of trace `trace` with id `id` (0: all zeroes) and no attributes.
+fn span(trace: u128, id: u64, parent: Option<u64>, name: &str) -> Span {
+    Span {
+        trace_id: trace.to_be_bytes().to_vec(),
+        span_id: id.to_be_bytes().to_vec(),
+        parent_span_id: parent.map(|p| p.to_be_bytes().to_vec()).unwrap_or_default(),
+        name: name.into(),
+        kind: 2,
+        ..Default::default()
+    }
+}
