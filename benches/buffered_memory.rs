@@ -1,8 +1,9 @@
 //! Heap bytes per buffered span: the memory behind `--max-buffered-spans`.
 //!
-//! Feeds the assembler the load generator's traffic (decoded by the real decoder), with no trace
-//! finalised, and counts the heap bytes the assembler holds with a counting allocator. Also reports
-//! the time per span for decode and insert on one core.
+//! Feeds the assembler the load generator's traffic (decoded in place, as the receivers decode
+//! it), with no trace finalised, and counts the heap bytes the assembler holds with a counting
+//! allocator. Also reports the time per span for decode and insert on one core, and what decoding
+//! a request allocates per byte, in place and through prost.
 //!
 //! `cargo bench --bench buffered_memory [-- SPANS]`
 
@@ -24,10 +25,16 @@ use rand::SeedableRng;
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 static BLOCKS: AtomicIsize = AtomicIsize::new(0);
+/// The most `LIVE` has been since it was last reset.
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+fn grew(live: isize) {
+    PEAK.fetch_max(live, Ordering::Relaxed);
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        grew(LIVE.fetch_add(l.size() as isize, Ordering::Relaxed) + l.size() as isize);
         BLOCKS.fetch_add(1, Ordering::Relaxed);
         unsafe { System.alloc(l) }
     }
@@ -37,7 +44,8 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        let d = new as isize - l.size() as isize;
+        grew(LIVE.fetch_add(d, Ordering::Relaxed) + d);
         unsafe { System.realloc(p, l, new) }
     }
 }
@@ -72,21 +80,72 @@ fn main() {
         .map(|n| templates[n as usize % templates.len()].instance(7, n, None))
         .collect();
 
-    // What a request costs while it is handled: its decoded form and the batches made from it,
-    // alive together, per byte of protobuf. The memory budget's in-flight term rests on this.
-    let expansion = |body: &[u8]| {
+    // What a request costs while it is handled, per byte of protobuf: what decoding allocates
+    // (the batches made from it, and with prost the request's structs too), at its peak. The
+    // memory budget's in-flight term rests on this.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Path {
+        InPlace,
+        Prost,
+        Json,
+    }
+    let expansion = |body: &[u8], path: Path| {
         let before = LIVE.load(Ordering::Relaxed);
-        let req = ExportTraceServiceRequest::decode(body).expect("decodes");
-        let decoded = decoder.decode(&req, 2);
-        let held = LIVE.load(Ordering::Relaxed) - before;
-        drop((req, decoded));
+        PEAK.store(before, Ordering::Relaxed);
+        let decoded = match path {
+            Path::InPlace => decoder.decode_protobuf(body, 2).expect("decodes"),
+            Path::Prost => {
+                let req = ExportTraceServiceRequest::decode(body).expect("decodes");
+                decoder.decode(&req, 2)
+            }
+            Path::Json => {
+                let req: ExportTraceServiceRequest = serde_json::from_slice(body).expect("decodes");
+                decoder.decode(&req, 2)
+            }
+        };
+        let held = PEAK.load(Ordering::Relaxed) - before;
+        drop(decoded);
         held as f64 / body.len() as f64
     };
-    println!(
-        "decoded bytes per request byte: {:.1} (load generator spans), {:.1} (smallest valid spans)",
-        expansion(&bodies[0]),
-        expansion(&smallest_spans(1 << 20))
-    );
+    let smallest = smallest_spans(1 << 20);
+    let as_json = |b: &[u8]| {
+        serde_json::to_vec(&ExportTraceServiceRequest::decode(b).expect("decodes")).expect("JSON")
+    };
+    for (what, path) in [
+        ("in place", Path::InPlace),
+        ("prost", Path::Prost),
+        ("OTLP/JSON", Path::Json),
+    ] {
+        let (typical, small) = if path == Path::Json {
+            (as_json(&bodies[0]), as_json(&smallest))
+        } else {
+            (bodies[0].clone(), smallest.clone())
+        };
+        println!(
+            "decoded bytes per request byte, {what}: {:.1} (load generator spans), {:.1} (smallest valid spans)",
+            expansion(&typical, path),
+            expansion(&small, path)
+        );
+    }
+    for (what, in_place) in [("in place", true), ("prost", false)] {
+        let t = Instant::now();
+        let mut n = 0;
+        for body in bodies.iter().take(200) {
+            let d = if in_place {
+                decoder.decode_protobuf(body, 2).expect("decodes")
+            } else {
+                decoder.decode(
+                    &ExportTraceServiceRequest::decode(&body[..]).expect("decodes"),
+                    2,
+                )
+            };
+            n += d.accepted;
+        }
+        println!(
+            "decode ns per span, {what}: {:.0}",
+            t.elapsed().as_nanos() as f64 / n as f64
+        );
+    }
 
     // Every trace keeps its snapshot, as traces with findings do: the most a finalised span holds.
     let mut asm = Assembler::new(
@@ -103,9 +162,7 @@ fn main() {
     let (mut decode_ns, mut insert_ns) = (0u128, 0u128);
     for body in &bodies {
         let t = Instant::now();
-        let req = ExportTraceServiceRequest::decode(&body[..]).expect("template decodes");
-        let decoded = decoder.decode(&req, 1);
-        drop(req);
+        let decoded = decoder.decode_protobuf(body, 1).expect("template decodes");
         let t2 = Instant::now();
         decode_ns += (t2 - t).as_nanos();
         for batch in decoded.batches {

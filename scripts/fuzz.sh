@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes OTLP protobuf and OTLP/JSON decoding through verification (fuzz/fuzz_targets), each for
-# SECONDS, from a seed corpus written from the test suite's requests. Prints each target's runs.
+# Fuzzes OTLP protobuf and OTLP/JSON decoding through verification, and the in-place protobuf
+# decoder against prost (fuzz/fuzz_targets), each for SECONDS, from a seed corpus written from the test suite's requests. Prints each target's runs.
 #
 #   scripts/fuzz.sh [SECONDS]        (default 60)
 #
@@ -29,8 +29,14 @@ fi
 cargo run --quiet --release --manifest-path fuzz/Cargo.toml --bin seeds
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for target in otlp_protobuf otlp_json; do
-    "${run[@]}" --release "$target" "fuzz/corpus/$target" -- \
+# decode_differential starts from the protobuf seeds: it needs OTLP/protobuf, not JSON.
+for target in otlp_protobuf otlp_json decode_differential; do
+    corpus=fuzz/corpus/$target
+    if [ "$target" = decode_differential ]; then
+        mkdir -p "$corpus"
+        cp -n fuzz/corpus/otlp_protobuf/* "$corpus"/ 2>/dev/null || true
+    fi
+    "${run[@]}" --release "$target" "$corpus" -- \
         -max_total_time="$secs" -max_len=262144 -rss_limit_mb=4096 -print_final_stats=1 2>"$log" || {
         tail -n 60 "$log" >&2
         echo "fuzz: $target failed; the input is under fuzz/artifacts/$target/" >&2

@@ -8,8 +8,9 @@
 //!
 //! The costs per item come from `cargo bench --bench buffered_memory`: a buffered span holds
 //! 112 heap bytes, a finalised one (with its trace's snapshot, as traces with findings keep it)
-//! 160, and a request decodes to 4.5 times its size for typical spans and 22.3 times for the
-//! smallest valid ones. They are rounded up for the allocator's slack.
+//! 160, and decoding a request allocates 0.6 times its size for typical spans and 5.0 times for
+//! the smallest valid ones (OTLP/protobuf, decoded in place; OTLP/JSON at most 2.2 times). They are
+//! rounded up for the allocator's slack.
 
 use crate::aggregate::AggregateConfig;
 use crate::aggregate::metrics::MAX_SERIES;
@@ -30,9 +31,9 @@ pub const BUFFERED_SPAN: u64 = 128;
 /// A span of a finalised trace (queued for the store, or kept for the API), with its share of the
 /// trace's outcome and snapshot.
 pub const FINALISED_SPAN: u64 = 192;
-/// A request being handled holds its body, its decompressed body, and its decoded form (at most
-/// 23 times its size, for a request of the smallest valid spans).
-pub const REQUEST_FACTOR: u64 = 2 + 23;
+/// A request being handled holds its body, its decompressed body, and what decoding allocates (at
+/// most 5 times its size, for a request of the smallest valid spans).
+pub const REQUEST_FACTOR: u64 = 2 + 6;
 /// Bookkeeping per interned string, besides the string itself.
 const STRING_OVERHEAD: u64 = 64;
 /// A verdict counter series: its key and count in a hash map.
@@ -72,7 +73,7 @@ impl Budget {
                 part(
                     "requests",
                     n(cfg.max_concurrent_requests) * REQUEST_FACTOR * n(cfg.max_request_bytes),
-                    "--max-concurrent-requests x 25 x --max-request-bytes",
+                    "--max-concurrent-requests x 8 x --max-request-bytes",
                 ),
                 part(
                     "queued_spans",
@@ -206,7 +207,7 @@ mod tests {
         let base = cfg(&["--workers", "2"]);
         let b = Budget::of(&base);
         let part = |b: &Budget, name: &str| b.parts.iter().find(|p| p.name == name).unwrap().bytes;
-        assert_eq!(part(&b, "requests"), 4 * 25 * (16 << 20));
+        assert_eq!(part(&b, "requests"), 4 * 8 * (16 << 20));
         assert_eq!(part(&b, "buffered_spans"), 2_000_000 * BUFFERED_SPAN);
         let smaller = Budget::of(&cfg(&[
             "--workers",
@@ -220,7 +221,7 @@ mod tests {
             "--queue-spans",
             "1000",
         ]));
-        assert_eq!(part(&smaller, "requests"), 2 * 25 * (1 << 20));
+        assert_eq!(part(&smaller, "requests"), 2 * 8 * (1 << 20));
         assert_eq!(part(&smaller, "buffered_spans"), 100_000 * BUFFERED_SPAN);
         assert!(part(&smaller, "queued_spans") < part(&b, "queued_spans"));
         assert!(smaller.total() < b.total());

@@ -11,11 +11,22 @@ use grayscope::assemble::{Assembler, AssemblerConfig};
 use grayscope::instances::{Clock, Instances};
 use grayscope::intern::{SymbolLimits, Symbols};
 use grayscope::receive::Decoder;
+use grayscope::receive::decode::Decoded;
 use grayscope::store::codec;
 use grayscope::verify::Policy;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
+/// A request parsed into `opentelemetry-proto`'s structs (OTLP/JSON).
 pub fn verify(req: &ExportTraceServiceRequest) {
+    run(|decoder| Some(decoder.decode(req, 2)));
+}
+
+/// OTLP/protobuf bytes, decoded in place as the receivers decode them.
+pub fn verify_protobuf(bytes: &[u8]) {
+    run(|decoder| decoder.decode_protobuf(bytes, 2).ok());
+}
+
+fn run(decode: impl FnOnce(&Decoder) -> Option<Decoded>) {
     // Small tables, so that folding into "(other)" is reached as well.
     let symbols = Arc::new(Symbols::new(&SymbolLimits {
         services: 16,
@@ -34,7 +45,9 @@ pub fn verify(req: &ExportTraceServiceRequest) {
         ],
         "deployment.stage",
     );
-    let decoded = decoder.decode(req, 2);
+    let Some(decoded) = decode(&decoder) else {
+        return;
+    };
     let _ = decoded.error_message();
     let mut asm = Assembler::new(
         AssemblerConfig {
