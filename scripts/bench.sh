@@ -8,7 +8,13 @@
 # time into a cache directory (ROTEL_VERSION, default below; GRAYSCOPE_BENCH_CACHE to move the cache).
 # grayscope runs as users run it: `serve` with verification and the store on, default settings.
 #
-# COLLECTORS (default "grayscope rotel") may add grayscope-tls: grayscope with TLS on every listener
+# COLLECTORS (default "grayscope rotel otelcol otelcol-spanmetrics") may also hold grayscope-tls.
+# otelcol is the OpenTelemetry Collector built from its official modules (tests/otelcol/build.sh)
+# with the otlp receiver into the nop exporter: the plain cost of a Go collector. otelcol-spanmetrics
+# is the same Collector turning spans into metrics by stage (the spanmetrics connector with
+# dimensions x-release-stage and deployment.stage, into its Prometheus exporter): the nearest thing
+# a user would run instead of grayscope (the servicegraph connector is not served by the module
+# proxy here). grayscope-tls: grayscope with TLS on every listener
 # and bearer tokens for ingest and reading (certificates made with the openssl command), the load
 # generator sending over TLS with the token, for the cost of TLS next to the plain rows.
 #
@@ -24,7 +30,7 @@ cache=${GRAYSCOPE_BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/grayscope-bench}
 protocols=${PROTOCOLS:-grpc http}
 span_counts=${SPANS:-100 1000}
 client_counts=${CLIENTS:-4 16}
-collectors=${COLLECTORS:-grayscope rotel}
+collectors=${COLLECTORS:-grayscope rotel otelcol otelcol-spanmetrics}
 
 cargo build --release --locked --quiet
 bin=target/release/grayscope
@@ -119,6 +125,37 @@ drain_grayscope-tls() {
 }
 curl_auth=()
 drain_rotel() { sleep 1; }
+otelcol=target/otelcol/grayscope-otelcol
+# $1: components besides the receiver; $2: the pipelines.
+start_otelcol_with() {
+    tests/otelcol/build.sh
+    grpc=127.0.0.1:$(free_port)
+    http=127.0.0.1:$(free_port)
+    {
+        printf 'receivers:\n  otlp:\n    protocols:\n'
+        printf '      grpc: { endpoint: "%s" }\n      http: { endpoint: "%s" }\n' "$grpc" "$http"
+        printf '%s\n' "$1"
+        printf 'service:\n  telemetry: { metrics: { level: none } }\n  pipelines:\n%s\n' "$2"
+    } >"$work/otelcol.yaml"
+    "$otelcol" --config "$work/otelcol.yaml" >"$work/out" 2>"$work/err" &
+    pid=$!
+    wait_port "$grpc"
+    wait_port "$http"
+}
+start_otelcol() {
+    start_otelcol_with 'exporters:
+  nop: {}' '    traces: { receivers: [otlp], exporters: [nop] }'
+}
+start_otelcol-spanmetrics() {
+    start_otelcol_with "connectors:
+  spanmetrics:
+    dimensions: [{ name: x-release-stage }, { name: deployment.stage }]
+exporters:
+  prometheus: { endpoint: \"127.0.0.1:$(free_port)\" }" '    traces: { receivers: [otlp], exporters: [spanmetrics] }
+    metrics: { receivers: [spanmetrics], exporters: [prometheus] }'
+}
+drain_otelcol() { sleep 1; }
+drain_otelcol-spanmetrics() { sleep 1; }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
 
 results=$work/results
@@ -153,7 +190,7 @@ for proto in $protocols; do
 done
 
 echo
-echo "grayscope $(git rev-parse --short HEAD) vs rotel $rotel_version (blackhole exporter), ${secs} s per row, $(nproc) cores, load generator on the same machine"
+echo "grayscope $(git rev-parse --short HEAD) vs rotel $rotel_version (blackhole exporter) and the OpenTelemetry Collector v0.161.0 (nop; spanmetrics), ${secs} s per row, $(nproc) cores, load generator on the same machine"
 echo
 echo "| protocol | spans/req | clients | collector | spans/s | p50 ms | p99 ms | CPU s per 1M spans | peak RSS MiB | refused |"
 echo "|---|---|---|---|---|---|---|---|---|---|"

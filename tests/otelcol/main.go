@@ -1,5 +1,6 @@
-// A minimal OpenTelemetry Collector for grayscope's scale-out test: OTLP in, and out through the
-// loadbalancing exporter (routing by trace id) to several grayscope instances. Built from the
+// A minimal OpenTelemetry Collector for grayscope's scale-out test (OTLP in, and out through the
+// loadbalancing exporter, routing by trace id, to several grayscope instances) and its benchmark
+// (OTLP into the nop or debug exporter; the spanmetrics connector into the Prometheus exporter). Built from the
 // official modules at one release (collector and contrib v0.161.0, the newest release whose loadbalancingexporter the module proxy serves); see
 // tests/otelcol/build.sh.
 package main
@@ -12,14 +13,19 @@ import (
 	"go.opentelemetry.io/collector/confmap/provider/envprovider"
 	"go.opentelemetry.io/collector/confmap/provider/fileprovider"
 	"go.opentelemetry.io/collector/confmap/provider/yamlprovider"
+	"go.opentelemetry.io/collector/connector"
 	"go.opentelemetry.io/collector/exporter"
+	"go.opentelemetry.io/collector/exporter/debugexporter"
+	"go.opentelemetry.io/collector/exporter/nopexporter"
 	"go.opentelemetry.io/collector/exporter/otlpexporter"
 	"go.opentelemetry.io/collector/otelcol"
 	"go.opentelemetry.io/collector/receiver"
 	"go.opentelemetry.io/collector/receiver/otlpreceiver"
 	"go.opentelemetry.io/collector/service/telemetry/otelconftelemetry"
 
+	"github.com/open-telemetry/opentelemetry-collector-contrib/connector/spanmetricsconnector"
 	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/loadbalancingexporter"
+	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/prometheusexporter"
 )
 
 func components() (otelcol.Factories, error) {
@@ -32,6 +38,18 @@ func components() (otelcol.Factories, error) {
 	factories.Exporters, err = otelcol.MakeFactoryMap[exporter.Factory](
 		otlpexporter.NewFactory(),
 		loadbalancingexporter.NewFactory(),
+		// For scripts/bench.sh: the plain cost of a Go collector, and the service graph users
+		// might run instead of grayscope (spanmetrics: the servicegraph connector is not served by
+		// the module proxy here).
+		debugexporter.NewFactory(),
+		nopexporter.NewFactory(),
+		prometheusexporter.NewFactory(),
+	)
+	if err != nil {
+		return otelcol.Factories{}, err
+	}
+	factories.Connectors, err = otelcol.MakeFactoryMap[connector.Factory](
+		spanmetricsconnector.NewFactory(),
 	)
 	if err != nil {
 		return otelcol.Factories{}, err
