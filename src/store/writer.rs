@@ -1,6 +1,8 @@
 //! The writer task: the one connection that writes, fed by a bounded queue.
 //!
-//! It batches whatever the workers finalise and commits it once per `--flush-interval`. When a
+//! It batches whatever the workers finalise and commits it once per `--flush-interval`, or as soon
+//! as half the queue is waiting: the queue bounds memory, and must not also cap throughput at one
+//! queue per flush interval (workers wait for room, and senders are refused). When a
 //! write fails it decides, by [`Reason`], between keeping the batch and retrying with backoff (the
 //! store's fault: the queue fills and senders are told to retry) and repairing, isolating and
 //! setting aside the traces that cannot be written (the batch's fault: the rest is written). It
@@ -95,6 +97,7 @@ impl WriteSide {
             cfg: cfg.clone(),
             pending: Vec::new(),
             permits: Vec::new(),
+            held: 0,
             failing: None,
             set_aside_logged: HashMap::new(),
         };
@@ -210,6 +213,8 @@ struct Writer<B> {
     pending: Vec<Finalised>,
     /// Room in the queue taken by what is pending; released once it is all written or set aside.
     permits: Vec<OwnedSemaphorePermit>,
+    /// Spans of room those permits hold.
+    held: usize,
     failing: Option<Failing>,
     next_write: Instant,
     set_aside_logged: HashMap<Reason, Instant>,
@@ -281,7 +286,11 @@ impl<B: Backend> Writer<B> {
             self.stats.oldest_pending_ms.store(oldest, Relaxed);
         }
         self.pending.extend(batch);
+        self.held += permit.num_permits();
         self.permits.push(permit);
+        if self.failing.is_none() && self.held * 2 >= self.cfg.queue_spans {
+            self.next_write = Instant::now();
+        }
     }
 
     /// One attempt at everything pending; what it could not write stays pending.
@@ -324,6 +333,7 @@ impl<B: Backend> Writer<B> {
         let now = Instant::now();
         if self.pending.is_empty() {
             self.permits.clear();
+            self.held = 0;
             stats.oldest_pending_ms.store(0, Relaxed);
             stats.failing.store(false, Relaxed);
             if let Some(run) = self.failing.take() {

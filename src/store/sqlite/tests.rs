@@ -194,3 +194,37 @@ fn failures_of_the_store_are_retried_and_failures_of_a_batch_are_not() {
         assert_eq!(r.index(), i);
     }
 }
+
+/// The queue bounds memory, not throughput: with a flush interval of an hour, a writer whose
+/// queue is half full writes at once, so submitting ten times the queue's room does not wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_full_queue_is_written_without_waiting_for_the_flush_interval() {
+    let k = Kit::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        queue_spans: 12,
+        flush_interval: Duration::from_secs(3600),
+        ..config()
+    };
+    let store: SharedStore = Arc::new(
+        SqliteStore::open(&cfg, DirLock::acquire(dir.path()).unwrap(), k.sym.clone()).unwrap(),
+    );
+    let submitted = async {
+        for t in 1..=40u128 {
+            // Three spans a trace: the queue holds four.
+            store
+                .submit(finalise(&[(t, call(&k, None))], T0, 1.0))
+                .await
+                .unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), submitted)
+        .await
+        .expect("submitting never waits for the flush interval");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while store.trace(TraceId(36)).await.unwrap().is_none() {
+        assert!(std::time::Instant::now() < until, "trace 36 not written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.stop(deadline()).await;
+}
