@@ -2,6 +2,8 @@
 //! project), configuration precedence through real environment variables, and `serve` shutting down
 //! on SIGTERM without losing what it accepted.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -208,30 +210,32 @@ fn config_precedence_is_flag_then_environment_then_file() {
 #[test]
 fn serve_finalises_everything_it_accepted_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_grayscope"))
-        .args([
-            "serve",
-            "--otlp-grpc",
-            "127.0.0.1:0",
-            "--otlp-http",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ])
-        .arg("--data")
-        .arg(data.path())
-        .args([
-            "--trace-idle",
-            "10m",
-            "--shutdown-grace",
-            "300ms",
-            "--log",
-            "info",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::binary::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_grayscope"))
+            .args([
+                "serve",
+                "--otlp-grpc",
+                "127.0.0.1:0",
+                "--otlp-http",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+            ])
+            .arg("--data")
+            .arg(data.path())
+            .args([
+                "--trace-idle",
+                "10m",
+                "--shutdown-grace",
+                "300ms",
+                "--log",
+                "info",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();

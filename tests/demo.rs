@@ -351,17 +351,19 @@ fn bad_fault_specs_fail_with_the_allowed_calls() {
 fn serve_demo_shows_a_finding_within_seconds() {
     let started = Instant::now();
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_grayscope"))
-        .args(["serve", "--demo", "--demo-gateway", "127.0.0.1:0"])
-        .args(["--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0"])
-        .args(["--http", "127.0.0.1:0", "--log", "warn"])
-        .arg("--data")
-        .arg(data.path())
-        .env_remove("GRAYSCOPE_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::binary::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_grayscope"))
+            .args(["serve", "--demo", "--demo-gateway", "127.0.0.1:0"])
+            .args(["--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0"])
+            .args(["--http", "127.0.0.1:0", "--log", "warn"])
+            .arg("--data")
+            .arg(data.path())
+            .env_remove("GRAYSCOPE_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut printed = String::new();
     let api = loop {
