@@ -158,26 +158,46 @@ impl Default for SymbolLimits {
 }
 
 /// A per-request front for one [`Interner`]: repeated strings in a request cost one local hash
-/// lookup instead of a shared lock.
+/// lookup instead of a shared lock. Strings come as the bytes they arrived in, and are checked
+/// for UTF-8 and cut to length only the first time a request has them.
 pub struct RequestCache<'a> {
     interner: &'a Interner,
-    seen: HashMap<&'a str, Sym, RandomState>,
+    max_len: usize,
+    seen: HashMap<&'a [u8], Sym, RandomState>,
 }
 
 impl<'a> RequestCache<'a> {
-    pub fn new(interner: &'a Interner) -> Self {
+    /// Strings longer than `max_len` bytes are cut, at a character boundary.
+    pub fn new(interner: &'a Interner, max_len: usize) -> Self {
         RequestCache {
             interner,
+            max_len,
             seen: HashMap::default(),
         }
     }
 
-    pub fn intern(&mut self, s: &'a str) -> Sym {
-        *self
-            .seen
-            .entry(s)
-            .or_insert_with(|| self.interner.intern(s))
+    pub fn intern(&mut self, bytes: &'a [u8]) -> Result<Sym, std::str::Utf8Error> {
+        if let Some(sym) = self.seen.get(bytes) {
+            return Ok(*sym);
+        }
+        let sym = self
+            .interner
+            .intern(cut(std::str::from_utf8(bytes)?, self.max_len));
+        self.seen.insert(bytes, sym);
+        Ok(sym)
     }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// The interners' sizes and overflows, read at scrape time.
@@ -262,9 +282,12 @@ mod tests {
     fn request_cache_agrees_with_the_table() {
         let i = Interner::new(100);
         let s = String::from("canary");
-        let mut c = RequestCache::new(&i);
-        let x = c.intern(&s);
-        assert_eq!(c.intern(&s), x);
-        assert_eq!(i.intern("canary"), x);
+        let mut c = RequestCache::new(&i, 4);
+        let x = c.intern(s.as_bytes()).unwrap();
+        assert_eq!(c.intern(s.as_bytes()).unwrap(), x);
+        assert_eq!(i.intern("cana"), x, "cut to the cache's length");
+        assert!(c.intern(b"can\xffary").is_err());
+        let cut = c.intern("ggrü".as_bytes()).unwrap();
+        assert_eq!(&*i.resolve(cut), "ggr", "cut at a character boundary");
     }
 }

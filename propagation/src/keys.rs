@@ -80,10 +80,12 @@ impl StageKeys {
     }
 }
 
-/// Remembers classifications for the keys of one request.
+/// Remembers classifications for the keys of one request. Keys come as the bytes they arrived
+/// in: most are outside the configured keys' length range and are never looked at further, not
+/// even checked for UTF-8.
 pub struct KeyCache<'a> {
     keys: &'a StageKeys,
-    seen: HashMap<&'a str, KeyClass, RandomState>,
+    seen: HashMap<&'a [u8], KeyClass, RandomState>,
 }
 
 impl<'a> KeyCache<'a> {
@@ -94,12 +96,19 @@ impl<'a> KeyCache<'a> {
         }
     }
 
-    pub fn classify(&mut self, key: &'a str) -> KeyClass {
+    /// A key that is not UTF-8 is no stage key, nor close to one.
+    pub fn classify(&mut self, key: &'a [u8]) -> KeyClass {
         let keys = self.keys;
         if key.len() < keys.min_len || key.len() > keys.max_len {
             return KeyClass::Unrelated;
         }
-        *self.seen.entry(key).or_insert_with(|| keys.classify(key))
+        *self
+            .seen
+            .entry(key)
+            .or_insert_with(|| match std::str::from_utf8(key) {
+                Ok(k) => keys.classify(k),
+                Err(_) => KeyClass::Unrelated,
+            })
     }
 }
 
@@ -167,9 +176,10 @@ mod tests {
         }
         let mut cache = KeyCache::new(&k);
         for _ in 0..2 {
-            assert_eq!(cache.classify("x-request-id"), KeyClass::Unrelated);
-            assert_eq!(cache.classify("x-release-stag"), KeyClass::NearMiss);
-            assert_eq!(cache.classify("x-release-stage"), KeyClass::Stage(0));
+            assert_eq!(cache.classify(b"x-request-id"), KeyClass::Unrelated);
+            assert_eq!(cache.classify(b"x-release-stag"), KeyClass::NearMiss);
+            assert_eq!(cache.classify(b"x-release-stage"), KeyClass::Stage(0));
+            assert_eq!(cache.classify(b"x-release-stag\xff"), KeyClass::Unrelated);
         }
     }
 }

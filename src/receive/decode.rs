@@ -132,7 +132,7 @@ impl Decoder {
                         trace_id: &span.trace_id,
                         span_id: &span.span_id,
                         parent_span_id: &span.parent_span_id,
-                        name: &span.name,
+                        name: span.name.as_bytes(),
                         kind: span.kind,
                         start_ns: span.start_time_unix_nano,
                         end_ns: span.end_time_unix_nano,
@@ -184,12 +184,12 @@ fn value_of(kv: &KeyValue) -> AttrValue<'_> {
     }
 }
 
-/// The fields of a span that verification reads; `name` is checked UTF-8.
+/// The fields of a span that verification reads; `name` is not yet checked for UTF-8.
 pub struct SpanFields<'a> {
     pub trace_id: &'a [u8],
     pub span_id: &'a [u8],
     pub parent_span_id: &'a [u8],
-    pub name: &'a str,
+    pub name: &'a [u8],
     pub kind: i32,
     pub start_ns: u64,
     pub end_ns: u64,
@@ -224,9 +224,9 @@ impl<'a> Session<'a> {
     fn new(decoder: &'a Decoder, shards: usize) -> Self {
         Session {
             decoder,
-            services: RequestCache::new(&decoder.symbols.services),
-            names: RequestCache::new(&decoder.symbols.names),
-            values: RequestCache::new(&decoder.symbols.values),
+            services: RequestCache::new(&decoder.symbols.services, MAX_SERVICE_LEN),
+            names: RequestCache::new(&decoder.symbols.names, MAX_NAME_LEN),
+            values: RequestCache::new(&decoder.symbols.values, MAX_VALUE_LEN),
             keys: KeyCache::new(&decoder.keys),
             now_ms: decoder.clock.now_ms(),
             shards,
@@ -270,22 +270,17 @@ impl<'a> Session<'a> {
                 };
             }
         }
-        let kept = |v: Option<AttrValue<'a>>| -> wire::Result<Option<&'a str>> {
-            match v {
-                Some(AttrValue::Str(s)) => Ok(Some(wire::utf8(s)?)),
-                _ => Ok(None),
-            }
+        let service = match service {
+            Some(AttrValue::Str(s)) => s,
+            _ => b"unknown_service",
         };
-        let service = self.services.intern(cut(
-            kept(service)
-                .map_err(|e| e.within("AnyValue", "value"))?
-                .unwrap_or("unknown_service"),
-            MAX_SERVICE_LEN,
-        ));
-        let instance_stage = kept(instance)
-            .map_err(|e| e.within("AnyValue", "value"))?
-            .filter(|s| !s.is_empty())
-            .map(|s| self.values.intern(cut(s, MAX_VALUE_LEN)));
+        let service = self.services.intern(service).map_err(bad_value)?;
+        let instance_stage = match instance {
+            Some(AttrValue::Str(s)) if !s.is_empty() => {
+                Some(self.values.intern(s).map_err(bad_value)?)
+            }
+            _ => None,
+        };
         if let Some(stage) = instance_stage {
             self.sightings.push((service, stage));
         }
@@ -307,7 +302,9 @@ impl<'a> Session<'a> {
         let (trace_id, ids) = match validate(span) {
             Ok(ids) => ids,
             Err(reason) => {
-                // Its attributes must still be well formed, as in a request decoded whole.
+                // Its name and attributes must still be well formed, as in a request decoded
+                // whole.
+                wire::utf8(span.name).map_err(bad_name)?;
                 for a in attrs {
                     a?;
                 }
@@ -321,7 +318,7 @@ impl<'a> Session<'a> {
             start_ns: span.start_ns,
             end_ns: span.end_ns,
             service: res.service,
-            name: self.names.intern(cut(span.name, MAX_NAME_LEN)),
+            name: self.names.intern(span.name).map_err(bad_name)?,
             stage: None,
             instance_stage: res.instance_stage,
             near_miss_key: None,
@@ -346,7 +343,7 @@ impl<'a> Session<'a> {
         rec: &mut SpanRecord,
     ) -> wire::Result<()> {
         let mut best_stage: Option<(usize, &'a [u8])> = None;
-        let mut near_miss: Option<(&'a str, &'a [u8])> = None;
+        let mut near_miss: Option<(&'a [u8], &'a [u8])> = None;
         let mut peer_service = None;
         let mut server_address = None;
         for attr in attrs {
@@ -358,47 +355,48 @@ impl<'a> Session<'a> {
             match key {
                 b"peer.service" => peer_service = value,
                 b"server.address" => server_address = value,
-                key => {
-                    // A key that is not UTF-8 is no stage key, nor close to one.
-                    let Ok(key) = std::str::from_utf8(key) else {
-                        continue;
-                    };
-                    match self.keys.classify(key) {
-                        KeyClass::Stage(i) if best_stage.is_none_or(|(b, _)| i < b) => {
-                            if let Some(v) = value.filter(|v| !v.is_empty()) {
-                                best_stage = Some((i, v));
-                            }
+                key => match self.keys.classify(key) {
+                    KeyClass::Stage(i) if best_stage.is_none_or(|(b, _)| i < b) => {
+                        if let Some(v) = value.filter(|v| !v.is_empty()) {
+                            best_stage = Some((i, v));
                         }
-                        KeyClass::NearMiss if near_miss.is_none() => {
-                            if let Some(v) = value.filter(|v| !v.is_empty()) {
-                                near_miss = Some((key, v));
-                            }
-                        }
-                        _ => {}
                     }
-                }
+                    KeyClass::NearMiss if near_miss.is_none() => {
+                        if let Some(v) = value.filter(|v| !v.is_empty()) {
+                            near_miss = Some((key, v));
+                        }
+                    }
+                    _ => {}
+                },
             }
         }
-        let value = |v: &'a [u8]| {
-            wire::utf8(v).map_err(|e| wire::WireError::from(e).within("AnyValue", "value"))
-        };
         rec.stage = match best_stage {
-            Some((_, v)) => Some(self.values.intern(cut(value(v)?, MAX_VALUE_LEN))),
+            Some((_, v)) => Some(self.values.intern(v).map_err(bad_value)?),
             None => None,
         };
         if rec.stage.is_none()
             && let Some((k, v)) = near_miss
         {
-            rec.near_miss_key = Some(self.values.intern(cut(k, MAX_VALUE_LEN)));
-            rec.near_miss_value = Some(self.values.intern(cut(value(v)?, MAX_VALUE_LEN)));
+            rec.near_miss_key = Some(self.values.intern(k).map_err(bad_value)?);
+            rec.near_miss_value = Some(self.values.intern(v).map_err(bad_value)?);
         }
         if rec.kind.is_outgoing()
             && let Some(p) = peer_service.or(server_address).filter(|p| !p.is_empty())
         {
-            rec.peer = Some(self.values.intern(cut(value(p)?, MAX_VALUE_LEN)));
+            rec.peer = Some(self.values.intern(p).map_err(bad_value)?);
         }
         Ok(())
     }
+}
+
+/// A used attribute value that is not UTF-8, as prost words it.
+fn bad_value(_: std::str::Utf8Error) -> wire::WireError {
+    wire::WireError::from(wire::Problem::Utf8).within("AnyValue", "value")
+}
+
+/// A span name that is not UTF-8, as prost words it.
+fn bad_name<E>(_: E) -> wire::WireError {
+    wire::WireError::from(wire::Problem::Utf8).within("Span", "name")
 }
 
 impl Decoded {
@@ -455,18 +453,6 @@ fn validate(span: &SpanFields<'_>) -> Result<(TraceId, (SpanId, Option<SpanId>))
         return Err(Reject::OwnParent);
     }
     Ok((trace_id, (span_id, parent)))
-}
-
-/// `s` cut to at most `max` bytes, at a character boundary.
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 
 use super::wire::{
     self, Cursor, Problem, Schema, Segments, WireError, WireType, check, check_field, each_field,
-    each_field_of, expect, nested, utf8,
+    each_field_of, expect, nested,
 };
 use super::{Attr, AttrValue, ResourceInfo, Session, SpanFields};
 
@@ -137,7 +137,7 @@ fn span<'a>(
         trace_id: &[],
         span_id: &[],
         parent_span_id: &[],
-        name: "",
+        name: &[],
         kind: 0,
         start_ns: 0,
         end_ns: 0,
@@ -154,9 +154,7 @@ fn span<'a>(
                 bytes_field(w, c).map_err(at(M, "trace_state"))?;
             }
             4 => f.parent_span_id = bytes_field(w, c).map_err(at(M, "parent_span_id"))?,
-            5 => {
-                f.name = bytes_field(w, c).and_then(utf8).map_err(at(M, "name"))?;
-            }
+            5 => f.name = bytes_field(w, c).map_err(at(M, "name"))?,
             6 => {
                 expect(w, Varint).map_err(at(M, "kind"))?;
                 f.kind = c.varint().map_err(at(M, "kind"))? as i32;
@@ -241,6 +239,9 @@ fn status_code(bytes: &[u8], depth: u32) -> wire::Result<Option<i32>> {
 /// A `KeyValue`: its key's bytes (not checked for UTF-8 until used) and what its value is.
 fn key_value(bytes: &[u8], depth: u32) -> wire::Result<Attr<'_>> {
     const M: &str = "KeyValue";
+    if let Some(attr) = plain_key_value(bytes, depth) {
+        return Ok(attr);
+    }
     let mut key: &[u8] = &[];
     let mut value = Segments::default();
     let mut value_depth = depth;
@@ -258,6 +259,34 @@ fn key_value(bytes: &[u8], depth: u32) -> wire::Result<Attr<'_>> {
     })?;
     let value = any_value(&value, value_depth).map_err(|e| e.within(M, "value"))?;
     Ok((key, value))
+}
+
+/// The encoding nearly every SDK writes: the key, then a value holding one string or bool, each
+/// once. Read straight through; anything else (`None`) takes the general walk, which also finds
+/// what is malformed.
+#[inline]
+fn plain_key_value(bytes: &[u8], depth: u32) -> Option<Attr<'_>> {
+    if depth == 0 {
+        return None;
+    }
+    let mut c = Cursor::new(bytes);
+    if c.key().ok()? != (1, LengthDelimited) {
+        return None;
+    }
+    let key = c.delimited().ok()?;
+    if c.key().ok()? != (2, LengthDelimited) {
+        return None;
+    }
+    let mut v = Cursor::new(c.delimited().ok()?);
+    if !c.is_empty() {
+        return None;
+    }
+    let value = match v.key().ok()? {
+        (1, LengthDelimited) => AttrValue::Str(v.delimited().ok()?),
+        (2, Varint) => AttrValue::Bool(v.varint().ok()? != 0),
+        _ => return None,
+    };
+    v.is_empty().then_some((key, value))
 }
 
 /// What an `AnyValue` holds, its occurrences merged: the last variant set wins, and an array

@@ -115,15 +115,26 @@ impl<'a> Cursor<'a> {
         self.buf.is_empty()
     }
 
-    #[inline]
+    /// Most varints in OTLP (keys, lengths, enums) are one or two bytes: those are read inline,
+    /// the rest out of line.
+    #[inline(always)]
     pub fn varint(&mut self) -> std::result::Result<u64, Problem> {
-        let b = self.buf;
-        if let Some(&first) = b.first()
-            && first < 0x80
-        {
-            self.buf = &b[1..];
-            return Ok(u64::from(first));
+        match *self.buf {
+            [a, ref rest @ ..] if a < 0x80 => {
+                self.buf = rest;
+                Ok(u64::from(a))
+            }
+            [a, b, ref rest @ ..] if b < 0x80 => {
+                self.buf = rest;
+                Ok(u64::from(a & 0x7f) | (u64::from(b) << 7))
+            }
+            _ => self.varint_long(),
         }
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self) -> std::result::Result<u64, Problem> {
+        let b = self.buf;
         let mut value = 0u64;
         for (i, &byte) in b.iter().take(10).enumerate() {
             if i == 9 && byte > 1 {
@@ -139,7 +150,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A field's key: its number and wire type.
-    #[inline]
+    #[inline(always)]
     pub fn key(&mut self) -> std::result::Result<(u32, WireType), Problem> {
         let key = self.varint()?;
         if key > u64::from(u32::MAX) {
