@@ -315,14 +315,6 @@ fn http_router(
         .layer(axum::middleware::from_fn_with_state(read, require_reader))
 }
 
-/// HTTP/2 flow control and framing for OTLP/gRPC. h2's defaults (64 KiB windows, 16 KiB frames)
-/// make a sender of a 200 KB export wait for window updates several times per request and cut it
-/// into a dozen frames, each a wakeup; these let a typical export arrive in one go. What a
-/// connection can buffer stays bounded by the connection window.
-const GRPC_STREAM_WINDOW: u32 = 1 << 20;
-const GRPC_CONNECTION_WINDOW: u32 = 4 << 20;
-const GRPC_MAX_FRAME: u32 = 256 << 10;
-
 /// The receivers' token checks; the default lets everything through.
 #[derive(Clone, Default)]
 pub struct ReceiverGuards {
@@ -350,9 +342,6 @@ pub fn serve_receivers(
     // Layers added later sit inside: a request without its token is refused before it waits for
     // a slot; the status mapping sees the read timeout's answer.
     let grpc = tonic::transport::Server::builder()
-        .initial_stream_window_size(Some(GRPC_STREAM_WINDOW))
-        .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
-        .max_frame_size(Some(GRPC_MAX_FRAME))
         .layer(GrpcGuardLayer {
             ingest_prefix: receive::grpc::SERVICE_PREFIX,
             ingest: guards.grpc_ingest.clone(),
