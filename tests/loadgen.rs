@@ -21,6 +21,7 @@ async fn run(wire: Wire, gzip: bool, seed: u64) {
         duration: None,
         requests: Some(12),
         fault_rate: 0.25,
+        fault_kinds: Vec::new(),
         seed,
         templates: 4,
         gzip,

@@ -633,6 +633,7 @@ async fn the_load_generator_sends_over_tls_with_a_token() {
         duration: None,
         requests: Some(6),
         fault_rate: 0.0,
+        fault_kinds: Vec::new(),
         seed: 3,
         templates: 2,
         gzip: false,

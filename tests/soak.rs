@@ -34,6 +34,7 @@ async fn steady_traffic_keeps_memory_flat() {
         duration: Some(grayscope::config::Dur(Duration::from_secs(SECONDS))),
         requests: None,
         fault_rate: 0.01,
+        fault_kinds: Vec::new(),
         seed: 5,
         templates: 16,
         gzip: false,

@@ -50,6 +50,9 @@ pub struct LoadgenArgs {
     /// Share of traces that carry one injected fault
     #[arg(long, default_value_t = 0.01, value_name = "RATIO")]
     pub fault_rate: f64,
+    /// Inject only these kinds of fault [default: all]
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "KIND")]
+    pub fault_kinds: Vec<traffic::Fault>,
     /// Seed for the traffic (the same seed sends the same faults)
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -121,7 +124,7 @@ pub async fn generate(args: LoadgenArgs) -> anyhow::Result<Summary> {
             .map(|_| {
                 Template::build(
                     args.spans_per_request,
-                    args.fault_rate,
+                    (args.fault_rate, &args.fault_kinds),
                     args.protocol,
                     &mut rng,
                 )

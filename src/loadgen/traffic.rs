@@ -35,7 +35,7 @@ pub fn kv(key: &str, value: &str) -> KeyValue {
 }
 
 /// The bugs the generator injects; each is one real propagation bug on one hop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Fault {
     /// payments did not extract the baggage.
@@ -117,15 +117,22 @@ pub struct Template {
 }
 
 impl Template {
-    /// A request of about `spans` spans (whole traces), with faults drawn from `rng`.
-    pub fn build(spans: usize, fault_rate: f64, wire: Wire, rng: &mut SmallRng) -> Template {
+    /// A request of about `spans` spans (whole traces), with faults of `kinds` (all if empty)
+    /// drawn from `rng`.
+    pub fn build(
+        spans: usize,
+        (fault_rate, kinds): (f64, &[Fault]),
+        wire: Wire,
+        rng: &mut SmallRng,
+    ) -> Template {
+        let kinds = if kinds.is_empty() { &Fault::ALL[..] } else { kinds };
         let traces = spans.div_ceil(SPANS_PER_TRACE).max(1);
         let mut by_instance: HashMap<usize, Vec<Span>> = HashMap::new();
         let mut slots = Vec::new();
         let mut total = 0;
         for _ in 0..traces {
             let fault = (rng.random::<f64>() < fault_rate)
-                .then(|| Fault::ALL[rng.random_range(0..Fault::ALL.len())]);
+                .then(|| kinds[rng.random_range(0..kinds.len())]);
             let stage = if fault.is_some() || rng.random::<f64>() < 0.3 {
                 "canary"
             } else {

@@ -381,7 +381,7 @@ fn in_place_decoding_gives_the_records_of_prost_on_generated_traffic() {
     let dec = decoder();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(9);
     for spans in [9, 100, 1000] {
-        let t = crate::loadgen::traffic::Template::build(spans, 0.5, Wire::Grpc, &mut rng);
+        let t = crate::loadgen::traffic::Template::build(spans, (0.5, &[]), Wire::Grpc, &mut rng);
         for n in 0..3 {
             let d = both_ways(&dec, &t.instance(1, n, None)).unwrap();
             assert!(d.accepted >= spans, "{}", d.accepted);
