@@ -195,33 +195,28 @@ echo
 echo "| protocol | spans/req | clients | collector | spans/s | p50 ms | p99 ms | CPU s per 1M spans | peak RSS MiB | refused |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
 awk '{ printf "| %s | %s | %s | %s | %d | %s | %s | %s | %s | %s |\n", $2, $3, $4, $1, $5, $6, $7, $8, $9, $10 }' "$results"
+# Ratios of collector $1 to collector $2, row by row.
+ratios() {
+    awk -v a="$1" -v b="$2" '
+        $1 == a { k = $2 " " $3 " " $4; at[k] = $5; ac[k] = $8; order[++n] = k }
+        $1 == b { k = $2 " " $3 " " $4; bt[k] = $5; bc[k] = $8 }
+        END {
+            for (i = 1; i <= n; i++) {
+                k = order[i]; split(k, f, " ")
+                if (bt[k] > 0 && bc[k] > 0)
+                    printf "| %s | %s | %s | %.2f | %.2f |\n", f[1], f[2], f[3], at[k] / bt[k], ac[k] / bc[k]
+            }
+        }' "$results"
+}
 if grep -q '^rotel ' "$results"; then
-echo
-echo "| protocol | spans/req | clients | spans/s grayscope/rotel (>= 1) | CPU per span grayscope/rotel (<= 1) |"
-echo "|---|---|---|---|---|"
-awk '
-    $1 == "grayscope" { k = $2 " " $3 " " $4; gt[k] = $5; gc[k] = $8; order[++n] = k }
-    $1 == "rotel"     { k = $2 " " $3 " " $4; rt[k] = $5; rc[k] = $8 }
-    END {
-        for (i = 1; i <= n; i++) {
-            k = order[i]; split(k, f, " ")
-            if (rt[k] > 0 && rc[k] > 0)
-                printf "| %s | %s | %s | %.2f | %.2f |\n", f[1], f[2], f[3], gt[k] / rt[k], gc[k] / rc[k]
-        }
-    }' "$results"
+    echo
+    echo "| protocol | spans/req | clients | spans/s grayscope/rotel (>= 1) | CPU per span grayscope/rotel (<= 1) |"
+    echo "|---|---|---|---|---|"
+    ratios grayscope rotel
 fi
 if grep -q '^grayscope-tls ' "$results"; then
     echo
     echo "| protocol | spans/req | clients | spans/s TLS+tokens/plain | CPU per span TLS+tokens/plain |"
     echo "|---|---|---|---|---|"
-    awk '
-        $1 == "grayscope"     { k = $2 " " $3 " " $4; pt[k] = $5; pc[k] = $8; order[++n] = k }
-        $1 == "grayscope-tls" { k = $2 " " $3 " " $4; tt[k] = $5; tc[k] = $8 }
-        END {
-            for (i = 1; i <= n; i++) {
-                k = order[i]; split(k, f, " ")
-                if (pt[k] > 0 && pc[k] > 0)
-                    printf "| %s | %s | %s | %.2f | %.2f |\n", f[1], f[2], f[3], tt[k] / pt[k], tc[k] / pc[k]
-            }
-        }' "$results"
+    ratios grayscope-tls grayscope
 fi

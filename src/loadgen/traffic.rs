@@ -125,14 +125,18 @@ impl Template {
         wire: Wire,
         rng: &mut SmallRng,
     ) -> Template {
-        let kinds = if kinds.is_empty() { &Fault::ALL[..] } else { kinds };
+        let kinds = if kinds.is_empty() {
+            &Fault::ALL[..]
+        } else {
+            kinds
+        };
         let traces = spans.div_ceil(SPANS_PER_TRACE).max(1);
         let mut by_instance: HashMap<usize, Vec<Span>> = HashMap::new();
         let mut slots = Vec::new();
         let mut total = 0;
         for _ in 0..traces {
-            let fault = (rng.random::<f64>() < fault_rate)
-                .then(|| kinds[rng.random_range(0..kinds.len())]);
+            let fault =
+                (rng.random::<f64>() < fault_rate).then(|| kinds[rng.random_range(0..kinds.len())]);
             let stage = if fault.is_some() || rng.random::<f64>() < 0.3 {
                 "canary"
             } else {
