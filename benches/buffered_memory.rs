@@ -73,7 +73,7 @@ fn main() {
     );
     let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
     let templates: Vec<Template> = (0..16)
-        .map(|_| Template::build(1000, 0.01, Wire::Http, &mut rng))
+        .map(|_| Template::build(1000, (0.01, &[]), Wire::Http, &mut rng))
         .collect();
     let requests = spans.div_ceil(templates[0].spans);
     let bodies: Vec<Vec<u8>> = (0..requests as u64)

@@ -37,7 +37,7 @@ fn main() {
     );
     let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
     let templates: Vec<Template> = (0..16)
-        .map(|_| Template::build(999, 1.0, Wire::Http, &mut rng))
+        .map(|_| Template::build(999, (1.0, &[]), Wire::Http, &mut rng))
         .collect();
     let per_request = templates[0].spans / 9;
     let mut asm = Assembler::new(

@@ -45,7 +45,7 @@ fn main() -> std::io::Result<()> {
     }
     let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
     for i in 0..8u64 {
-        let t = Template::build(27, 0.5, Wire::Http, &mut rng);
+        let t = Template::build(27, (0.5, &[]), Wire::Http, &mut rng);
         let req = ExportTraceServiceRequest::decode(&t.instance(1, i, None)[..])
             .expect("the load generator's requests decode");
         write(format!("loadgen-{i}"), &req)?;

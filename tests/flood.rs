@@ -125,7 +125,7 @@ async fn a_flood_is_refused_not_absorbed_and_every_span_is_accounted_for() {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
     let templates: Arc<Vec<Template>> = Arc::new(
         (0..8)
-            .map(|_| Template::build(990, 0.05, Wire::Http, &mut rng))
+            .map(|_| Template::build(990, (0.05, &[]), Wire::Http, &mut rng))
             .collect(),
     );
     let accepted = Arc::new(AtomicU64::new(0));

@@ -362,7 +362,7 @@ fn a_store_that_fails_for_good_refuses_senders_and_sigterm_reports_what_was_lost
     // Traces with findings, whose spans are stored: the file grows until it cannot.
     let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
     let templates: Vec<Template> = (0..4)
-        .map(|_| Template::build(500, 0.5, Wire::Http, &mut rng))
+        .map(|_| Template::build(500, (0.5, &[]), Wire::Http, &mut rng))
         .collect();
     let client = RawClient::new(Wire::Http, s.served.http);
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -2,6 +2,8 @@
 //! validation, assembly with a tight memory bound (so early finalisation and tombstones run too),
 //! verification, the verdict counters, the explanation of every finding, and a stored trace's
 //! encoding and decoding.
+// Each fuzz target includes this module and uses one of its entry points.
+#![allow(dead_code)]
 
 use std::sync::Arc;
 
