@@ -3,59 +3,17 @@ package grayetcd
 import (
 	"context"
 	"net"
-	"net/url"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	grayscope "github.com/grayscope/grayscope/sdk/go"
+	"github.com/grayscope/grayscope/sdk/go/internal/etcdtest"
 )
-
-// startEtcd runs a real, embedded single-node etcd on 127.0.0.1 ports the OS chose.
-func startEtcd(t *testing.T) *clientv3.Client {
-	t.Helper()
-	cfg := embed.NewConfig()
-	cfg.Dir = t.TempDir()
-	cfg.LogLevel = "error"
-	peer, client := listen(t), listen(t)
-	cfg.ListenPeerUrls = []url.URL{peer}
-	cfg.AdvertisePeerUrls = []url.URL{peer}
-	cfg.ListenClientUrls = []url.URL{client}
-	cfg.AdvertiseClientUrls = []url.URL{client}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(20 * time.Second):
-		t.Fatal("etcd did not start")
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{client.Host}, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
-}
-
-// listen reserves a 127.0.0.1 port chosen by the OS for etcd, which takes URLs, not listeners.
-func listen(t *testing.T) url.URL {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return url.URL{Scheme: "http", Host: l.Addr().String()}
-}
 
 type counting struct {
 	healthpb.UnimplementedHealthServer
@@ -112,7 +70,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 }
 
 func TestTheWatchRoutesCanaryCallsToACanaryRegisteredLater(t *testing.T) {
-	cli := startEtcd(t)
+	cli := etcdtest.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	stable, stableAddr := serve(t)
