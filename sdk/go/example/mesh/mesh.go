@@ -149,12 +149,18 @@ func (m *Mesh) provider(ctx context.Context, cfg Config, service, stage string) 
 	return tp, nil
 }
 
-// grpcService serves one method; it returns the address.
+// grpcService is a service instance that serves one method and calls nothing; it returns its
+// address.
 func (m *Mesh) grpcService(ctx context.Context, cfg Config, name, stage, service, method string, h handler) (string, error) {
 	tp, err := m.provider(ctx, cfg, name, stage)
 	if err != nil {
 		return "", err
 	}
+	return m.serveGRPC(tp, serviceDesc(service, method, h))
+}
+
+// serveGRPC serves desc, instrumented, and returns the address.
+func (m *Mesh) serveGRPC(tp *sdktrace.TracerProvider, desc *grpc.ServiceDesc) (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err
@@ -163,7 +169,7 @@ func (m *Mesh) grpcService(ctx context.Context, cfg Config, name, stage, service
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(traceContextOnly))),
 		grpc.UnaryInterceptor(grayscope.UnaryServerInterceptor()),
 	)
-	s.RegisterService(serviceDesc(service, method, h), nil)
+	s.RegisterService(desc, nil)
 	go func() { _ = s.Serve(l) }()
 	m.stops = append(m.stops, func(context.Context) error { s.Stop(); return nil })
 	return l.Addr().String(), nil
@@ -199,19 +205,12 @@ func (m *Mesh) orders(ctx, regCtx context.Context, cfg Config, stage, payments s
 		return "placed", err
 	}
 	// orders' server shares its instance's tracer provider with its client.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := m.serveGRPC(tp, serviceDesc("grayscope.example.Orders", "Place", place))
 	if err != nil {
 		return err
 	}
-	s := grpc.NewServer(
-		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(traceContextOnly))),
-		grpc.UnaryInterceptor(grayscope.UnaryServerInterceptor()),
-	)
-	s.RegisterService(serviceDesc("grayscope.example.Orders", "Place", place), nil)
-	go func() { _ = s.Serve(l) }()
-	m.stops = append(m.stops, func(context.Context) error { s.Stop(); return nil })
 	return grayetcd.Register(regCtx, cfg.Etcd, "orders", "orders-"+stage,
-		grayetcd.Instance{Addr: l.Addr().String(), Stage: stage}, 5)
+		grayetcd.Instance{Addr: addr, Stage: stage}, 5)
 }
 
 // users serves GET /me over HTTP and calls orders by stage; it returns its base URL.
