@@ -189,7 +189,7 @@ impl<'a> RequestCache<'a> {
 }
 
 /// `s` cut to at most `max` bytes, at a character boundary.
-pub fn cut(s: &str, max: usize) -> &str {
+fn cut(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

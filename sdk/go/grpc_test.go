@@ -2,13 +2,14 @@ package grayscope
 
 import (
 	"context"
-	"net"
 	"testing"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/grayscope/grayscope/sdk/go/internal/grpctest"
 )
 
 // recorder is a health server that remembers what its handler's context said.
@@ -38,15 +39,7 @@ func (r *recorder) Watch(_ *healthpb.HealthCheckRequest, s grpc.ServerStreamingS
 
 func serve(t *testing.T, impl healthpb.HealthServer, opts ...Option) string {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := grpc.NewServer(grpc.UnaryInterceptor(UnaryServerInterceptor(opts...)), grpc.StreamInterceptor(StreamServerInterceptor(opts...)))
-	healthpb.RegisterHealthServer(s, impl)
-	go func() { _ = s.Serve(lis) }()
-	t.Cleanup(s.Stop)
-	return lis.Addr().String()
+	return grpctest.Serve(t, impl, grpc.UnaryInterceptor(UnaryServerInterceptor(opts...)), grpc.StreamInterceptor(StreamServerInterceptor(opts...)))
 }
 
 func dial(t *testing.T, addr string, opts ...grpc.DialOption) healthpb.HealthClient {

@@ -3,7 +3,6 @@ package grayscope
 import (
 	"context"
 	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,32 +11,24 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
+
+	"github.com/grayscope/grayscope/sdk/go/internal/grpctest"
 )
-
-type counting struct {
-	healthpb.UnimplementedHealthServer
-	calls atomic.Int64
-}
-
-func (c *counting) Check(context.Context, *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
-	c.calls.Add(1)
-	return &healthpb.HealthCheckResponse{}, nil
-}
 
 // instance is one serving endpoint, labelled with its stage.
 type instance struct {
-	*counting
+	*grpctest.Counting
 	addr resolver.Address
 }
 
 func start(t *testing.T, stage string) instance {
-	c := &counting{}
+	c := &grpctest.Counting{}
 	return instance{c, WithEndpointStage(resolver.Address{Addr: serve(t, c)}, stage)}
 }
 
 func calls(is ...instance) (n []int64) {
 	for _, i := range is {
-		n = append(n, i.calls.Load())
+		n = append(n, i.Calls.Load())
 	}
 	return n
 }
@@ -76,7 +67,7 @@ func TestTheBalancerRoutesByStageAndFallsBackOnlyWhenNoneIsListed(t *testing.T) 
 	for time.Now().Before(deadline) {
 		must("canary", 1)
 		must(StableStage, 2)
-		if a.calls.Load() > 0 && b.calls.Load() > 0 {
+		if a.Calls.Load() > 0 && b.Calls.Load() > 0 {
 			break
 		}
 	}

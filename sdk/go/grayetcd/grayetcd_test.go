@@ -2,8 +2,6 @@ package grayetcd
 
 import (
 	"context"
-	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,29 +11,12 @@ import (
 
 	grayscope "github.com/grayscope/grayscope/sdk/go"
 	"github.com/grayscope/grayscope/sdk/go/internal/etcdtest"
+	"github.com/grayscope/grayscope/sdk/go/internal/grpctest"
 )
 
-type counting struct {
-	healthpb.UnimplementedHealthServer
-	calls atomic.Int64
-}
-
-func (c *counting) Check(context.Context, *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
-	c.calls.Add(1)
-	return &healthpb.HealthCheckResponse{}, nil
-}
-
-func serve(t *testing.T) (*counting, string) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &counting{}
-	s := grpc.NewServer()
-	healthpb.RegisterHealthServer(s, c)
-	go func() { _ = s.Serve(l) }()
-	t.Cleanup(s.Stop)
-	return c, l.Addr().String()
+func serve(t *testing.T) (*grpctest.Counting, string) {
+	c := &grpctest.Counting{}
+	return c, grpctest.Serve(t, c)
 }
 
 func client(t *testing.T, b *Builder) healthpb.HealthClient {
@@ -82,8 +63,8 @@ func TestTheWatchRoutesCanaryCallsToACanaryRegisteredLater(t *testing.T) {
 	stale := client(t, NewBuilder(cli, WithoutWatch()))
 	canaryCall(t, watched) // no canary yet: stable serves it
 	canaryCall(t, stale)
-	if stable.calls.Load() != 2 || canary.calls.Load() != 0 {
-		t.Fatalf("before the canary: stable %d, canary %d", stable.calls.Load(), canary.calls.Load())
+	if stable.Calls.Load() != 2 || canary.Calls.Load() != 0 {
+		t.Fatalf("before the canary: stable %d, canary %d", stable.Calls.Load(), canary.Calls.Load())
 	}
 
 	canaryCtx, stopCanary := context.WithCancel(ctx)
@@ -92,15 +73,15 @@ func TestTheWatchRoutesCanaryCallsToACanaryRegisteredLater(t *testing.T) {
 	}
 	eventually(t, "the canary registered after start never got a canary call", func() bool {
 		canaryCall(t, watched)
-		return canary.calls.Load() > 0
+		return canary.Calls.Load() > 0
 	})
 
 	// The unwatched cache never learns of it: its canary calls keep going to stable.
-	before := canary.calls.Load()
+	before := canary.Calls.Load()
 	for range 20 {
 		canaryCall(t, stale)
 	}
-	if canary.calls.Load() != before {
+	if canary.Calls.Load() != before {
 		t.Fatal("the unwatched resolver saw the new canary")
 	}
 
@@ -110,8 +91,8 @@ func TestTheWatchRoutesCanaryCallsToACanaryRegisteredLater(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "canary calls did not fall back after the canary left", func() bool {
-		s := stable.calls.Load()
+		s := stable.Calls.Load()
 		canaryCall(t, watched)
-		return stable.calls.Load() > s
+		return stable.Calls.Load() > s
 	})
 }
