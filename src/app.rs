@@ -23,6 +23,7 @@ use crate::config::{Data, ServeConfig};
 use crate::demo;
 use crate::instances::{Clock, Instances};
 use crate::intern::{SymbolLimits, Symbols};
+use crate::join::{JoinConfig, JoinMetrics, Joins};
 use crate::listen::{self, Accept, ListenMetrics};
 use crate::membership::Membership;
 use crate::read::Reader;
@@ -103,6 +104,7 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
     let policy = Arc::new(Policy::new(
         &cfg.verify.allowed_stages,
         &cfg.verify.exempt_roots,
+        &cfg.verify.destination_policies,
         &symbols,
     ));
     let declared = cfg
@@ -113,6 +115,11 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
     let instances = Arc::new(Instances::new(
         declared,
         cfg.instance_ttl.0.as_millis() as u64,
+    ));
+    let joins = Arc::new(Joins::new(
+        JoinConfig::new(cfg.link_wait.0, cfg.max_link_producers, cfg.max_link_waits),
+        policy.clone(),
+        instances.clone(),
     ));
     let aggregate = Arc::new(Aggregate::new(
         symbols.clone(),
@@ -160,6 +167,7 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
     crate::intern::register_metrics(&symbols, &mut registry);
     crate::aggregate::register_metrics(&aggregate, &mut registry);
     crate::store::register_metrics(&store, &mut registry);
+    JoinMetrics::register(&joins, &mut registry);
     budget.register_metrics(&mut registry);
     let telemetry = Arc::new(Telemetry::new(registry));
     let (shards, workers) = Shards::spawn(WorkerSetup {
@@ -171,6 +179,7 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
             cfg.workers,
             cfg.sample_clean,
         ),
+        joins: joins.clone(),
         policy,
         instances: instances.clone(),
         aggregate: aggregate.clone(),

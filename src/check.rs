@@ -15,7 +15,9 @@ use crate::assemble::{Assembler, AssemblerConfig};
 use crate::config::VerifyArgs;
 use crate::instances::{Clock, Instances};
 use crate::intern::{SymbolLimits, Symbols};
+use crate::join::{JoinConfig, Joins};
 use crate::receive::Decoder;
+use crate::verify::messaging::Unresolved;
 use crate::verify::{Finding, Policy};
 use crate::view::FindingView;
 
@@ -99,15 +101,14 @@ pub fn check(files: &[PathBuf], verify: crate::config::VerifyConfig) -> Result<R
         &verify.stage_keys,
         &verify.instance_stage_key,
     );
-    let mut asm = Assembler::new(
-        AssemblerConfig::offline(),
-        Arc::new(Policy::new(
-            &verify.allowed_stages,
-            &verify.exempt_roots,
-            &symbols,
-        )),
-        instances,
-    );
+    let policy = Arc::new(Policy::new(
+        &verify.allowed_stages,
+        &verify.exempt_roots,
+        &verify.destination_policies,
+        &symbols,
+    ));
+    let joins = Joins::new(JoinConfig::offline(), policy.clone(), instances.clone());
+    let mut asm = Assembler::new(AssemblerConfig::offline(), policy, instances);
     let mut out = Vec::new();
     let mut spans = 0;
     for path in files {
@@ -126,7 +127,15 @@ pub fn check(files: &[PathBuf], verify: crate::config::VerifyConfig) -> Result<R
         }
     }
     asm.drain(clock.now_ms(), crate::wall_ms(), &mut out);
-    let traces = out.len();
+    let traces = out.iter().filter(|f| !f.outcome.joined).count();
+    // Every producer span is in: a link to one that is not will not be followed.
+    joins.absorb(&mut out, clock.now_ms(), crate::wall_ms());
+    joins.drain(
+        Unresolved::Expired,
+        clock.now_ms(),
+        crate::wall_ms(),
+        &mut out,
+    );
     let mut findings: Vec<Finding> = out.into_iter().flat_map(|f| f.outcome.findings).collect();
     findings.sort_by_key(|f| (f.trace_id, !f.first_break, f.callee.start_ns));
     Ok(Report {

@@ -70,6 +70,8 @@ pub mod store;
 pub mod view;
 // Totals, recently finalised traces, the feed of new findings, the service graph, verdict metrics.
 pub mod aggregate;
+// Messaging hops across traces: consumer spans joined to the producer spans they link to.
+pub mod join;
 // A worker's traces, each a petgraph call graph; idle and memory-bound finalisation.
 pub mod assemble;
 // Pure verdict logic (no I/O): the verdict table of the README.

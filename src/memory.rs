@@ -99,6 +99,12 @@ impl Budget {
                     "--max-buffered-spans / 8, at least 4,096 per worker",
                 ),
                 part(
+                    "links",
+                    n(cfg.max_link_producers) * n(crate::join::PRODUCER_BYTES)
+                        + n(cfg.max_link_waits) * n(crate::join::WAITING_LINK_BYTES),
+                    "--max-link-producers, --max-link-waits",
+                ),
+                part(
                     "store_queue",
                     n(cfg.store_queue_spans) * FINALISED_SPAN,
                     "--store-queue-spans",

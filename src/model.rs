@@ -7,7 +7,7 @@
 use std::fmt;
 use std::num::{NonZeroU32, NonZeroU64};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A 16-byte W3C trace id. Never all zeroes (rejected at decode).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -198,10 +198,131 @@ pub struct SpanRecord {
     pub probe: bool,
 }
 
+/// The kind of messaging operation a span records (`messaging.operation.type`, or the older
+/// `messaging.operation`), as the OpenTelemetry messaging conventions name them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum MessagingOp {
+    #[default]
+    Unknown,
+    Create,
+    /// `send`, and `publish` before semantic conventions v1.26.
+    Send,
+    Receive,
+    /// `process`, and `deliver` before semantic conventions v1.26.
+    Process,
+    Settle,
+}
+
+impl MessagingOp {
+    pub fn parse(v: &[u8]) -> Self {
+        match v {
+            b"create" => MessagingOp::Create,
+            b"send" | b"publish" => MessagingOp::Send,
+            b"receive" => MessagingOp::Receive,
+            b"process" | b"deliver" => MessagingOp::Process,
+            b"settle" => MessagingOp::Settle,
+            _ => MessagingOp::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessagingOp::Unknown => "unknown",
+            MessagingOp::Create => "create",
+            MessagingOp::Send => "send",
+            MessagingOp::Receive => "receive",
+            MessagingOp::Process => "process",
+            MessagingOp::Settle => "settle",
+        }
+    }
+}
+
+/// Where a message went, from the messaging attributes of the span that sent or handled it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Messaging {
+    /// `messaging.system` (`kafka`, `rabbitmq`, ...).
+    pub system: Option<Sym>,
+    /// `messaging.destination.name` (the queue, topic or exchange).
+    pub destination: Option<Sym>,
+    /// `messaging.consumer.group.name` (a consumer's group or subscription).
+    pub group: Option<Sym>,
+    pub op: MessagingOp,
+}
+
+impl Messaging {
+    pub fn is_empty(&self) -> bool {
+        *self == Messaging::default()
+    }
+}
+
+/// A span link: the context of another span, for a consumer the creation context of a message.
+/// A link carries no baggage, so the stage never travels along one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Link {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// False only when the link's W3C trace flags are known and say the linked span was not
+    /// sampled: then it will never arrive, and nobody should wait for it.
+    pub sampled: bool,
+}
+
+impl Link {
+    /// From OTLP `Span.Link.flags`: bits 0-7 are the W3C trace flags, bit 8 says that the sender
+    /// filled them in. An SDK that predates the field sends 0, which says nothing about sampling.
+    pub fn sampled_from_flags(flags: u32) -> bool {
+        flags == 0 || flags & 1 == 1
+    }
+}
+
+/// Links kept per span; the rest are counted (a batch consumer links once per message, and a
+/// span is untrusted input).
+pub const MAX_LINKS: usize = 128;
+
+/// What the few spans that send or handle messages carry beyond their [`SpanRecord`]; kept apart
+/// so that every other span stays 64 bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpanExtra {
+    pub messaging: Messaging,
+    /// At most [`MAX_LINKS`].
+    pub links: Vec<Link>,
+    /// Links past [`MAX_LINKS`], not kept.
+    pub links_dropped: u32,
+}
+
+/// When a message of one stage may be processed by a consumer instance of another, per
+/// destination (`--destination-policies`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DestinationPolicy {
+    /// Only by a consumer of the message's stage: messages wait for their consumer.
+    Exclusive,
+    /// By another stage's consumer only while the consuming service runs no consumer of the
+    /// message's stage (the gray consumer group is down or not deployed yet).
+    #[default]
+    Fallback,
+    /// Every consumer group gets every message: any stage may process any message.
+    Broadcast,
+}
+
+impl DestinationPolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "exclusive" => Some(DestinationPolicy::Exclusive),
+            "fallback" => Some(DestinationPolicy::Fallback),
+            "broadcast" => Some(DestinationPolicy::Broadcast),
+            _ => None,
+        }
+    }
+}
+
 /// Spans headed for one worker, from one request.
 #[derive(Debug, Default)]
 pub struct SpanBatch {
     pub spans: Vec<(TraceId, SpanRecord)>,
+    /// The messaging attributes and links of those of `spans` that have any, by span.
+    pub extras: Vec<(TraceId, SpanId, SpanExtra)>,
 }
 
 #[cfg(test)]

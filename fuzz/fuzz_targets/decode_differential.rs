@@ -18,6 +18,12 @@ fn records(d: &Decoded) -> Vec<String> {
         .iter()
         .flat_map(|b| b.spans.iter())
         .map(|(t, r)| format!("{t:?} {r:?}"))
+        .chain(
+            d.batches
+                .iter()
+                .flat_map(|b| b.extras.iter())
+                .map(|(t, s, e)| format!("{t:?} {s:?} {e:?}")),
+        )
         .collect()
 }
 

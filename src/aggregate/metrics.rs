@@ -121,6 +121,9 @@ impl VerdictCounters {
         for f in &o.findings {
             self.finding(f);
         }
+        if o.joined {
+            return;
+        }
         let stage = self.stages.of(o.stage);
         let broken = o.is_broken();
         bump(&mut self.traces, (stage, broken), (Lv::Other, broken));

@@ -105,10 +105,12 @@ impl Aggregate {
         for f in batch {
             let o = &f.outcome;
             st.verdicts.count(o);
-            *st.totals
-                .traces
-                .entry((o.stage, o.is_broken()))
-                .or_default() += 1;
+            if !o.joined {
+                *st.totals
+                    .traces
+                    .entry((o.stage, o.is_broken()))
+                    .or_default() += 1;
+            }
             st.totals.spans += o.spans as u64;
             st.totals.findings += o.findings.len() as u64;
             // Nobody watching, nothing copied.

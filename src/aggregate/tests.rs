@@ -26,6 +26,7 @@ fn aggregate(k: &Kit, traces: &[(u128, Vec<SpanRecord>)], cfg: AggregateConfig) 
     for (t, spans) in traces {
         let batch = SpanBatch {
             spans: spans.iter().map(|s| (TraceId(*t), *s)).collect(),
+            ..SpanBatch::default()
         };
         asm.insert(batch, 0, 1_000, &mut out);
     }

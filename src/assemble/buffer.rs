@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use foldhash::fast::RandomState;
 use petgraph::graph::NodeIndex;
 
-use crate::model::{SpanId, SpanRecord, TraceId};
+use crate::model::{SpanExtra, SpanId, SpanRecord, TraceId};
 use crate::verify::{Policy, TraceGraph, judge_edge};
 
 /// Past this many spans (or waiting children), lookups use a hash map.
@@ -26,6 +26,8 @@ pub(super) struct TraceBuffer {
     /// Boxed: only large traces have one, and the buffer of every small trace stays small.
     index: Option<Box<HashMap<SpanId, NodeIndex, RandomState>>>,
     waiting: Waiting,
+    /// Messaging attributes and links of the spans that have them (few do).
+    pub extras: Vec<(NodeIndex, SpanExtra)>,
     pub last_touch_ms: u64,
     /// Matches this trace's newest entry in the assembler's idle queue.
     pub stamp: u32,
@@ -56,6 +58,7 @@ impl TraceBuffer {
             graph: TraceGraph::default(),
             index: None,
             waiting: Waiting::Few(Vec::new()),
+            extras: Vec::new(),
             last_touch_ms: now_ms,
             stamp,
         }
@@ -73,10 +76,27 @@ impl TraceBuffer {
             Waiting::Few(v) => v.capacity() * std::mem::size_of::<(SpanId, NodeIndex)>(),
             Waiting::Many(m) => m.capacity() * 40 + 48,
         };
+        let extras = self.extras.capacity() * std::mem::size_of::<(NodeIndex, SpanExtra)>()
+            + self
+                .extras
+                .iter()
+                .map(|(_, e)| e.links.capacity() * std::mem::size_of::<crate::model::Link>())
+                .sum::<usize>();
         nodes * std::mem::size_of::<petgraph::graph::Node<SpanRecord, u32>>()
             + edges * std::mem::size_of::<petgraph::graph::Edge<crate::verify::Verdict, u32>>()
             + index
             + waiting
+            + extras
+    }
+
+    /// Attaches a span's messaging attributes and links; an exporter's retry of the span brings
+    /// them again and is ignored.
+    pub fn attach(&mut self, span: SpanId, extra: SpanExtra) {
+        if let Some(v) = self.find(span)
+            && !self.extras.iter().any(|(n, _)| *n == v)
+        {
+            self.extras.push((v, extra));
+        }
     }
 
     /// Makes room for exactly `spans` more spans (and their parent edges). Capacity is most of a

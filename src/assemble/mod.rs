@@ -18,8 +18,8 @@ use foldhash::fast::RandomState;
 pub use snapshot::TraceSnapshot;
 
 use crate::instances::Instances;
-use crate::model::{SpanBatch, Sym, TraceId};
-use crate::verify::{self, Policy, TraceOutcome, trace::FinaliseContext};
+use crate::model::{Link, SpanBatch, SpanExtra, SpanRecord, Sym, TraceId};
+use crate::verify::{self, ConsumerHalf, Policy, TraceOutcome, messaging, trace::FinaliseContext};
 use buffer::{Insert, TraceBuffer};
 
 /// Why a trace was finalised.
@@ -135,6 +135,8 @@ pub struct Assembler {
     stats: AssembleStats,
     /// Spans per trace in the batch being inserted (kept to reuse its memory).
     per_trace: HashMap<TraceId, u32, RandomState>,
+    /// Consumer spans of finalised traces, from the batch being inserted.
+    late_consumers: Vec<ConsumerHalf>,
 }
 
 impl Assembler {
@@ -152,6 +154,38 @@ impl Assembler {
             buffered: 0,
             stats: AssembleStats::default(),
             per_trace: HashMap::default(),
+            late_consumers: Vec::new(),
+        }
+    }
+
+    /// A consumer span of a trace finalised before it came: a consumer that lags behind its
+    /// producer by more than `trace_idle` is normal, so its edge from its producer (its parent,
+    /// or its links) is judged through the producers kept for links rather than dropped as late.
+    fn late_consumer(&mut self, trace_id: TraceId, span: SpanRecord, extra: Option<&SpanExtra>) {
+        let m = extra.map(|e| e.messaging).unwrap_or_default();
+        if !messaging::is_consumer(&span, &m) {
+            return;
+        }
+        let mut half = extra
+            .and_then(|e| ConsumerHalf::of(trace_id, &span, e))
+            .unwrap_or(ConsumerHalf {
+                trace_id,
+                span,
+                messaging: m,
+                links: Vec::new(),
+            });
+        if let Some(parent) = span.parent {
+            half.links.insert(
+                0,
+                Link {
+                    trace_id,
+                    span_id: parent,
+                    sampled: true,
+                },
+            );
+        }
+        if !half.links.is_empty() {
+            self.late_consumers.push(half);
         }
     }
 
@@ -193,13 +227,23 @@ impl Assembler {
             *self.per_trace.entry(*t).or_default() += 1;
         }
         let mut last: Option<(TraceId, u32)> = None;
+        // `extras` is in the order of `spans`: this is the next span's, if it has one.
+        let mut next_extra = 0;
         for (trace_id, span) in batch.spans {
+            let extra = match batch.extras.get(next_extra) {
+                Some((t, s, e)) if *t == trace_id && *s == span.span_id => {
+                    next_extra += 1;
+                    Some(e)
+                }
+                _ => None,
+            };
             let slot = match last {
                 Some((t, s)) if t == trace_id => s,
                 _ => match self.slot_for(trace_id, now_ms) {
                     Some(s) => s,
                     None => {
                         self.stats.late += 1;
+                        self.late_consumer(trace_id, span, extra);
                         continue;
                     }
                 },
@@ -222,6 +266,20 @@ impl Assembler {
                 Insert::Duplicate => self.stats.duplicates += 1,
                 Insert::Conflict => self.stats.conflicts += 1,
             }
+        }
+        for (trace_id, span_id, extra) in batch.extras {
+            if let Some(&slot) = self.ids.get(&trace_id)
+                && let Some(buf) = self.slots[slot as usize].as_mut()
+            {
+                buf.attach(span_id, extra);
+            }
+        }
+        if !self.late_consumers.is_empty() {
+            out.push(Finalised {
+                outcome: TraceOutcome::joining(std::mem::take(&mut self.late_consumers), wall_ms),
+                reason: Reason::Idle,
+                snapshot: None,
+            });
         }
         while self.buffered > self.cfg.max_spans {
             match self.pop_oldest() {
@@ -323,7 +381,7 @@ impl Assembler {
             early: reason == Reason::Early,
             unsettled: instances.unsettled(now_ms),
         };
-        let outcome = verify::finalise(buf.trace_id, &mut buf.graph, &cx);
+        let outcome = verify::finalise(buf.trace_id, &mut buf.graph, &buf.extras, &cx);
         let keep = outcome.is_broken()
             || buf.trace_id.sampled(self.cfg.sample_clean)
             || buf.graph.node_weights().any(|s| s.probe);

@@ -22,6 +22,7 @@ fn assembler(max_spans: usize) -> Assembler {
 fn batch(trace: u128, spans: &[SpanRecord]) -> SpanBatch {
     SpanBatch {
         spans: spans.iter().map(|s| (TraceId(trace), *s)).collect(),
+        ..SpanBatch::default()
     }
 }
 

@@ -157,6 +157,17 @@ pub struct ServeArgs {
     /// An instance stage counts as live this long after its last span [default: 15m]
     #[arg(long, env = "GRAYSCOPE_INSTANCE_TTL", value_name = "DURATION")]
     pub instance_ttl: Option<Dur>,
+    /// How long a message's producer span is kept for consumers that link to it, and how long a
+    /// consumer waits for the producer spans it links to (consumers lag) [default: 5m]
+    #[arg(long, env = "GRAYSCOPE_LINK_WAIT", value_name = "DURATION")]
+    pub link_wait: Option<Dur>,
+    /// Producer spans kept for links at most; past it the oldest go, counted [default: 200000]
+    #[arg(long, env = "GRAYSCOPE_MAX_LINK_PRODUCERS", value_name = "N")]
+    pub max_link_producers: Option<usize>,
+    /// Links of waiting consumer spans at most; past it the oldest waits end as unresolved,
+    /// counted [default: 100000]
+    #[arg(long, env = "GRAYSCOPE_MAX_LINK_WAITS", value_name = "N")]
+    pub max_link_waits: Option<usize>,
     /// Address at which the other instances of a cluster reach this one's API (host:port)
     /// [default: the --http address]
     #[arg(long, env = "GRAYSCOPE_ADVERTISE", value_name = "HOST:PORT")]
@@ -228,6 +239,9 @@ pub struct ServeConfig {
     pub trace_idle: Dur,
     pub max_buffered_spans: usize,
     pub instance_ttl: Dur,
+    pub link_wait: Dur,
+    pub max_link_producers: usize,
+    pub max_link_waits: usize,
     pub advertise: String,
     pub heartbeat_interval: Dur,
     pub rebalance_window: Dur,
@@ -322,6 +336,15 @@ impl ServeArgs {
                 a.max_buffered_spans.unwrap_or(2_000_000),
             )?,
             instance_ttl: a.instance_ttl.unwrap_or(Dur(Duration::from_secs(15 * 60))),
+            link_wait: nonzero(
+                "link-wait",
+                a.link_wait.unwrap_or(Dur(Duration::from_secs(5 * 60))),
+            )?,
+            max_link_producers: positive(
+                "max-link-producers",
+                a.max_link_producers.unwrap_or(200_000),
+            )?,
+            max_link_waits: positive("max-link-waits", a.max_link_waits.unwrap_or(100_000))?,
             advertise: a.advertise.unwrap_or_else(|| http.to_string()),
             heartbeat_interval: nonzero(
                 "heartbeat-interval",
@@ -387,6 +410,9 @@ impl ServeArgs {
             trace_idle: self.trace_idle.or(file.trace_idle),
             max_buffered_spans: self.max_buffered_spans.or(file.max_buffered_spans),
             instance_ttl: self.instance_ttl.or(file.instance_ttl),
+            link_wait: self.link_wait.or(file.link_wait),
+            max_link_producers: self.max_link_producers.or(file.max_link_producers),
+            max_link_waits: self.max_link_waits.or(file.max_link_waits),
             advertise: self.advertise.or(file.advertise),
             heartbeat_interval: self.heartbeat_interval.or(file.heartbeat_interval),
             rebalance_window: self.rebalance_window.or(file.rebalance_window),

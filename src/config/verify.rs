@@ -5,6 +5,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use crate::model::DestinationPolicy;
 
 /// What decides verdicts; shared by `serve` and `check`.
 #[derive(Args, Deserialize, Serialize, Debug, Default, Clone)]
@@ -47,6 +48,15 @@ pub struct VerifyArgs {
         value_name = "SERVICE[:SPAN],..."
     )]
     pub exempt_roots: Option<Vec<String>>,
+    /// When a message of one stage may be processed by a consumer instance of another, per
+    /// destination (exclusive, fallback or broadcast; `*` for the rest) [default: *=fallback]
+    #[arg(
+        long,
+        env = "GRAYSCOPE_DESTINATION_POLICIES",
+        value_delimiter = ',',
+        value_name = "DESTINATION=POLICY,..."
+    )]
+    pub destination_policies: Option<Vec<String>>,
 }
 
 /// Verification settings with defaults applied.
@@ -60,6 +70,8 @@ pub struct VerifyConfig {
     pub declared_instances: Vec<(String, String)>,
     /// (service, optional span name)
     pub exempt_roots: Vec<(String, Option<String>)>,
+    /// (destination or `*`, policy)
+    pub destination_policies: Vec<(String, DestinationPolicy)>,
 }
 
 impl VerifyArgs {
@@ -70,6 +82,7 @@ impl VerifyArgs {
             allowed_stages: self.allowed_stages.or(file.allowed_stages),
             declared_instances: self.declared_instances.or(file.declared_instances),
             exempt_roots: self.exempt_roots.or(file.exempt_roots),
+            destination_policies: self.destination_policies.or(file.destination_policies),
         }
     }
 
@@ -111,6 +124,25 @@ impl VerifyArgs {
                 None => (e, None),
             })
             .collect();
+        let destination_policies = self
+            .destination_policies
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| match d.rsplit_once('=') {
+                Some((dest, policy)) if !dest.is_empty() => DestinationPolicy::parse(policy)
+                    .map(|p| (dest.to_string(), p))
+                    .ok_or_else(|| ConfigError::Invalid {
+                        option: "destination-policies",
+                        message: format!(
+                            "'{policy}' in '{d}' is not a policy: exclusive, fallback or broadcast"
+                        ),
+                    }),
+                _ => Err(ConfigError::Invalid {
+                    option: "destination-policies",
+                    message: format!("'{d}' is not DESTINATION=POLICY"),
+                }),
+            })
+            .collect::<Result<_, _>>()?;
         Ok(VerifyConfig {
             stage_keys,
             instance_stage_key: self
@@ -119,6 +151,7 @@ impl VerifyArgs {
             allowed_stages: self.allowed_stages.unwrap_or_default(),
             declared_instances,
             exempt_roots,
+            destination_policies,
         })
     }
 }

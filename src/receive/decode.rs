@@ -13,7 +13,8 @@ use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
 use crate::instances::{Clock, Instances};
 use crate::intern::{RequestCache, Symbols};
 use crate::model::{
-    PROBE_ATTRIBUTE, SpanBatch, SpanId, SpanKind, SpanRecord, StatusCode, Sym, TraceId,
+    Link, MAX_LINKS, Messaging, MessagingOp, PROBE_ATTRIBUTE, SpanBatch, SpanExtra, SpanId,
+    SpanKind, SpanRecord, StatusCode, Sym, TraceId,
 };
 
 mod protobuf;
@@ -142,7 +143,16 @@ impl Decoder {
                         .attributes
                         .iter()
                         .map(|kv| Ok((kv.key.as_bytes(), value_of(kv))));
-                    s.span(&res, &fields, attrs, (ri, si, pi))
+                    let links: Vec<LinkFields<'_>> = span
+                        .links
+                        .iter()
+                        .map(|l| LinkFields {
+                            trace_id: &l.trace_id,
+                            span_id: &l.span_id,
+                            flags: l.flags,
+                        })
+                        .collect();
+                    s.span(&res, &fields, attrs, &links, (ri, si, pi))
                         .expect("decoded strings are UTF-8");
                 }
             }
@@ -196,6 +206,25 @@ pub struct SpanFields<'a> {
     pub status: i32,
 }
 
+/// A span link as it arrives: ids not yet checked.
+#[derive(Clone, Copy, Default)]
+pub struct LinkFields<'a> {
+    pub trace_id: &'a [u8],
+    pub span_id: &'a [u8],
+    pub flags: u32,
+}
+
+impl LinkFields<'_> {
+    /// A link whose ids are not valid W3C ids points nowhere: it is left out.
+    fn link(&self) -> Option<Link> {
+        Some(Link {
+            trace_id: TraceId::from_bytes(self.trace_id)?,
+            span_id: SpanId::from_bytes(self.span_id)?,
+            sampled: Link::sampled_from_flags(self.flags),
+        })
+    }
+}
+
 /// What a resource says about its spans.
 pub struct ResourceInfo {
     service: Sym,
@@ -215,8 +244,9 @@ pub struct Session<'a> {
     now_ms: u64,
     shards: usize,
     sightings: Vec<(Sym, Sym)>,
-    /// The attributes of the span being read, reused from span to span.
+    /// The attributes and links of the span being read, reused from span to span.
     attr_buf: Vec<&'a [u8]>,
+    link_buf: Vec<LinkFields<'a>>,
     out: Decoded,
 }
 
@@ -232,6 +262,7 @@ impl<'a> Session<'a> {
             shards,
             sightings: Vec::new(),
             attr_buf: Vec::new(),
+            link_buf: Vec::new(),
             out: Decoded {
                 batches: (0..shards).map(|_| SpanBatch::default()).collect(),
                 ..Decoded::default()
@@ -297,6 +328,7 @@ impl<'a> Session<'a> {
         res: &ResourceInfo,
         span: &SpanFields<'a>,
         attrs: impl Iterator<Item = wire::Result<Attr<'a>>>,
+        links: &[LinkFields<'_>],
         at: (usize, usize, usize),
     ) -> wire::Result<()> {
         let (trace_id, ids) = match validate(span) {
@@ -328,24 +360,39 @@ impl<'a> Session<'a> {
             status: StatusCode::from_otlp(span.status),
             probe: res.probe,
         };
-        self.read_attributes(attrs, &mut rec)?;
-        self.out.batches[trace_id.shard(self.shards)]
-            .spans
-            .push((trace_id, rec));
+        let messaging = self.read_attributes(attrs, &mut rec)?;
+        let batch = &mut self.out.batches[trace_id.shard(self.shards)];
+        batch.spans.push((trace_id, rec));
+        if !messaging.is_empty() || !links.is_empty() {
+            let mut extra = SpanExtra {
+                messaging,
+                ..SpanExtra::default()
+            };
+            for l in links.iter().filter_map(LinkFields::link) {
+                if extra.links.len() < MAX_LINKS {
+                    extra.links.push(l);
+                } else {
+                    extra.links_dropped += 1;
+                }
+            }
+            batch.extras.push((trace_id, rec.span_id, extra));
+        }
         self.out.accepted += 1;
         Ok(())
     }
 
-    /// Request stage (first configured key wins), near-miss key, and the peer of an outgoing call.
+    /// Request stage (first configured key wins), near-miss key, the peer of an outgoing call,
+    /// and where a message went.
     fn read_attributes(
         &mut self,
         attrs: impl Iterator<Item = wire::Result<Attr<'a>>>,
         rec: &mut SpanRecord,
-    ) -> wire::Result<()> {
+    ) -> wire::Result<Messaging> {
         let mut best_stage: Option<(usize, &'a [u8])> = None;
         let mut near_miss: Option<(&'a [u8], &'a [u8])> = None;
         let mut peer_service = None;
         let mut server_address = None;
+        let mut msg = MessagingAttrs::default();
         for attr in attrs {
             let (key, value) = attr?;
             let value = match value {
@@ -355,6 +402,7 @@ impl<'a> Session<'a> {
             match key {
                 b"peer.service" => peer_service = value,
                 b"server.address" => server_address = value,
+                key if key.starts_with(b"messaging.") => msg.read(key, value),
                 key => match self.keys.classify(key) {
                     KeyClass::Stage(i) if best_stage.is_none_or(|(b, _)| i < b) => {
                         if let Some(v) = value.filter(|v| !v.is_empty()) {
@@ -385,7 +433,51 @@ impl<'a> Session<'a> {
         {
             rec.peer = Some(self.values.intern(p).map_err(bad_value)?);
         }
-        Ok(())
+        let mut value = |v: Option<&'a [u8]>| match v.filter(|v| !v.is_empty()) {
+            Some(v) => self.values.intern(v).map(Some).map_err(bad_value),
+            None => Ok(None),
+        };
+        Ok(Messaging {
+            system: value(msg.system)?,
+            destination: value(msg.destination.or(msg.old_destination))?,
+            group: value(msg.group.or(msg.old_group))?,
+            op: msg
+                .op
+                .or(msg.old_op)
+                .map_or(MessagingOp::Unknown, MessagingOp::parse),
+        })
+    }
+}
+
+/// The messaging attributes of a span, under their current names (semantic conventions v1.26
+/// and later) and the older ones that instrumentations still send.
+#[derive(Default)]
+struct MessagingAttrs<'a> {
+    system: Option<&'a [u8]>,
+    destination: Option<&'a [u8]>,
+    old_destination: Option<&'a [u8]>,
+    group: Option<&'a [u8]>,
+    old_group: Option<&'a [u8]>,
+    op: Option<&'a [u8]>,
+    old_op: Option<&'a [u8]>,
+}
+
+impl<'a> MessagingAttrs<'a> {
+    fn read(&mut self, key: &[u8], value: Option<&'a [u8]>) {
+        let slot = match key {
+            b"messaging.system" => &mut self.system,
+            b"messaging.destination.name" => &mut self.destination,
+            b"messaging.destination" => &mut self.old_destination,
+            b"messaging.consumer.group.name" => &mut self.group,
+            b"messaging.kafka.consumer.group" => &mut self.old_group,
+            b"messaging.operation.type" => &mut self.op,
+            b"messaging.operation" => &mut self.old_op,
+            _ => return,
+        };
+        // The first attribute of a key counts, as a lookup by key finds it.
+        if slot.is_none() {
+            *slot = value;
+        }
     }
 }
 

@@ -16,9 +16,11 @@ use tokio::task::JoinHandle;
 use crate::aggregate::Aggregate;
 use crate::assemble::{AssembleStats, Assembler, AssemblerConfig, TraceSnapshot};
 use crate::instances::{Clock, Instances};
+use crate::join::Joins;
 use crate::model::{SpanBatch, TraceId};
 use crate::store::SharedStore;
 use crate::verify::Policy;
+use crate::verify::messaging::Unresolved;
 use metrics::WorkerGauges;
 pub use metrics::WorkerMetrics;
 
@@ -61,6 +63,8 @@ pub struct WorkerSetup {
     pub store: SharedStore,
     pub metrics: Arc<WorkerMetrics>,
     pub clock: Clock,
+    /// Shared by every worker: a messaging hop's halves are often in traces of two workers.
+    pub joins: Arc<Joins>,
 }
 
 impl Shards {
@@ -81,6 +85,7 @@ impl Shards {
                 gauges: setup.metrics.gauges(i),
                 asm,
                 aggregate: setup.aggregate.clone(),
+                joins: setup.joins.clone(),
                 store: setup.store.clone(),
                 metrics: setup.metrics.clone(),
                 clock: setup.clock,
@@ -221,6 +226,7 @@ struct Worker {
     gauges: WorkerGauges,
     asm: Assembler,
     aggregate: Arc<Aggregate>,
+    joins: Arc<Joins>,
     store: SharedStore,
     metrics: Arc<WorkerMetrics>,
     clock: Clock,
@@ -232,6 +238,9 @@ impl Worker {
     /// Passes finalised traces on: counted in memory, queued for the store. Waits while the store
     /// is behind, which backs up this worker's queue and so tells senders to retry.
     async fn hand_over(&self, out: &mut Vec<crate::assemble::Finalised>) {
+        // Also on ticks with nothing finalised: waits for linked producers expire.
+        self.joins
+            .absorb(out, self.clock.now_ms(), crate::wall_ms());
         if out.is_empty() {
             return;
         }
@@ -281,6 +290,14 @@ impl Worker {
             if stop {
                 self.asm
                     .drain(self.clock.now_ms(), crate::wall_ms(), &mut out);
+                self.joins
+                    .absorb(&mut out, self.clock.now_ms(), crate::wall_ms());
+                self.joins.drain(
+                    Unresolved::Shutdown,
+                    self.clock.now_ms(),
+                    crate::wall_ms(),
+                    &mut out,
+                );
             }
             self.hand_over(&mut out).await;
             self.publish(&mut published);
@@ -312,6 +329,7 @@ mod tests {
         let s = k.span(1, None, "a", crate::model::SpanKind::Server);
         SpanBatch {
             spans: (0..n).map(|i| (TraceId(i as u128 + 1), s)).collect(),
+            ..SpanBatch::default()
         }
     }
 

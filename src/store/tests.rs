@@ -39,6 +39,7 @@ pub(crate) fn finalise(
     for (t, spans) in traces {
         let batch = SpanBatch {
             spans: spans.iter().map(|s| (TraceId(*t), *s)).collect(),
+            ..SpanBatch::default()
         };
         asm.insert(batch, 0, at_ms, &mut out);
     }

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use super::{Scope, Verdict};
 use crate::intern::Symbols;
-use crate::model::{SpanRecord, Sym, TraceId};
+use crate::model::{Messaging, SpanRecord, Sym, TraceId};
 
 /// A node of the service graph: an instrumented service, or an uninstrumented callee known only by
 /// the `peer.service` / `server.address` of the calls made to it.
@@ -51,6 +51,8 @@ pub struct Finding {
     pub hop: Hop,
     /// Unix time, milliseconds.
     pub observed_at_ms: u64,
+    /// For a messaging hop: system, destination and consumer group.
+    pub messaging: Option<Messaging>,
 }
 
 impl Finding {
@@ -78,6 +80,17 @@ impl Finding {
                     svc(c)
                 );
             }
+            (Verdict::BrokenTrace, None)
+                if c.parent.is_none() && c.kind == crate::model::SpanKind::Consumer =>
+            {
+                let _ = write!(
+                    out,
+                    "{} handled a message ({} '{}') with neither a parent nor a link to where it was sent: the producer's context was not injected into the message, or the consumer did not extract it",
+                    svc(c),
+                    c.kind.as_str(),
+                    name(c)
+                );
+            }
             (Verdict::BrokenTrace, _) if c.parent.is_none() && c.kind.is_outgoing() => {
                 let _ = write!(
                     out,
@@ -103,6 +116,78 @@ impl Finding {
                     name(c),
                     val(c.stage).unwrap_or_default()
                 );
+            }
+            (kind, Some(p)) if self.scope == Scope::Messaging => {
+                let sent = val(p.stage).unwrap_or_default();
+                let dest = self
+                    .messaging
+                    .and_then(|m| m.destination)
+                    .map(|d| format!(" on '{}'", sym.values.resolve(d)))
+                    .unwrap_or_default();
+                let _ = match kind {
+                    Verdict::Missing => write!(
+                        out,
+                        "{} handled a message{} from {} '{}' without its stage '{}': the producer did not put the baggage in the message's headers (a TraceContext-only propagator, a carrier without baggage), or the consumer did not restore it from them (a link carries no baggage)",
+                        svc(c),
+                        dest,
+                        svc(p),
+                        name(p),
+                        sent
+                    ),
+                    Verdict::Changed => write!(
+                        out,
+                        "the stage of a message{} was overwritten: {} '{}' sent '{}', {} '{}' handled it as '{}'",
+                        dest,
+                        svc(p),
+                        name(p),
+                        sent,
+                        svc(c),
+                        name(c),
+                        val(c.stage).unwrap_or_default()
+                    ),
+                    Verdict::Misrouted => write!(
+                        out,
+                        "a '{}' message{} from {} was processed by a {} consumer of {} although the destination's policy does not allow it ('{}' consumers of {} were live, or the policy is exclusive)",
+                        sent,
+                        dest,
+                        svc(p),
+                        val(c.instance_stage).unwrap_or_default(),
+                        svc(c),
+                        sent,
+                        svc(c)
+                    ),
+                    Verdict::MixedBatch => write!(
+                        out,
+                        "{} '{}' handled a batch{} whose messages carried different stages; the span carries '{}', this message from {} carried '{}'",
+                        svc(c),
+                        name(c),
+                        dest,
+                        val(c.stage).unwrap_or_else(|| "none".into()),
+                        svc(p),
+                        if sent.is_empty() { "none".into() } else { sent }
+                    ),
+                    Verdict::Appeared => write!(
+                        out,
+                        "the stage '{}' appeared on {} '{}' although the message{} from {} carried none",
+                        val(c.stage).unwrap_or_default(),
+                        svc(c),
+                        name(c),
+                        dest,
+                        svc(p)
+                    ),
+                    Verdict::KeyMismatch => write!(
+                        out,
+                        "{} '{}' carries '{}'='{}', a near miss of the configured stage key: the stage '{}' of the message{} from {} was lost to a misspelt key",
+                        svc(c),
+                        name(c),
+                        val(c.near_miss_key).unwrap_or_default(),
+                        val(c.near_miss_value).unwrap_or_default(),
+                        sent,
+                        dest,
+                        svc(p)
+                    ),
+                    other => write!(out, "{} on a message{}", other.as_str(), dest),
+                };
             }
             (kind, Some(p)) => {
                 let sent = val(p.stage).unwrap_or_default();

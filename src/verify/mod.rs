@@ -6,6 +6,7 @@
 //! (misrouted), orphans and root outgoing calls (broken_trace), and which finding is the first break.
 
 mod finding;
+pub mod messaging;
 pub mod trace;
 
 use std::collections::HashSet;
@@ -14,6 +15,7 @@ use foldhash::fast::RandomState;
 use serde::Serialize;
 
 pub use finding::{Finding, Hop, NodeKey};
+pub use messaging::{ConsumerHalf, DestinationPolicy, Destinations, ProducerHalf};
 pub use trace::{EdgeOutcome, TraceGraph, TraceOutcome, finalise};
 
 use crate::model::{SpanRecord, Sym};
@@ -36,11 +38,17 @@ pub enum Verdict {
     /// changing: the trace was likely split between two instances. Counted and shown, never a
     /// finding.
     Unverifiable,
+    /// A batch consumer whose messages carried different stages: one span cannot carry them all.
+    /// Low severity: the batch, not a hop, mixed the stages.
+    MixedBatch,
+    /// A link to a producer span that could not be found (not sampled, or not arrived within
+    /// `--link-wait`): the hop is counted as seen, never a finding.
+    Unresolved,
 }
 
 impl Verdict {
     /// Every verdict, in the order of their codes (`Verdict as usize`).
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 12;
     pub const ALL: [Verdict; Verdict::COUNT] = [
         Verdict::Ok,
         Verdict::Absent,
@@ -52,16 +60,21 @@ impl Verdict {
         Verdict::Misrouted,
         Verdict::BrokenTrace,
         Verdict::Unverifiable,
+        Verdict::MixedBatch,
+        Verdict::Unresolved,
     ];
 
     pub fn is_finding(self) -> bool {
-        !matches!(self, Verdict::Ok | Verdict::Absent | Verdict::Unverifiable)
+        !matches!(
+            self,
+            Verdict::Ok | Verdict::Absent | Verdict::Unverifiable | Verdict::Unresolved
+        )
     }
 
-    /// Whether an edge with this verdict was judged at all: `unverifiable` edges were not, so they
-    /// count neither for nor against consistency.
+    /// Whether an edge with this verdict was judged at all: `unverifiable` and `unresolved` edges
+    /// were not, so they count neither for nor against consistency.
     pub fn is_judged(self) -> bool {
-        self != Verdict::Unverifiable
+        !matches!(self, Verdict::Unverifiable | Verdict::Unresolved)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +89,8 @@ impl Verdict {
             Verdict::Misrouted => "misrouted",
             Verdict::BrokenTrace => "broken_trace",
             Verdict::Unverifiable => "unverifiable",
+            Verdict::MixedBatch => "mixed_batch",
+            Verdict::Unresolved => "unresolved",
         }
     }
 
@@ -86,8 +101,10 @@ impl Verdict {
     /// `appeared` is usually a default applied mid-chain: worth fixing, rarely an outage.
     pub fn severity(self) -> Severity {
         match self {
-            Verdict::Ok | Verdict::Absent | Verdict::Unverifiable => Severity::None,
-            Verdict::Appeared => Severity::Low,
+            Verdict::Ok | Verdict::Absent | Verdict::Unverifiable | Verdict::Unresolved => {
+                Severity::None
+            }
+            Verdict::Appeared | Verdict::MixedBatch => Severity::Low,
             _ => Severity::High,
         }
     }
@@ -109,6 +126,8 @@ pub enum Scope {
     CrossService,
     /// Between two spans of one service: work done without the request's context.
     InProcess,
+    /// From a message's producer span to a consumer span that handled it, through a broker.
+    Messaging,
 }
 
 impl Scope {
@@ -124,6 +143,7 @@ impl Scope {
         match self {
             Scope::CrossService => "cross_service",
             Scope::InProcess => "in_process",
+            Scope::Messaging => "messaging",
         }
     }
 
@@ -131,6 +151,7 @@ impl Scope {
         match s {
             "cross_service" => Some(Scope::CrossService),
             "in_process" => Some(Scope::InProcess),
+            "messaging" => Some(Scope::Messaging),
             _ => None,
         }
     }
@@ -144,16 +165,28 @@ pub struct Policy {
     /// Services (optionally one span name of theirs) whose root CLIENT/PRODUCER spans are expected:
     /// jobs and schedulers that start traces by calling out.
     pub exempt_roots: Vec<(Sym, Option<Sym>)>,
+    /// When a message may be processed by another stage's consumer.
+    pub destinations: Destinations,
 }
 
 impl Policy {
     /// `allowed`: the stage values that are valid (empty: any); `exempt_roots`: (service, span
-    /// name or any) whose root CLIENT/PRODUCER spans are expected.
+    /// name or any) whose root CLIENT/PRODUCER spans are expected; `destinations`: a policy per
+    /// message destination, `*` for the rest.
     pub fn new(
         allowed: &[String],
         exempt_roots: &[(String, Option<String>)],
+        destinations: &[(String, DestinationPolicy)],
         sym: &crate::intern::Symbols,
     ) -> Self {
+        let mut dest = Destinations::default();
+        for (name, p) in destinations {
+            if name == "*" {
+                dest.default = *p;
+            } else {
+                dest.by_name.insert(sym.values.intern(name), *p);
+            }
+        }
         Policy {
             allowed: allowed.iter().map(|s| sym.values.intern(s)).collect(),
             exempt_roots: exempt_roots
@@ -165,6 +198,7 @@ impl Policy {
                     )
                 })
                 .collect(),
+            destinations: dest,
         }
     }
 

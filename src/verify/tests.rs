@@ -53,7 +53,7 @@ impl FinaliseExt for Kit {
             early: false,
             unsettled,
         };
-        finalise(TraceId(7), &mut g, &cx)
+        finalise(TraceId(7), &mut g, &[], &cx)
     }
 }
 
@@ -306,7 +306,7 @@ fn a_very_deep_chain_does_not_overflow_the_stack() {
         early: false,
         unsettled: false,
     };
-    let out = finalise(TraceId(1), &mut g, &cx);
+    let out = finalise(TraceId(1), &mut g, &[], &cx);
     let kinds: Vec<_> = out
         .findings
         .iter()

@@ -7,8 +7,9 @@ use petgraph::Direction::{Incoming, Outgoing};
 use petgraph::graph::NodeIndex;
 use petgraph::visit::EdgeRef;
 
+use super::messaging::{self, ConsumerHalf, ProducerHalf};
 use super::{Finding, Hop, NodeKey, Policy, Scope, Verdict, is_misrouted};
-use crate::model::{SpanRecord, Sym, TraceId};
+use crate::model::{Link, Messaging, SpanExtra, SpanRecord, Sym, TraceId};
 
 /// A trace's call graph while it is assembled: spans as nodes, parent->child edges carrying the
 /// verdict judged when both ends arrived.
@@ -42,11 +43,34 @@ pub struct TraceOutcome {
     pub finalised_at_ms: u64,
     /// The distinct (service, instance stage) pairs that served the trace.
     pub services: Vec<(Sym, Option<Sym>)>,
+    /// Edges judged across traces (messaging links), after both traces were finalised: not a trace
+    /// of its own, and not counted as one.
+    pub joined: bool,
+    /// The trace's message creation contexts, for consumers in other traces to link to.
+    pub producers: Vec<ProducerHalf>,
+    /// The trace's consumer spans whose producers are found through links.
+    pub consumers: Vec<ConsumerHalf>,
 }
 
 impl TraceOutcome {
     pub fn is_broken(&self) -> bool {
         !self.findings.is_empty()
+    }
+
+    /// Consumer spans to be joined to their producers, outside any trace's finalisation.
+    pub fn joining(consumers: Vec<ConsumerHalf>, at_ms: u64) -> Self {
+        TraceOutcome {
+            trace_id: consumers.first().map_or(TraceId(0), |c| c.trace_id),
+            spans: 0,
+            stage: None,
+            edges: Vec::new(),
+            findings: Vec::new(),
+            finalised_at_ms: at_ms,
+            services: Vec::new(),
+            joined: true,
+            producers: Vec::new(),
+            consumers,
+        }
     }
 }
 
@@ -64,11 +88,64 @@ pub struct FinaliseContext<'a> {
     pub unsettled: bool,
 }
 
+/// The messaging attributes and links of the spans that have them, by node.
+pub type Extras = [(NodeIndex, SpanExtra)];
+
+/// Messaging attributes per node, for the few nodes that have any.
+struct MessagingOf {
+    by_node: Vec<Option<u32>>,
+}
+
+impl MessagingOf {
+    fn new(g: &TraceGraph, extras: &Extras) -> Self {
+        let mut by_node = Vec::new();
+        if !extras.is_empty() {
+            by_node = vec![None; g.node_count()];
+            for (i, (v, _)) in extras.iter().enumerate() {
+                if let Some(slot) = by_node.get_mut(v.index()) {
+                    *slot = Some(i as u32);
+                }
+            }
+        }
+        MessagingOf { by_node }
+    }
+
+    fn extra<'e>(&self, extras: &'e Extras, v: NodeIndex) -> Option<&'e SpanExtra> {
+        let i = (*self.by_node.get(v.index())?)?;
+        Some(&extras[i as usize].1)
+    }
+
+    fn get(&self, extras: &Extras, v: NodeIndex) -> Messaging {
+        self.extra(extras, v)
+            .map(|e| e.messaging)
+            .unwrap_or_default()
+    }
+}
+
+/// Whether `p -> c` is a message from its producer to a consumer that handled it.
+fn is_message_edge(
+    g: &TraceGraph,
+    m: &MessagingOf,
+    extras: &Extras,
+    p: NodeIndex,
+    c: NodeIndex,
+) -> bool {
+    messaging::is_creation(&g[p], &m.get(extras, p))
+        && messaging::is_consumer(&g[c], &m.get(extras, c))
+}
+
 /// Judges what needs the whole trace and returns the trace's outcome. Edge weights are updated in
 /// place (`misrouted`), so a view of the graph taken afterwards shows the final verdicts.
-pub fn finalise(trace_id: TraceId, g: &mut TraceGraph, cx: &FinaliseContext<'_>) -> TraceOutcome {
-    judge_routing(g, cx);
+pub fn finalise(
+    trace_id: TraceId,
+    g: &mut TraceGraph,
+    extras: &Extras,
+    cx: &FinaliseContext<'_>,
+) -> TraceOutcome {
+    let msg = MessagingOf::new(g, extras);
+    judge_routing(g, &msg, extras, cx);
     let n = g.node_count();
+    let mut consumers = Vec::new();
 
     // The finding each span carries, if any: its incoming edge's, or one of its own as a root.
     let mut node_finding: Vec<Option<(Verdict, Option<NodeIndex>)>> = vec![None; n];
@@ -84,7 +161,35 @@ pub fn finalise(trace_id: TraceId, g: &mut TraceGraph, cx: &FinaliseContext<'_>)
             }
             None => {
                 roots.push(v);
-                match root_finding(&g[v], cx) {
+                let span = &g[v];
+                let extra = msg.extra(extras, v);
+                let m = extra.map(|e| e.messaging).unwrap_or_default();
+                if let Some(parent) = span.parent
+                    && messaging::is_consumer(span, &m)
+                {
+                    // A consumer that lags behind its producer by more than the trace's idle
+                    // time: its parent, the producer's span, went with the trace finalised
+                    // before. Found again through the producers kept for links.
+                    let mut half = extra
+                        .and_then(|e| ConsumerHalf::of(trace_id, span, e))
+                        .unwrap_or_else(|| ConsumerHalf {
+                            trace_id,
+                            span: *span,
+                            messaging: m,
+                            links: Vec::new(),
+                        });
+                    half.links.insert(
+                        0,
+                        Link {
+                            trace_id,
+                            span_id: parent,
+                            sampled: true,
+                        },
+                    );
+                    consumers.push(half);
+                    continue;
+                }
+                match root_finding(span, &m, extra.is_some_and(|e| !e.links.is_empty()), cx) {
                     Some(Verdict::Unverifiable) => unverifiable.push(v),
                     other => node_finding[v.index()] = other.map(|k| (k, None)),
                 }
@@ -126,7 +231,8 @@ pub fn finalise(trace_id: TraceId, g: &mut TraceGraph, cx: &FinaliseContext<'_>)
             stage: p.stage.or(c.stage),
             instance_stage: c.instance_stage,
             verdict: Some(*e.weight()),
-            call: p.service != c.service,
+            call: p.service != c.service
+                || is_message_edge(g, &msg, extras, e.source(), e.target()),
             first_break: own && first_break[e.target().index()],
         });
     }
@@ -175,19 +281,35 @@ pub fn finalise(trace_id: TraceId, g: &mut TraceGraph, cx: &FinaliseContext<'_>)
         };
         let callee = g[v];
         let caller = parent.map(|p| g[p]);
-        let (scope, hop) = match caller {
-            Some(p) => (
-                Scope::of(&p, &callee),
-                hop_of(g, parent.expect("caller has an index"), v),
-            ),
-            None if callee.parent.is_none() && callee.kind.is_outgoing() => (
+        let mut on_message = None;
+        let (scope, hop) = match (caller, parent) {
+            (Some(_), Some(pi)) if is_message_edge(g, &msg, extras, pi, v) => {
+                on_message = Some(messaging::merged(
+                    &msg.get(extras, v),
+                    Some(&msg.get(extras, pi)),
+                ));
+                (Scope::Messaging, hop_of(g, pi, v))
+            }
+            (Some(p), Some(pi)) => (Scope::of(&p, &callee), hop_of(g, pi, v)),
+            _ if callee.parent.is_none()
+                && messaging::is_consumer(&callee, &msg.get(extras, v)) =>
+            {
+                (
+                    Scope::Messaging,
+                    Hop {
+                        caller: None,
+                        callee: NodeKey::Service(callee.service),
+                    },
+                )
+            }
+            _ if callee.parent.is_none() && callee.kind.is_outgoing() => (
                 Scope::InProcess,
                 Hop {
                     caller: Some(NodeKey::Service(callee.service)),
                     callee: call_target(g, v).unwrap_or(NodeKey::Service(callee.service)),
                 },
             ),
-            None => (
+            _ => (
                 Scope::CrossService,
                 Hop {
                     caller: None,
@@ -215,7 +337,26 @@ pub fn finalise(trace_id: TraceId, g: &mut TraceGraph, cx: &FinaliseContext<'_>)
             callee,
             hop,
             observed_at_ms: cx.observed_at_ms,
+            messaging: on_message,
         });
+    }
+
+    let mut producers = Vec::new();
+    for v in g.node_indices() {
+        let extra = msg.extra(extras, v);
+        let m = extra.map(|e| e.messaging).unwrap_or_default();
+        if messaging::is_creation(&g[v], &m) {
+            producers.push(ProducerHalf {
+                trace_id,
+                span: g[v],
+                messaging: m,
+            });
+        }
+        // Orphan consumers joined their parent above.
+        let orphan = g[v].parent.is_some() && g.edges_directed(v, Incoming).next().is_none();
+        if !orphan && let Some(half) = extra.and_then(|e| ConsumerHalf::of(trace_id, &g[v], e)) {
+            consumers.push(half);
+        }
     }
 
     // Traces touch a handful of services: a linear scan beats hashing.
@@ -234,22 +375,43 @@ pub fn finalise(trace_id: TraceId, g: &mut TraceGraph, cx: &FinaliseContext<'_>)
         findings,
         finalised_at_ms: cx.observed_at_ms,
         services,
+        joined: false,
+        producers,
+        consumers,
     }
 }
 
-fn judge_routing(g: &mut TraceGraph, cx: &FinaliseContext<'_>) {
+fn judge_routing(g: &mut TraceGraph, msg: &MessagingOf, extras: &Extras, cx: &FinaliseContext<'_>) {
     for i in 0..g.edge_count() {
         let e = petgraph::graph::EdgeIndex::new(i);
         let (p, c) = g.edge_endpoints(e).expect("index below edge_count");
-        if is_misrouted(&g[p], &g[c], g[e], cx.is_live) {
+        if g[e] == Verdict::Appeared && messaging::is_expected_root(&g[p], &msg.get(extras, p)) {
+            // A batch `receive` span carries no message's stage; the spans that process each
+            // message take theirs from its headers, not from it.
+            g[e] = Verdict::Absent;
+            continue;
+        }
+        let misrouted = if is_message_edge(g, msg, extras, p, c) {
+            let m = messaging::merged(&msg.get(extras, c), Some(&msg.get(extras, p)));
+            let policy = cx.policy.destinations.of(m.destination);
+            messaging::is_message_misrouted(&g[p], &g[c], g[e], policy, cx.is_live)
+        } else {
+            is_misrouted(&g[p], &g[c], g[e], cx.is_live)
+        };
+        if misrouted {
             g[e] = Verdict::Misrouted;
         }
     }
 }
 
-/// A span with no parent edge: an orphan, an outgoing call with no inbound context, or a root whose
-/// stage is not an allowed value.
-fn root_finding(span: &SpanRecord, cx: &FinaliseContext<'_>) -> Option<Verdict> {
+/// A span with no parent edge: an orphan, an outgoing call with no inbound context, a consumer
+/// with no trace of where its message came from, or a root whose stage is not an allowed value.
+fn root_finding(
+    span: &SpanRecord,
+    m: &Messaging,
+    has_links: bool,
+    cx: &FinaliseContext<'_>,
+) -> Option<Verdict> {
     let policy = cx.policy;
     if span.parent.is_some() {
         return match (cx.early, cx.unsettled) {
@@ -258,7 +420,14 @@ fn root_finding(span: &SpanRecord, cx: &FinaliseContext<'_>) -> Option<Verdict> 
             (false, false) => Some(Verdict::BrokenTrace),
         };
     }
-    if span.kind.is_outgoing() && !span.probe && !policy.exempt(span) {
+    let expected = span.probe || policy.exempt(span) || messaging::is_expected_root(span, m);
+    let lost = if messaging::is_consumer(span, m) {
+        // Its links, if any, are judged as messaging hops.
+        !has_links
+    } else {
+        span.kind.is_outgoing()
+    };
+    if lost && !expected {
         return Some(Verdict::BrokenTrace);
     }
     match span.stage {

@@ -27,6 +27,8 @@ pub mod binary;
 pub mod otlp;
 pub mod pki;
 pub mod postgres;
+pub mod python;
+pub mod rabbitmq;
 
 /// Serve options for tests: every port chosen by the OS, a short idle time.
 pub fn test_args() -> ServeArgs {
@@ -182,6 +184,31 @@ impl Service {
             .tracer
             .span_builder(name.to_string())
             .with_kind(kind)
+            .start_with_context(&self.tracer, parent);
+        parent.with_span(span)
+    }
+
+    /// [`Service::span`] with attributes and span links (a message consumer's links to the
+    /// contexts its messages were created in).
+    pub fn span_with(
+        &self,
+        name: &str,
+        kind: SpanKind,
+        parent: &Context,
+        attributes: Vec<KeyValue>,
+        links: Vec<opentelemetry::trace::SpanContext>,
+    ) -> Context {
+        let span = self
+            .tracer
+            .span_builder(name.to_string())
+            .with_kind(kind)
+            .with_attributes(attributes)
+            .with_links(
+                links
+                    .into_iter()
+                    .map(opentelemetry::trace::Link::with_context)
+                    .collect(),
+            )
             .start_with_context(&self.tracer, parent);
         parent.with_span(span)
     }

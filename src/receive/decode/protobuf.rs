@@ -8,7 +8,7 @@ use super::wire::{
     self, Cursor, Problem, Schema, Segments, WireError, WireType, check, check_field, each_field,
     each_field_of, expect, nested,
 };
-use super::{Attr, AttrValue, ResourceInfo, Session, SpanFields};
+use super::{Attr, AttrValue, LinkFields, ResourceInfo, Session, SpanFields};
 
 use WireType::{LengthDelimited, SixtyFourBit, ThirtyTwoBit, Varint};
 
@@ -145,6 +145,8 @@ fn span<'a>(
     };
     let mut attrs = std::mem::take(&mut s.attr_buf);
     attrs.clear();
+    let mut links = std::mem::take(&mut s.link_buf);
+    links.clear();
     let mut attr_depth = depth;
     let read = each_field_of(bytes, depth, &mut |tag, w, c| {
         match tag {
@@ -181,8 +183,8 @@ fn span<'a>(
                 check(Schema::Event, event, inner).map_err(|e| e.within(M, "events"))?;
             }
             13 => {
-                let (link, inner) = message(w, c, depth).map_err(at(M, "links"))?;
-                check(Schema::Link, link, inner).map_err(|e| e.within(M, "links"))?;
+                let (bytes, inner) = message(w, c, depth).map_err(at(M, "links"))?;
+                links.push(link(bytes, inner).map_err(|e| e.within(M, "links"))?);
             }
             15 => {
                 let (status, inner) = message(w, c, depth).map_err(at(M, "status"))?;
@@ -202,10 +204,30 @@ fn span<'a>(
         let parsed = attrs
             .iter()
             .map(|kv| key_value(kv, attr_depth).map_err(|e| e.within(M, "attributes")));
-        s.span(res, &f, parsed, pos)
+        s.span(res, &f, parsed, &links, pos)
     });
     s.attr_buf = attrs;
+    s.link_buf = links;
     done
+}
+
+/// A link's ids and flags; its other fields checked.
+fn link(bytes: &[u8], depth: u32) -> wire::Result<LinkFields<'_>> {
+    const M: &str = "Link";
+    let mut l = LinkFields::default();
+    each_field_of(bytes, depth, &mut |tag, w, c| {
+        match tag {
+            1 => l.trace_id = bytes_field(w, c).map_err(at(M, "trace_id"))?,
+            2 => l.span_id = bytes_field(w, c).map_err(at(M, "span_id"))?,
+            6 => {
+                expect(w, ThirtyTwoBit).map_err(at(M, "flags"))?;
+                l.flags = c.fixed32().map_err(at(M, "flags"))?;
+            }
+            _ => return check_field(Schema::Link, tag, w, c, depth),
+        }
+        Ok(true)
+    })?;
+    Ok(l)
 }
 
 fn dropped(tag: u32) -> &'static str {

@@ -27,6 +27,96 @@ fn only(d: &Decoded) -> Vec<(TraceId, SpanRecord)> {
         .collect()
 }
 
+fn extras(d: &Decoded) -> Vec<(TraceId, SpanId, SpanExtra)> {
+    d.batches
+        .iter()
+        .flat_map(|b| b.extras.iter().cloned())
+        .collect()
+}
+
+fn str_kv(key: &str, value: &str) -> KeyValue {
+    crate::testkit::otlp::kv(key, value)
+}
+
+#[test]
+fn messaging_attributes_and_links_are_decoded_both_ways() {
+    use opentelemetry_proto::tonic::trace::v1::span::Link as OtlpLink;
+    use prost::Message;
+    let dec = decoder();
+    let link = |trace: u128, id: u64, flags: u32| OtlpLink {
+        trace_id: trace.to_be_bytes().to_vec(),
+        span_id: id.to_be_bytes().to_vec(),
+        flags,
+        ..Default::default()
+    };
+    // A batch consumer, current attribute names, one link per message: sampled, unsampled (flags
+    // known), unknown (flags 0), and one with a bad id (left out).
+    let mut batch = span(9, 1, None, "orders.placed process");
+    batch.kind = 5;
+    batch.attributes = vec![
+        str_kv("messaging.system", "kafka"),
+        str_kv("messaging.destination.name", "orders.placed"),
+        str_kv("messaging.consumer.group.name", "billing_gray"),
+        str_kv("messaging.operation.type", "process"),
+        str_kv("x-release-stage", "canary"),
+    ];
+    batch.links = vec![
+        link(1, 2, 0x301),
+        link(2, 2, 0x100),
+        link(3, 2, 0),
+        link(0, 2, 1),
+    ];
+    // A producer with the names of semantic conventions before v1.26.
+    let mut old = span(10, 2, None, "publish");
+    old.kind = 4;
+    old.attributes = vec![
+        str_kv("messaging.system", "rabbitmq"),
+        str_kv("messaging.destination", "orders"),
+        str_kv("messaging.operation", "publish"),
+        str_kv("messaging.kafka.consumer.group", "g"),
+    ];
+    // Too many links: the rest are counted.
+    let mut many = span(11, 3, None, "poll");
+    many.kind = 3;
+    many.links = (1..=MAX_LINKS as u64 + 5).map(|i| link(5, i, 1)).collect();
+    let plain = span(12, 4, None, "GET /");
+    let req = RequestBuilder::new()
+        .resource("billing", Some("canary"))
+        .push(batch)
+        .push(old)
+        .push(many)
+        .push(plain)
+        .build();
+    let d = both_ways(&dec, &req.encode_to_vec()).unwrap();
+    let x = extras(&d);
+    assert_eq!(x.len(), 3, "a span with neither has no extra: {x:?}");
+    let v = |s: &str| dec.symbols.values.intern(s);
+    let find = |id: u64| &x.iter().find(|(_, s, _)| s.get() == id).unwrap().2;
+    let b = find(1);
+    assert_eq!(
+        b.messaging,
+        Messaging {
+            system: Some(v("kafka")),
+            destination: Some(v("orders.placed")),
+            group: Some(v("billing_gray")),
+            op: MessagingOp::Process,
+        }
+    );
+    assert_eq!(
+        b.links
+            .iter()
+            .map(|l| (l.trace_id.0, l.sampled))
+            .collect::<Vec<_>>(),
+        vec![(1, true), (2, false), (3, true)]
+    );
+    let o = find(2);
+    assert_eq!(o.messaging.destination, Some(v("orders")));
+    assert_eq!(o.messaging.group, Some(v("g")));
+    assert_eq!(o.messaging.op, MessagingOp::Send);
+    let m = find(3);
+    assert_eq!((m.links.len(), m.links_dropped), (MAX_LINKS, 5));
+}
+
 #[test]
 fn records_carry_stage_instance_kind_and_peer() {
     let dec = decoder();
@@ -364,6 +454,7 @@ fn both_ways(dec: &Decoder, bytes: &[u8]) -> Result<Decoded, String> {
     match (&wire, &prost) {
         (Ok(w), Ok(p)) => {
             assert_eq!(only(w), only(p));
+            assert_eq!(extras(w), extras(p));
             assert_eq!((w.accepted, w.rejected), (p.accepted, p.rejected));
             assert_eq!(w.reasons, p.reasons);
             assert_eq!(w.error_message(), p.error_message());

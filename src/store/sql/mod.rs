@@ -24,14 +24,15 @@ pub fn scope_code(s: Scope) -> i64 {
     match s {
         Scope::CrossService => 0,
         Scope::InProcess => 1,
+        Scope::Messaging => 2,
     }
 }
 
 pub fn scope_of(code: i64) -> Scope {
-    if code == 1 {
-        Scope::InProcess
-    } else {
-        Scope::CrossService
+    match code {
+        1 => Scope::InProcess,
+        2 => Scope::Messaging,
+        _ => Scope::CrossService,
     }
 }
 

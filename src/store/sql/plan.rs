@@ -198,9 +198,11 @@ pub fn build<I: Ids>(batch: &[Finalised], sym: &Symbols, ids: &mut I) -> Result<
                 data: codec::encode(s, sym),
             });
         }
-        *trace_minutes
-            .entry((minute, r.stage0(o.stage)?, i64::from(o.is_broken())))
-            .or_default() += 1;
+        if !o.joined {
+            *trace_minutes
+                .entry((minute, r.stage0(o.stage)?, i64::from(o.is_broken())))
+                .or_default() += 1;
+        }
         for &(svc, inst) in &o.services {
             let key = (r.ids.name(NameKind::Service, svc)?, r.stage0(inst)?);
             let seen = services.entry(key).or_default();
