@@ -255,6 +255,11 @@ impl Messaging {
     pub fn is_empty(&self) -> bool {
         *self == Messaging::default()
     }
+
+    /// (system, destination), when the destination is known: what names a messaging hop.
+    pub fn place(&self) -> Option<(Option<Sym>, Sym)> {
+        self.destination.map(|d| (self.system, d))
+    }
 }
 
 /// A span link: the context of another span, for a consumer the creation context of a message.

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use crate::aggregate::{EdgeStats, ServiceGraph, StageStats};
 use crate::assemble::TraceSnapshot;
 use crate::intern::Symbols;
-use crate::model::{SpanId, SpanKind, SpanRecord, StatusCode, Sym, TraceId};
+use crate::model::{Messaging, SpanId, SpanKind, SpanRecord, StatusCode, Sym, TraceId};
 use crate::verify::{Finding, Scope, Severity, Verdict};
 
 /// RFC 3339 with milliseconds, UTC.
@@ -79,6 +79,31 @@ pub struct FindingView {
     #[serde(skip)]
     pub stage: Option<Arc<str>>,
     pub observed_at: String,
+    /// For a messaging hop: where the message went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messaging: Option<MessagingView>,
+}
+
+/// Where a message went, from the messaging attributes of its consumer (else its producer).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct MessagingView {
+    #[schema(value_type = Option<String>, example = "rabbitmq")]
+    pub system: Option<Arc<str>>,
+    #[schema(value_type = Option<String>, example = "orders.placed")]
+    pub destination: Option<Arc<str>>,
+    #[schema(value_type = Option<String>, example = "billing_gray")]
+    pub consumer_group: Option<Arc<str>>,
+}
+
+impl MessagingView {
+    pub fn of(m: &Messaging, sym: &Symbols) -> Self {
+        let v = |s: Option<Sym>| s.map(|s| sym.values.resolve(s));
+        MessagingView {
+            system: v(m.system),
+            destination: v(m.destination),
+            consumer_group: v(m.group),
+        }
+    }
 }
 
 impl FindingView {
@@ -98,6 +123,7 @@ impl FindingView {
             detail: f.detail(sym),
             stage: f.stage().map(|v| sym.values.resolve(v)),
             observed_at: rfc3339(f.observed_at_ms),
+            messaging: f.messaging.as_ref().map(|m| MessagingView::of(m, sym)),
         }
     }
 }
@@ -157,6 +183,9 @@ pub struct EdgeView {
     #[schema(value_type = BTreeMap<String, Vec<String>>)]
     pub examples: BTreeMap<&'static str, Vec<TraceId>>,
     pub last_seen: String,
+    /// For a messaging hop (producer -> consumer through a broker): the destinations its messages
+    /// went through, most recently seen first. Empty for calls.
+    pub destinations: Vec<MessagingView>,
 }
 
 #[derive(Serialize, Debug, Clone, ToSchema)]
@@ -224,6 +253,15 @@ impl GraphView {
                     .map(|(v, ids)| (v.as_str(), ids.iter().copied().collect()))
                     .collect(),
                 last_seen: rfc3339(st.last_seen_ms),
+                destinations: st
+                    .destinations
+                    .iter()
+                    .map(|&(system, destination)| MessagingView {
+                        system: system.map(|s| sym.values.resolve(s)),
+                        destination: Some(sym.values.resolve(destination)),
+                        consumer_group: None,
+                    })
+                    .collect(),
             });
         }
         edges.sort_by(|a, b| (&a.caller, &a.callee).cmp(&(&b.caller, &b.callee)));

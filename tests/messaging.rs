@@ -163,6 +163,38 @@ async fn a_clean_run_has_no_findings_with_push_batch_pull_and_lagging_consumers(
         .await;
         assert!(ok >= 1.0, "orders -> {callee}: {ok}");
     }
+    // The graph knows these are messaging hops, and through which destination.
+    let g = get_json(&c, "/api/v1/graph").await;
+    let edge = g["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["caller"] == "orders" && e["callee"] == "ledger")
+        .unwrap_or_else(|| panic!("orders -> ledger in {g}"));
+    assert_eq!(
+        edge["destinations"],
+        serde_json::json!([{"system": "rabbitmq", "destination": DEST, "consumer_group": null}])
+    );
+    let page = reqwest::get(format!("http://{}/edges/orders/ledger", c.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Messaging hop") && page.contains(DEST),
+        "{page}"
+    );
+    let overview = reqwest::get(format!("http://{}/", c.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        overview.contains("edge ok messaging"),
+        "messaging edges are drawn as such"
+    );
     c.shutdown().await.unwrap();
 }
 
@@ -255,6 +287,14 @@ async fn each_way_of_losing_the_stage_on_a_queue_is_its_own_finding_on_its_hop()
     let v = get_json(&c, "/api/v1/findings?limit=100&scope=messaging").await;
     let all = v["findings"].as_array().unwrap();
     assert_eq!(all.len(), 4, "{v}");
+    let ledger = all
+        .iter()
+        .find(|f| f["callee"]["service"] == "ledger")
+        .unwrap();
+    assert_eq!(
+        ledger["messaging"],
+        serde_json::json!({"system": "rabbitmq", "destination": DEST, "consumer_group": "billing"})
+    );
     c.shutdown().await.unwrap();
 }
 

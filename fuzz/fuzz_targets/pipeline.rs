@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use grayscope::join::{JoinConfig, Joins};
+use grayscope::verify::messaging::Unresolved;
 use grayscope::aggregate::VerdictCounters;
 use grayscope::view::TraceView;
 use grayscope::assemble::{Assembler, AssemblerConfig};
@@ -60,13 +62,24 @@ fn run(decode: impl FnOnce(&Decoder) -> Option<Decoded>) {
             sample_clean: 1.0,
         },
         Arc::new(Policy::default()),
+        instances.clone(),
+    );
+    // Small bounds, so that evictions happen too.
+    let joins = Joins::new(
+        JoinConfig::new(std::time::Duration::from_secs(1), 16, 16),
+        Arc::new(Policy::default()),
         instances,
     );
     let mut out = Vec::new();
     for (i, batch) in decoded.batches.into_iter().enumerate() {
         asm.insert(batch, i as u64, 0, &mut out);
+        joins.absorb(&mut out, i as u64, 0);
     }
     asm.drain(1_000_000, 0, &mut out);
+    joins.absorb(&mut out, 1_000_000, 0);
+    joins.drain(Unresolved::Shutdown, 1_000_000, 0, &mut out);
+    let s = joins.stats();
+    assert_eq!((s.waiting_links, s.waiting_consumers), (0, 0));
     let mut counters = VerdictCounters::new(8);
     for f in &out {
         counters.count(&f.outcome);

@@ -16,6 +16,8 @@ use crate::verify::{NodeKey, Verdict};
 
 pub const MAX_EDGES: usize = 100_000;
 pub const MAX_STAGES_PER_EDGE: usize = 32;
+/// Destinations listed per messaging edge.
+pub const MAX_DESTINATIONS_PER_EDGE: usize = 16;
 pub const EXAMPLES_PER_VERDICT: usize = 5;
 
 /// Counts for one request stage on one edge (or one node).
@@ -88,6 +90,8 @@ pub struct EdgeStats {
     pub examples: Vec<(Verdict, VecDeque<TraceId>)>,
     /// Unix ms.
     pub last_seen_ms: u64,
+    /// A messaging hop's (system, destination) pairs, most recently seen first (capped).
+    pub destinations: Vec<(Option<Sym>, Sym)>,
 }
 
 impl EdgeStats {
@@ -224,6 +228,22 @@ impl ServiceGraph {
         if let Some(&i) = self.edges.get(&(*a, *b)) {
             let st = &mut self.graph[i];
             st.last_seen_ms = st.last_seen_ms.max(ms);
+        }
+    }
+
+    /// Records a destination of an edge already in the graph.
+    pub fn destination(
+        &mut self,
+        caller: Option<NodeKey>,
+        callee: NodeKey,
+        system: Option<Sym>,
+        destination: Sym,
+    ) {
+        if let Some(st) = self.stats(caller, callee)
+            && st.destinations.len() < MAX_DESTINATIONS_PER_EDGE
+            && !st.destinations.contains(&(system, destination))
+        {
+            st.destinations.push((system, destination));
         }
     }
 

@@ -126,6 +126,14 @@ fn finding(f: &FindingView) -> pb::Finding {
         edge_callee: f.edge.callee.to_string(),
         detail: f.detail.clone(),
         observed_unix_ms: unix_ms(&f.observed_at),
+        messaging: f.messaging.as_ref().map(|m| {
+            let s = |v: &Option<std::sync::Arc<str>>| v.as_deref().unwrap_or_default().to_string();
+            pb::Messaging {
+                system: s(&m.system),
+                destination: s(&m.destination),
+                consumer_group: s(&m.consumer_group),
+            }
+        }),
     }
 }
 

@@ -71,17 +71,19 @@ pub struct JoinStats {
 }
 
 /// Bytes per kept producer span, from the sizes of what holds it: its hash table entry (with the
-/// control byte and the table's spare capacity, at most 1/8) and its place in the order queue.
+/// control byte) and its place in the order queue, both of which grow by doubling and may be up
+/// to half empty.
 pub const PRODUCER_BYTES: usize =
-    (std::mem::size_of::<(Key, ProducerHalf)>() + 1) * 9 / 8 + std::mem::size_of::<(Key, u64)>();
+    2 * (std::mem::size_of::<(Key, ProducerHalf)>() + 1) + 2 * std::mem::size_of::<(Key, u64)>();
 /// Bytes per waiting link, when every waiting consumer has a single link (the most per link):
-/// the link and its end, its entry in the by-link table, the wait and its deadline.
+/// the link and its end, its entry in the by-link table (with its list's smallest allocation),
+/// the wait and its deadline; tables and queues that grow by doubling may be up to half empty.
 pub const WAITING_LINK_BYTES: usize = std::mem::size_of::<crate::model::Link>()
     + std::mem::size_of::<Option<LinkEnd>>()
-    + (std::mem::size_of::<(Key, Vec<u32>)>() + 1) * 9 / 8
-    + 4
-    + std::mem::size_of::<Option<Waiter>>()
-    + std::mem::size_of::<(u32, u64, u32)>();
+    + 2 * (std::mem::size_of::<(Key, Vec<u32>)>() + 1)
+    + 16
+    + 2 * std::mem::size_of::<Option<Waiter>>()
+    + 2 * std::mem::size_of::<(u32, u64, u32)>();
 
 type Key = (TraceId, SpanId);
 

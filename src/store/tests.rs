@@ -387,11 +387,91 @@ async fn traces_with_findings_and_sampled_clean_ones_are_readable_after_a_restar
     store.stop(deadline()).await;
 }
 
+/// A messaging hop's finding keeps its system, destination and consumer group, and its edge
+/// the destinations it went through.
+async fn messaging_findings_and_edges_keep_their_destination(open: Opener) {
+    use crate::model::{Messaging, MessagingOp, SpanExtra};
+    let k = Kit::new();
+    let place = tempfile::tempdir().unwrap();
+    let msg = |op, group: Option<&str>| SpanExtra {
+        messaging: Messaging {
+            system: Some(k.v("rabbitmq")),
+            destination: Some(k.v("orders.placed")),
+            group: group.map(|g| k.v(g)),
+            op,
+        },
+        ..SpanExtra::default()
+    };
+    let a = k.stage(k.span(1, None, "orders", SpanKind::Server), "canary");
+    let b = k.stage(k.span(2, Some(1), "orders", SpanKind::Producer), "canary");
+    let c = k.span(3, Some(2), "billing", SpanKind::Consumer);
+    let t = TraceId(1);
+    let batch = SpanBatch {
+        spans: vec![(t, a), (t, b), (t, c)],
+        extras: vec![
+            (t, b.span_id, msg(MessagingOp::Send, None)),
+            (
+                t,
+                c.span_id,
+                msg(MessagingOp::Process, Some("billing_gray")),
+            ),
+        ],
+    };
+    let mut asm = Assembler::new(
+        AssemblerConfig::offline(),
+        Arc::new(Policy::default()),
+        Arc::new(Instances::new([], 1)),
+    );
+    let mut out = Vec::new();
+    asm.insert(batch, 0, T0, &mut out);
+    asm.drain(0, T0, &mut out);
+    let Some(store) = stored(open, &k, place.path(), vec![out]).await else {
+        return;
+    };
+    let page = store
+        .findings(FindingQuery {
+            limit: 100,
+            ..FindingQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.findings.len(), 1);
+    let f = &page.findings[0];
+    assert_eq!((f.kind, f.scope), (Verdict::Missing, Scope::Messaging));
+    let m = f
+        .messaging
+        .as_ref()
+        .expect("messaging on the stored finding");
+    assert_eq!(
+        (
+            m.system.as_deref(),
+            m.destination.as_deref(),
+            m.consumer_group.as_deref()
+        ),
+        (
+            Some("rabbitmq"),
+            Some("orders.placed"),
+            Some("billing_gray")
+        )
+    );
+    let g = store.graph(Window::default()).await.unwrap();
+    let e = g
+        .find_edge(
+            NodeKey::Service(k.svc("orders")),
+            NodeKey::Service(k.svc("billing")),
+        )
+        .expect("orders -> billing");
+    assert_eq!(
+        e.destinations,
+        vec![(Some(k.v("rabbitmq")), k.v("orders.placed"))]
+    );
+}
+
 /// Runs every test of the suite against one implementation.
 macro_rules! suite {
     ($implementation:ident, $open:expr) => {
         mod $implementation {
-            suite!(@tests $open, the_graph_counts_calls_verdicts_first_breaks_and_routing_per_stage, a_callee_known_by_peer_service_and_by_its_own_spans_is_one_node, findings_filter_and_page_without_gaps_or_duplicates, traces_with_findings_and_sampled_clean_ones_are_readable_after_a_restart, everything_handed_over_is_written_and_accounted_for);
+            suite!(@tests $open, the_graph_counts_calls_verdicts_first_breaks_and_routing_per_stage, a_callee_known_by_peer_service_and_by_its_own_spans_is_one_node, findings_filter_and_page_without_gaps_or_duplicates, traces_with_findings_and_sampled_clean_ones_are_readable_after_a_restart, everything_handed_over_is_written_and_accounted_for, messaging_findings_and_edges_keep_their_destination);
         }
     };
     (@tests $open:expr, $($test:ident),*) => {

@@ -214,6 +214,7 @@ pub fn judge_consumer(
                     verdict: Some(Verdict::Unresolved),
                     call: false,
                     first_break: false,
+                    destination: half.messaging.place(),
                 });
                 continue;
             }
@@ -238,6 +239,7 @@ pub fn judge_consumer(
             verdict: Some(verdict),
             call: true,
             first_break: false,
+            destination: messaging.place(),
         });
         if verdict.is_finding() {
             findings.push(Finding {

@@ -28,6 +28,8 @@ pub struct EdgeOutcome {
     /// A call between services (traffic on the hop), as opposed to an edge inside one service.
     pub call: bool,
     pub first_break: bool,
+    /// A messaging hop's (system, destination), when the destination is known.
+    pub destination: Option<(Option<Sym>, Sym)>,
 }
 
 /// Everything a finalised trace contributes downstream.
@@ -234,6 +236,15 @@ pub fn finalise(
             call: p.service != c.service
                 || is_message_edge(g, &msg, extras, e.source(), e.target()),
             first_break: own && first_break[e.target().index()],
+            destination: is_message_edge(g, &msg, extras, e.source(), e.target())
+                .then(|| {
+                    messaging::merged(
+                        &msg.get(extras, e.target()),
+                        Some(&msg.get(extras, e.source())),
+                    )
+                    .place()
+                })
+                .flatten(),
         });
     }
     // Calls to callees that export no spans: traffic on a virtual node.
@@ -255,6 +266,7 @@ pub fn finalise(
                 verdict: None,
                 call: true,
                 first_break: false,
+                destination: None,
             });
         }
     }
@@ -271,6 +283,7 @@ pub fn finalise(
             verdict: Some(Verdict::Unverifiable),
             call: false,
             first_break: false,
+            destination: None,
         });
     }
 
@@ -326,6 +339,7 @@ pub fn finalise(
                 verdict: Some(kind),
                 call: false,
                 first_break: first_break[v.index()],
+                destination: None,
             });
         }
         findings.push(Finding {

@@ -28,6 +28,8 @@ struct EdgePage {
     columns: Vec<String>,
     matrix: Vec<MatrixRow>,
     examples: Vec<(&'static str, Vec<String>)>,
+    /// A messaging hop's (system, destination) pairs; empty for calls.
+    destinations: Vec<(String, String)>,
 }
 
 struct MatrixRow {
@@ -90,7 +92,19 @@ pub(super) async fn edge(
         })
         .collect();
     let (chart, legend) = chart(&series.minutes);
+    let destinations = e
+        .map(|e| e.destinations.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            (
+                d.system.as_deref().unwrap_or("messaging").to_string(),
+                d.destination.as_deref().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
     Ok(EdgePage {
+        destinations,
         caller_q: url_part(&caller),
         callee_q: url_part(&callee),
         caller,

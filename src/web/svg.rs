@@ -159,9 +159,17 @@ pub fn graph(g: &GraphView, query: &str) -> String {
             )
         };
         let class = health.class();
+        // A messaging hop (through a broker) is drawn dashed, and its title names the destination.
+        let (kind, via) = match e.destinations.first() {
+            Some(d) => (
+                " messaging",
+                format!(" via {}", d.destination.as_deref().unwrap_or_default()),
+            ),
+            None => ("", String::new()),
+        };
         let _ = write!(
             s,
-            r#"<a class="edge-link" href="/edges/{}/{}?{}" data-caller="{}" data-callee="{}" data-health="{class}"><g class="edge {class}"><title>{} -> {}: {} calls, {}</title><path d="{d}" stroke-width="{width:.1}" marker-end="url(#arrow-{class})"/><text x="{lx:.1}" y="{ly:.1}" text-anchor="middle">{}</text></g></a>"#,
+            r#"<a class="edge-link" href="/edges/{}/{}?{}" data-caller="{}" data-callee="{}" data-health="{class}"><g class="edge {class}{kind}"><title>{} -> {}{}: {} calls, {}</title><path d="{d}" stroke-width="{width:.1}" marker-end="url(#arrow-{class})"/><text x="{lx:.1}" y="{ly:.1}" text-anchor="middle">{}</text></g></a>"#,
             url_part(&e.caller),
             url_part(&e.callee),
             esc(query),
@@ -169,6 +177,7 @@ pub fn graph(g: &GraphView, query: &str) -> String {
             esc(&e.callee),
             esc(&e.caller),
             esc(&e.callee),
+            esc(&via),
             e.totals.calls,
             esc(&label),
             esc(&label),

@@ -15,11 +15,12 @@ use crate::store::{Failure, StoreConfig};
 const RETENTION_LOCK: i64 = 0x6772_6179_7363_0002;
 /// At most this many steps of "delete the oldest slice" per run, so one run stays short.
 const MAX_STEPS: usize = 64;
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 8] = [
     "findings",
     "traces",
     "edge_minutes",
     "edges",
+    "edge_destinations",
     "edge_examples",
     "service_instances",
     "trace_minutes",
@@ -67,6 +68,11 @@ async fn delete_before(tx: &Transaction<'_>, cutoff_ms: i64) -> Result<Deleted, 
         .await?;
     tx.execute("DELETE FROM edges WHERE last_seen_ms < $1", &[&cutoff_ms])
         .await?;
+    tx.execute(
+        "DELETE FROM edge_destinations WHERE last_seen_ms < $1",
+        &[&cutoff_ms],
+    )
+    .await?;
     tx.execute(
         "DELETE FROM service_instances WHERE last_seen_ms < $1",
         &[&cutoff_ms],

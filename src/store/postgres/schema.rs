@@ -103,6 +103,21 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (service, stage)
     );
     "#,
+    // 2: messaging hops: where the message of a finding went, and the destinations seen on each
+    // service-graph edge.
+    r#"
+    ALTER TABLE findings ADD COLUMN m_system BIGINT;
+    ALTER TABLE findings ADD COLUMN m_destination BIGINT;
+    ALTER TABLE findings ADD COLUMN m_group BIGINT;
+    CREATE TABLE edge_destinations (
+        caller       BIGINT NOT NULL,
+        callee       BIGINT NOT NULL,
+        system       BIGINT NOT NULL,
+        destination  BIGINT NOT NULL,
+        last_seen_ms BIGINT NOT NULL,
+        PRIMARY KEY (caller, callee, system, destination)
+    );
+    "#,
 ];
 
 /// Key of the advisory lock that serialises migrations between instances starting together.

@@ -213,11 +213,13 @@ async fn execute(tx: &tokio_postgres::Transaction<'_>, mut plan: Plan) -> Result
         tx.execute(
             "INSERT INTO findings (observed_ms, trace_id, kind, scope, first_break, stage, edge_caller, edge_callee,
                 p_service, p_span, p_name, p_kind, p_stage, p_instance,
-                c_service, c_span, c_name, c_kind, c_stage, c_instance, detail)
+                c_service, c_span, c_name, c_kind, c_stage, c_instance, detail,
+                m_system, m_destination, m_group)
              SELECT * FROM UNNEST($1::bigint[], $2::bytea[], $3::bigint[], $4::bigint[], $5::bigint[],
                 $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[],
                 $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[],
-                $18::bigint[], $19::bigint[], $20::bigint[], $21::text[])",
+                $18::bigint[], $19::bigint[], $20::bigint[], $21::text[], $22::bigint[], $23::bigint[],
+                $24::bigint[])",
             &[
                 &col(&|r| r.observed_ms),
                 &trace_ids,
@@ -240,6 +242,9 @@ async fn execute(tx: &tokio_postgres::Transaction<'_>, mut plan: Plan) -> Result
                 &opt(&|r| r.callee.4),
                 &opt(&|r| r.callee.5),
                 &details,
+                &opt(&|r| r.messaging[0]),
+                &opt(&|r| r.messaging[1]),
+                &opt(&|r| r.messaging[2]),
             ],
         )
         .await?;
@@ -296,6 +301,23 @@ async fn execute(tx: &tokio_postgres::Transaction<'_>, mut plan: Plan) -> Result
              ON CONFLICT (caller, callee) DO UPDATE SET
                 last_seen_ms = GREATEST(edges.last_seen_ms, excluded.last_seen_ms)",
             &[&a, &b, &t],
+        )
+        .await?;
+    }
+    if !plan.destinations.is_empty() {
+        plan.destinations.sort_unstable();
+        let d = &plan.destinations;
+        let col = |i: usize| -> Vec<i64> {
+            d.iter()
+                .map(|((a, b, s, x), t)| [*a, *b, *s, *x, *t][i])
+                .collect()
+        };
+        tx.execute(
+            "INSERT INTO edge_destinations (caller, callee, system, destination, last_seen_ms)
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+             ON CONFLICT (caller, callee, system, destination) DO UPDATE SET
+                last_seen_ms = GREATEST(edge_destinations.last_seen_ms, excluded.last_seen_ms)",
+            &[&col(0), &col(1), &col(2), &col(3), &col(4)],
         )
         .await?;
     }

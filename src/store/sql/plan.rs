@@ -64,6 +64,8 @@ pub struct FindingRow {
     pub caller: Option<SpanCols>,
     pub callee: SpanCols,
     pub detail: String,
+    /// Messaging system, destination and consumer group (stage-kind names).
+    pub messaging: [Option<i64>; 3],
 }
 
 pub struct TraceRow {
@@ -90,6 +92,8 @@ pub struct Plan {
     pub services: Vec<((i64, i64), i64)>,
     /// (minute, root stage or 0, broken) -> traces.
     pub trace_minutes: Vec<((i64, i64, i64), i64)>,
+    /// ((caller, callee, system or 0, destination), last seen ms) of messaging hops.
+    pub destinations: Vec<((i64, i64, i64, i64), i64)>,
 }
 
 /// The latest examples of one (caller, callee, verdict): (trace, seen ms).
@@ -140,6 +144,7 @@ pub fn build<I: Ids>(batch: &[Finalised], sym: &Symbols, ids: &mut I) -> Result<
     let mut examples: HashMap<(i64, i64, i64), Examples, RandomState> = HashMap::default();
     let mut services: HashMap<(i64, i64), i64, RandomState> = HashMap::default();
     let mut trace_minutes: HashMap<(i64, i64, i64), i64, RandomState> = HashMap::default();
+    let mut destinations: HashMap<(i64, i64, i64, i64), i64, RandomState> = HashMap::default();
     for f in batch {
         let o = &f.outcome;
         let at = o.finalised_at_ms as i64;
@@ -174,6 +179,11 @@ pub fn build<I: Ids>(batch: &[Finalised], sym: &Symbols, ids: &mut I) -> Result<
             }
             let seen = last_seen.entry((caller, callee)).or_default();
             *seen = (*seen).max(at);
+            if let Some((system, dest)) = e.destination {
+                let key = (caller, callee, r.stage0(system)?, r.stage0(Some(dest))?);
+                let seen = destinations.entry(key).or_default();
+                *seen = (*seen).max(at);
+            }
         }
         for x in &o.findings {
             plan.findings.push(FindingRow {
@@ -188,6 +198,14 @@ pub fn build<I: Ids>(batch: &[Finalised], sym: &Symbols, ids: &mut I) -> Result<
                 caller: x.caller.as_ref().map(|p| r.span(p)).transpose()?,
                 callee: r.span(&x.callee)?,
                 detail: x.detail(sym),
+                messaging: match &x.messaging {
+                    Some(m) => [
+                        r.stage(m.system)?,
+                        r.stage(m.destination)?,
+                        r.stage(m.group)?,
+                    ],
+                    None => [None; 3],
+                },
             });
         }
         if let Some(s) = &f.snapshot {
@@ -220,6 +238,7 @@ pub fn build<I: Ids>(batch: &[Finalised], sym: &Symbols, ids: &mut I) -> Result<
         .collect();
     plan.services = services.into_iter().collect();
     plan.trace_minutes = trace_minutes.into_iter().collect();
+    plan.destinations = destinations.into_iter().collect();
     Ok(plan)
 }
 
@@ -241,6 +260,9 @@ impl Plan {
                 span(c);
             }
             span(&mut r.callee);
+            for m in &mut r.messaging {
+                *m = m.map(&f);
+            }
         }
         for ((_, caller, callee, stage, instance, _), _, _) in &mut self.minutes {
             (*caller, *callee, *stage, *instance) =
@@ -257,6 +279,9 @@ impl Plan {
         }
         for ((_, stage, _), _) in &mut self.trace_minutes {
             *stage = f(*stage);
+        }
+        for ((caller, callee, system, dest), _) in &mut self.destinations {
+            (*caller, *callee, *system, *dest) = (f(*caller), f(*callee), f(*system), f(*dest));
         }
     }
 }

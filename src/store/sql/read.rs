@@ -11,17 +11,18 @@ use crate::model::{SpanId, SpanKind, Sym, TraceId};
 use crate::store::{FindingPage, FindingQuery, StageTraces, StoreError, Window, codec};
 use crate::verify::{NodeKey, Verdict};
 use crate::view::{
-    EdgeSeriesView, FindingView, HopView, InstanceView, MinuteView, ServiceView, SpanRef,
-    TraceView, rfc3339,
+    EdgeSeriesView, FindingView, HopView, InstanceView, MessagingView, MinuteView, ServiceView,
+    SpanRef, TraceView, rfc3339,
 };
 
 const FINDING_COLUMNS: &str =
     "id, observed_ms, trace_id, kind, scope, first_break, edge_caller, edge_callee,
     p_service, p_span, p_name, p_kind, p_stage, p_instance,
-    c_service, c_span, c_name, c_kind, c_stage, c_instance, detail, stage";
+    c_service, c_span, c_name, c_kind, c_stage, c_instance, detail, stage,
+    m_system, m_destination, m_group";
 
 /// Columns of [`FINDING_COLUMNS`] that hold name ids.
-const FINDING_NAME_COLUMNS: [usize; 12] = [6, 7, 8, 10, 12, 13, 14, 16, 18, 19, 21, 21];
+const FINDING_NAME_COLUMNS: [usize; 14] = [6, 7, 8, 10, 12, 13, 14, 16, 18, 19, 21, 22, 23, 24];
 
 /// Fetches the names of every id in these columns of these rows.
 async fn ensure_names(
@@ -197,6 +198,14 @@ fn finding_row(r: &Row, names: &Names) -> Result<(i64, FindingView), StoreError>
             detail: r.text(20)?.to_string(),
             stage: r.opt_int(21)?.map(|i| names.name(i)),
             observed_at: rfc3339(r.int(1)? as u64),
+            messaging: {
+                let m = [r.opt_int(22)?, r.opt_int(23)?, r.opt_int(24)?];
+                m.iter().any(Option::is_some).then(|| MessagingView {
+                    system: m[0].map(|i| names.name(i)),
+                    destination: m[1].map(|i| names.name(i)),
+                    consumer_group: m[2].map(|i| names.name(i)),
+                })
+            },
         },
     ))
 }
@@ -277,7 +286,15 @@ pub async fn graph(
             vec![Value::Int(since)],
         )
         .await?;
+    let destinations = db
+        .query(
+            "SELECT caller, callee, system, destination FROM edge_destinations
+             WHERE last_seen_ms >= $1 ORDER BY last_seen_ms DESC",
+            vec![Value::Int(since)],
+        )
+        .await?;
     ensure_node_names(db, names, &counts, &[0, 1, 2, 3]).await?;
+    ensure_node_names(db, names, &destinations, &[0, 1, 2, 3]).await?;
     ensure_names(db, names, &examples, &[0, 1]).await?;
     ensure_names(db, names, &seen, &[0, 1]).await?;
     for r in &counts {
@@ -313,6 +330,11 @@ pub async fn graph(
     for r in &seen {
         if let (Some(a), Some(b)) = (nodes.node(r.int(0)?), nodes.node(r.int(1)?)) {
             g.seen(a, b, r.int(2)? as u64);
+        }
+    }
+    for r in &destinations {
+        if let (Some(b), Some(d)) = (nodes.node(r.int(1)?), nodes.stage(r.int(3)?)) {
+            g.destination(nodes.node(r.int(0)?), b, nodes.stage(r.int(2)?), d);
         }
     }
     Ok(g)

@@ -60,6 +60,10 @@ fn delete_before(conn: &Connection, cutoff_ms: i64) -> rusqlite::Result<Deleted>
         params![cutoff_ms],
     )?;
     conn.execute(
+        "DELETE FROM edge_destinations WHERE last_seen_ms < ?1",
+        params![cutoff_ms],
+    )?;
+    conn.execute(
         "DELETE FROM service_instances WHERE last_seen_ms < ?1",
         params![cutoff_ms],
     )?;

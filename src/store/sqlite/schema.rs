@@ -107,6 +107,21 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     UPDATE edge_minutes SET verdict = 100 WHERE verdict = 9;
     "#,
+    // 4: messaging hops: where the message of a finding went (names.id of stage-kind names), and
+    // the destinations seen on each service-graph edge.
+    r#"
+    ALTER TABLE findings ADD COLUMN m_system INTEGER;
+    ALTER TABLE findings ADD COLUMN m_destination INTEGER;
+    ALTER TABLE findings ADD COLUMN m_group INTEGER;
+    CREATE TABLE edge_destinations (
+        caller       INTEGER NOT NULL,
+        callee       INTEGER NOT NULL,
+        system       INTEGER NOT NULL,   -- 0: unknown
+        destination  INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        PRIMARY KEY (caller, callee, system, destination)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Brings the store at `conn` up to the newest schema; returns the version it was at.

@@ -91,8 +91,8 @@ fn execute(tx: &Transaction<'_>, plan: &Plan) -> rusqlite::Result<()> {
     let mut finding = tx.prepare_cached(
         "INSERT INTO findings (observed_ms, trace_id, kind, scope, first_break, stage, edge_caller, edge_callee,
             p_service, p_span, p_name, p_kind, p_stage, p_instance,
-            c_service, c_span, c_name, c_kind, c_stage, c_instance, detail)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+            c_service, c_span, c_name, c_kind, c_stage, c_instance, detail, m_system, m_destination, m_group)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
     )?;
     for f in &plan.findings {
         let p = f.caller;
@@ -119,6 +119,9 @@ fn execute(tx: &Transaction<'_>, plan: &Plan) -> rusqlite::Result<()> {
             c.4,
             c.5,
             f.detail,
+            f.messaging[0],
+            f.messaging[1],
+            f.messaging[2],
         ])?;
     }
     let mut trace = tx.prepare_cached(
@@ -161,6 +164,14 @@ fn execute(tx: &Transaction<'_>, plan: &Plan) -> rusqlite::Result<()> {
     )?;
     for ((m, st, broken), n) in &plan.trace_minutes {
         traces_per_minute.execute(params![m, st, broken, n])?;
+    }
+    let mut destination = tx.prepare_cached(
+        "INSERT INTO edge_destinations (caller, callee, system, destination, last_seen_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT DO UPDATE SET last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)",
+    )?;
+    for ((a, b, sys, d), at) in &plan.destinations {
+        destination.execute(params![a, b, sys, d, at])?;
     }
     Ok(())
 }
