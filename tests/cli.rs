@@ -77,6 +77,30 @@ fn check_reports_the_hop_and_exits_1() {
 }
 
 #[test]
+fn check_follows_span_links_from_a_consumer_to_its_producer_in_another_trace() {
+    let o = grayscope(&[
+        "check",
+        "--format",
+        "json",
+        "tests/data/messaging-links-only.json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Two traces: the joined hop is not a trace of its own.
+    assert_eq!(v["traces"], 2);
+    let f = v["findings"].as_array().unwrap();
+    assert_eq!(f.len(), 1, "{v}");
+    assert_eq!(
+        (f[0]["kind"].as_str(), f[0]["scope"].as_str()),
+        (Some("missing"), Some("messaging"))
+    );
+    assert_eq!(f[0]["trace_id"], "2bf0000000000000000000000000000b");
+    assert_eq!(f[0]["caller"]["span_name"], "orders.placed publish");
+    assert_eq!(f[0]["messaging"]["destination"], "orders.placed");
+    assert_eq!(f[0]["messaging"]["consumer_group"], "ledger");
+}
+
+#[test]
 fn check_joins_traces_split_across_json_lines_files() {
     let o = grayscope(&[
         "check",

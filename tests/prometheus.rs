@@ -221,7 +221,7 @@ async fn the_shipped_rules_fire_on_the_injected_bugs_only_and_every_panel_has_da
             checked += 1;
         }
     }
-    assert_eq!(checked, 12);
+    assert_eq!(checked, 14);
     let stages = prom.query("count by (stage) (grayscope_edges_total)").await;
     assert!(stages["data"]["result"].as_array().unwrap().len() >= 2);
 

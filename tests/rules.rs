@@ -47,7 +47,7 @@ fn the_rules_are_valid_and_every_alert_is_tested() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 10);
+    assert_eq!(alerts.len(), 11);
     for a in alerts {
         let firing = tests
             .split(&format!("alertname: {a}\n"))

@@ -50,7 +50,7 @@ impl StageStats {
         }
     }
 
-    /// Edges judged: every verdict but `unverifiable`.
+    /// Edges judged: every verdict but `unverifiable` and `unresolved`.
     pub fn judged(&self) -> u64 {
         Verdict::ALL
             .iter()

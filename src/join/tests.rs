@@ -429,3 +429,28 @@ fn roots_receive_and_settle_are_normal_and_a_consumer_without_parent_or_link_is_
             .contains("neither a parent nor a link")
     );
 }
+
+#[test]
+fn a_pika_style_consumer_receive_span_is_a_consumer_and_a_batch_receive_is_not_its_parents_stage() {
+    let mut r = Rig::new();
+    let k = &r.k;
+    // Before semantic conventions v1.28 a push consumer named its span `receive` (pika does):
+    // as a root, with neither parent nor link, it lost the producer's context.
+    let pika = k.span(1, None, "billing", SpanKind::Consumer);
+    // A v1.28 pull consumer: a CLIENT `receive` root without a stage, and a `process` span under
+    // it that restored the message's stage: not `appeared`.
+    let receive = k.span(2, None, "audit", SpanKind::Client);
+    let process = k.stage(k.span(3, Some(2), "audit", SpanKind::Consumer), "canary");
+    let ep = r.msg(MessagingOp::Receive, &[]);
+    let er = r.msg(MessagingOp::Receive, &[]);
+    let eq = r.msg(MessagingOp::Process, &[]);
+    r.send(1, &[(pika, ep)]);
+    r.send(2, &[(receive, er), (process, eq)]);
+    r.tick(IDLE + 1);
+    let f = r.findings();
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(
+        (f[0].kind, f[0].scope, f[0].trace_id),
+        (Verdict::BrokenTrace, Scope::Messaging, TraceId(1))
+    );
+}
