@@ -116,11 +116,6 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
         declared,
         cfg.instance_ttl.0.as_millis() as u64,
     ));
-    let joins = Arc::new(Joins::new(
-        JoinConfig::new(cfg.link_wait.0, cfg.max_link_producers, cfg.max_link_waits),
-        policy.clone(),
-        instances.clone(),
-    ));
     let aggregate = Arc::new(Aggregate::new(
         symbols.clone(),
         AggregateConfig {
@@ -146,6 +141,12 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
         }
     };
     tracing::info!("store: {}", store.location());
+    let joins = Arc::new(Joins::new(
+        JoinConfig::new(cfg.link_wait.0, cfg.max_link_producers, cfg.max_link_waits)
+            .shared(store.shared()),
+        policy.clone(),
+        instances.clone(),
+    ));
     let budget = crate::memory::Budget::of(cfg);
     tracing::info!(
         "memory budget: {} MiB at most ({})",
@@ -198,6 +199,7 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
         heartbeat: cfg.heartbeat_interval.0,
         rebalance_window: cfg.rebalance_window.0,
         instance_ttl: cfg.instance_ttl.0,
+        link_wait: cfg.link_wait.0,
     };
     let membership = Arc::new(Membership::new(
         Membership::new_id(),
@@ -234,6 +236,8 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
             instances,
             symbols: symbols.clone(),
             clock,
+            joins,
+            aggregate: aggregate.clone(),
         },
         api_stop.clone(),
     );

@@ -17,8 +17,10 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::aggregate::Aggregate;
 use crate::instances::{Clock, Instances};
 use crate::intern::Symbols;
+use crate::join::Joins;
 use crate::membership::{Member, Membership};
 use crate::store::{SharedStore, Sighting};
 use crate::telemetry::Registry;
@@ -31,7 +33,13 @@ pub struct ClusterConfig {
     pub rebalance_window: Duration,
     /// How long service instances count as live (`--instance-ttl`): sightings older are not shared.
     pub instance_ttl: Duration,
+    /// How long producer spans are kept for consumers (`--link-wait`): offered ones older are
+    /// forgotten.
+    pub link_wait: Duration,
 }
+
+/// Producer spans looked for in the store per heartbeat, at most.
+const MAX_WANTED: usize = 5_000;
 
 impl ClusterConfig {
     /// A member whose heartbeat is older than this has gone.
@@ -79,6 +87,8 @@ pub struct Cluster {
     pub instances: Arc<Instances>,
     pub symbols: Arc<Symbols>,
     pub clock: Clock,
+    pub joins: Arc<Joins>,
+    pub aggregate: Arc<Aggregate>,
 }
 
 /// Runs until `stop`, then leaves the cluster.
@@ -113,6 +123,10 @@ impl Cluster {
         let result = self.members(state).await;
         let result = match result {
             Ok(()) => self.sightings(state).await,
+            Err(e) => Err(e),
+        };
+        let result = match result {
+            Ok(()) => self.links().await,
             Err(e) => Err(e),
         };
         match result {
@@ -203,6 +217,38 @@ impl Cluster {
                 self.symbols.values.intern(&stage),
                 clock_ms,
             );
+        }
+        Ok(())
+    }
+}
+
+impl Cluster {
+    /// Messaging hops whose producer and consumer traces went to different instances (traces are
+    /// spread by trace id, and a link crosses traces): this instance's producer spans go to the
+    /// store, and the producer spans its waiting consumers link to come back from it.
+    async fn links(&self) -> Result<(), crate::store::StoreError> {
+        if !self.store.shared() {
+            return Ok(());
+        }
+        let now_wall = crate::wall_ms();
+        let forget = now_wall.saturating_sub(self.cfg.link_wait.as_millis() as u64);
+        self.store
+            .share_producers(&self.joins.take_shared(), now_wall, forget)
+            .await?;
+        let wanted = self.joins.wanted(MAX_WANTED);
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let found = self.store.find_producers(&wanted).await?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        self.joins
+            .offer(found, self.clock.now_ms(), now_wall, &mut out);
+        if !out.is_empty() {
+            self.aggregate.absorb(&out);
+            self.store.submit(out).await?;
         }
         Ok(())
     }

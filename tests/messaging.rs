@@ -328,3 +328,49 @@ async fn a_link_to_an_unsampled_producer_is_unresolved_and_never_a_finding() {
     );
     c.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_on_a_shared_store_join_a_producer_and_a_consumer_each_saw_one_of() {
+    let Some(admin) = common::postgres::server() else {
+        return;
+    };
+    let url = common::postgres::fresh_database(&admin).await;
+    let instance = || {
+        let mut args = test_args();
+        args.data = Some(url.clone().into());
+        args.heartbeat_interval = Some("200ms".parse().unwrap());
+        spawn_collector(args)
+    };
+    let (a, b) = (instance().await, instance().await);
+    // The load balancer sent the producer's trace to a, the consumer's trace to b.
+    let orders = Service::new(&a, "orders", Some("canary"), Export::Grpc);
+    let ledger = Service::new(&b, "ledger", Some("canary"), Export::Grpc);
+    let billing = Service::new(&b, "billing", Some("canary"), Export::Grpc);
+    let m1 = publish(&orders, Some("canary"));
+    let m2 = publish(&orders, Some("canary"));
+    consume_batch(&ledger, &[&m1], false);
+    consume_batch(&billing, &[&m2], true);
+    flush(&a, &[&orders]).await;
+    flush(&b, &[&ledger, &billing]).await;
+    // a offers its producer span to the store at its next heartbeat; b finds it at its own.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while metric(&b, "grayscope_links_resolved_total").await < 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never found a's producer spans"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.store.flush().await.unwrap();
+    // Either instance answers for the cluster.
+    assert_eq!(
+        findings(&a).await,
+        vec![f("missing", "messaging", "orders", "ledger", true)]
+    );
+    assert_eq!(
+        metric(&b, "grayscope_links_unresolved_total{reason=\"expired\"}").await,
+        0.0
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

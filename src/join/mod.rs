@@ -35,6 +35,9 @@ pub struct JoinConfig {
     pub max_producers: usize,
     /// Links of waiting consumers at most; past it the oldest waits end, unresolved.
     pub max_waiting_links: usize,
+    /// Instances share a store: producer spans are also offered to the other instances (see
+    /// [`Joins::take_shared`]), whose traces hold the consumers of about (N-1)/N of them.
+    pub share: bool,
 }
 
 impl JoinConfig {
@@ -43,7 +46,14 @@ impl JoinConfig {
             wait_ms: wait.as_millis() as u64,
             max_producers: max_producers.max(1),
             max_waiting_links: max_waiting_links.max(1),
+            share: false,
         }
+    }
+
+    /// The same, sharing producer spans with the other instances of a cluster.
+    pub fn shared(mut self, share: bool) -> Self {
+        self.share = share;
+        self
     }
 
     /// Everything is in when the caller drains: nothing expires on its own. For `check`.
@@ -52,6 +62,7 @@ impl JoinConfig {
             wait_ms: u64::MAX / 4,
             max_producers: usize::MAX,
             max_waiting_links: usize::MAX,
+            share: false,
         }
     }
 }
@@ -107,6 +118,8 @@ struct State {
     deadlines: VecDeque<(u32, u64, u32)>,
     generation: u32,
     stats: JoinStats,
+    /// Producer spans finalised here, not yet offered to the other instances.
+    outbox: Vec<ProducerHalf>,
 }
 
 struct Waiter {
@@ -150,6 +163,11 @@ impl Joins {
             let mut st = self.lock();
             // Producers first: a consumer finalised in the same batch, or in the same trace,
             // finds them at once.
+            if self.cfg.share {
+                // Bounded like the index: what the cluster task has not taken in time is dropped.
+                let room = self.cfg.max_producers.saturating_sub(st.outbox.len());
+                st.outbox.extend(producers.iter().take(room).copied());
+            }
             for p in producers {
                 st.add_producer(p, now_ms, &self.cfg, &mut done);
             }
@@ -171,6 +189,56 @@ impl Joins {
                 if st.is_live(id, generation) {
                     done.push(st.end(id, reason));
                 }
+            }
+        }
+        self.judge(done, now_ms, wall_ms, batch);
+    }
+
+    /// The producer spans finalised here since the last call, to offer to the other instances.
+    pub fn take_shared(&self) -> Vec<ProducerHalf> {
+        std::mem::take(&mut self.lock().outbox)
+    }
+
+    /// The producer spans that waiting consumers link to, longest waiting first, at most `limit`:
+    /// what to look for among the other instances' producers.
+    pub fn wanted(&self, limit: usize) -> Vec<(TraceId, SpanId)> {
+        let st = self.lock();
+        let mut out = Vec::new();
+        let mut seen: std::collections::HashSet<Key, RandomState> = Default::default();
+        for &(id, _, generation) in &st.deadlines {
+            if out.len() >= limit {
+                break;
+            }
+            let Some(w) = st.waiters[id as usize]
+                .as_ref()
+                .filter(|w| w.generation == generation)
+            else {
+                continue;
+            };
+            for (l, e) in w.half.links.iter().zip(&w.ends) {
+                let key = (l.trace_id, l.span_id);
+                if e.is_none() && out.len() < limit && seen.insert(key) {
+                    out.push(key);
+                }
+            }
+        }
+        out
+    }
+
+    /// Producer spans another instance finalised: the waits they complete are judged into
+    /// `batch`.
+    pub fn offer(
+        &self,
+        producers: Vec<ProducerHalf>,
+        now_ms: u64,
+        wall_ms: u64,
+        batch: &mut Vec<Finalised>,
+    ) {
+        let mut done = Vec::new();
+        {
+            let mut st = self.lock();
+            for p in producers {
+                st.add_producer(p, now_ms, &self.cfg, &mut done);
             }
         }
         self.judge(done, now_ms, wall_ms, batch);

@@ -24,7 +24,8 @@ use std::time::Duration;
 use crate::aggregate::ServiceGraph;
 use crate::assemble::Finalised;
 use crate::membership::Member;
-use crate::model::TraceId;
+use crate::model::{SpanId, TraceId};
+use crate::verify::ProducerHalf;
 use crate::view::{EdgeSeriesView, ServiceView, TraceView};
 
 pub use failure::{Failure, Reason};
@@ -170,6 +171,26 @@ pub trait Store: Send + Sync {
         _seen: Vec<Sighting>,
         _since_ms: u64,
     ) -> Result<Vec<Sighting>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Offers producer spans of messaging hops to the other instances, and forgets those offered
+    /// before `forget_before_ms` (Unix ms): a consumer's trace is usually judged by another
+    /// instance than its producer's. A store of one process shares nothing.
+    async fn share_producers(
+        &self,
+        _producers: &[ProducerHalf],
+        _now_ms: u64,
+        _forget_before_ms: u64,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The producer spans among `keys` that some instance offered.
+    async fn find_producers(
+        &self,
+        _keys: &[(TraceId, SpanId)],
+    ) -> Result<Vec<ProducerHalf>, StoreError> {
         Ok(Vec::new())
     }
 }

@@ -36,7 +36,10 @@ use crate::aggregate::ServiceGraph;
 use crate::assemble::Finalised;
 use crate::intern::Symbols;
 use crate::membership::Member;
-use crate::model::TraceId;
+use crate::model::{
+    Messaging, MessagingOp, SpanId, SpanKind, SpanRecord, StatusCode, Sym, TraceId,
+};
+use crate::verify::ProducerHalf;
 use crate::view::{EdgeSeriesView, ServiceView, TraceView};
 
 /// Connections in the pool: the writer's, the retention's and the readers'.
@@ -410,6 +413,138 @@ impl Store for PostgresStore {
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2) as u64))
             .collect())
+    }
+
+    async fn share_producers(
+        &self,
+        producers: &[ProducerHalf],
+        now_ms: u64,
+        forget_before_ms: u64,
+    ) -> Result<(), StoreError> {
+        let client = self.inner.client().await?;
+        let q = |e: tokio_postgres::Error| StoreError::Query(pg_error(&e));
+        if !producers.is_empty() {
+            let sym = &self.inner.symbols;
+            let mut rows: Vec<&ProducerHalf> = producers.iter().collect();
+            // In key order, so that instances inserting together do not deadlock.
+            rows.sort_by_key(|p| (p.trace_id, p.span.span_id));
+            rows.dedup_by_key(|p| (p.trace_id, p.span.span_id));
+            let value = |s: Option<Sym>| s.map(|s| sym.values.resolve(s).to_string());
+            let traces: Vec<[u8; 16]> = rows.iter().map(|p| p.trace_id.0.to_be_bytes()).collect();
+            let traces: Vec<&[u8]> = traces.iter().map(|t| &t[..]).collect();
+            let spans: Vec<i64> = rows.iter().map(|p| p.span.span_id.get() as i64).collect();
+            let services: Vec<String> = rows
+                .iter()
+                .map(|p| sym.services.resolve(p.span.service).to_string())
+                .collect();
+            let names: Vec<String> = rows
+                .iter()
+                .map(|p| sym.names.resolve(p.span.name).to_string())
+                .collect();
+            let kinds: Vec<i64> = rows.iter().map(|p| p.span.kind as i64).collect();
+            let stages: Vec<Option<String>> = rows.iter().map(|p| value(p.span.stage)).collect();
+            let instances: Vec<Option<String>> =
+                rows.iter().map(|p| value(p.span.instance_stage)).collect();
+            let systems: Vec<Option<String>> =
+                rows.iter().map(|p| value(p.messaging.system)).collect();
+            let destinations: Vec<Option<String>> = rows
+                .iter()
+                .map(|p| value(p.messaging.destination))
+                .collect();
+            let at = vec![now_ms as i64; rows.len()];
+            client
+                .execute(
+                    "INSERT INTO link_producers (trace_id, span_id, service, name, kind, stage,
+                        instance, system, destination, offered_ms)
+                     SELECT * FROM UNNEST($1::bytea[], $2::bigint[], $3::text[], $4::text[],
+                        $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[])
+                     ON CONFLICT (trace_id, span_id) DO NOTHING",
+                    &[
+                        &traces,
+                        &spans,
+                        &services,
+                        &names,
+                        &kinds,
+                        &stages,
+                        &instances,
+                        &systems,
+                        &destinations,
+                        &at,
+                    ],
+                )
+                .await
+                .map_err(q)?;
+        }
+        client
+            .execute(
+                "DELETE FROM link_producers WHERE offered_ms < $1",
+                &[&(forget_before_ms as i64)],
+            )
+            .await
+            .map_err(q)?;
+        Ok(())
+    }
+
+    async fn find_producers(
+        &self,
+        keys: &[(TraceId, SpanId)],
+    ) -> Result<Vec<ProducerHalf>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.inner.client().await?;
+        let q = |e: tokio_postgres::Error| StoreError::Query(pg_error(&e));
+        let traces: Vec<[u8; 16]> = keys.iter().map(|k| k.0.0.to_be_bytes()).collect();
+        let traces: Vec<&[u8]> = traces.iter().map(|t| &t[..]).collect();
+        let spans: Vec<i64> = keys.iter().map(|k| k.1.get() as i64).collect();
+        let rows = client
+            .query(
+                "SELECT p.trace_id, p.span_id, p.service, p.name, p.kind, p.stage, p.instance,
+                    p.system, p.destination
+                 FROM link_producers p
+                 JOIN UNNEST($1::bytea[], $2::bigint[]) AS k (trace_id, span_id)
+                    ON p.trace_id = k.trace_id AND p.span_id = k.span_id",
+                &[&traces, &spans],
+            )
+            .await
+            .map_err(q)?;
+        let sym = &self.inner.symbols;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (Some(trace_id), Some(span_id)) = (
+                TraceId::from_bytes(r.get::<_, &[u8]>(0)),
+                SpanId::new(r.get::<_, i64>(1) as u64),
+            ) else {
+                continue;
+            };
+            let value = |i: usize| r.get::<_, Option<&str>>(i).map(|v| sym.values.intern(v));
+            out.push(ProducerHalf {
+                trace_id,
+                span: SpanRecord {
+                    span_id,
+                    parent: None,
+                    start_ns: 0,
+                    end_ns: 0,
+                    service: sym.services.intern(r.get::<_, &str>(2)),
+                    name: sym.names.intern(r.get::<_, &str>(3)),
+                    stage: value(5),
+                    instance_stage: value(6),
+                    near_miss_key: None,
+                    near_miss_value: None,
+                    peer: None,
+                    kind: SpanKind::from_otlp(r.get::<_, i64>(4) as i32),
+                    status: StatusCode::Unset,
+                    probe: false,
+                },
+                messaging: Messaging {
+                    system: value(7),
+                    destination: value(8),
+                    group: None,
+                    op: MessagingOp::Unknown,
+                },
+            });
+        }
+        Ok(out)
     }
 }
 

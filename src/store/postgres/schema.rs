@@ -117,6 +117,22 @@ pub const MIGRATIONS: &[&str] = &[
         last_seen_ms BIGINT NOT NULL,
         PRIMARY KEY (caller, callee, system, destination)
     );
+    -- Producer spans of messaging hops, offered by the instance that finalised them to the one
+    -- whose consumer links to them; kept for --link-wait. Strings, not names: short-lived rows.
+    CREATE TABLE link_producers (
+        trace_id    BYTEA NOT NULL,
+        span_id     BIGINT NOT NULL,
+        service     TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        kind        BIGINT NOT NULL,
+        stage       TEXT,
+        instance    TEXT,
+        system      TEXT,
+        destination TEXT,
+        offered_ms  BIGINT NOT NULL,
+        PRIMARY KEY (trace_id, span_id)
+    );
+    CREATE INDEX link_producers_offered ON link_producers (offered_ms);
     "#,
 ];
 
