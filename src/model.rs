@@ -322,12 +322,34 @@ impl DestinationPolicy {
     }
 }
 
+impl SpanExtra {
+    /// What it costs to hold, in buffered spans (a span costs about 112 bytes): a span with many
+    /// links must count against `--max-buffered-spans` and the queues for what it holds, or spans
+    /// of 128 links each could hold forty times the memory those bounds promise.
+    pub fn weight(&self) -> usize {
+        (std::mem::size_of::<SpanExtra>() + self.links.len() * std::mem::size_of::<Link>())
+            .div_ceil(112)
+    }
+}
+
 /// Spans headed for one worker, from one request.
 #[derive(Debug, Default)]
 pub struct SpanBatch {
     pub spans: Vec<(TraceId, SpanRecord)>,
     /// The messaging attributes and links of those of `spans` that have any, by span.
     pub extras: Vec<(TraceId, SpanId, SpanExtra)>,
+}
+
+impl SpanBatch {
+    /// Room the batch takes in a queue, in spans: its spans, and what their extras weigh.
+    pub fn weight(&self) -> usize {
+        self.spans.len()
+            + self
+                .extras
+                .iter()
+                .map(|(_, _, e)| e.weight())
+                .sum::<usize>()
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub(super) struct TraceBuffer {
     waiting: Waiting,
     /// Messaging attributes and links of the spans that have them (few do).
     pub extras: Vec<(NodeIndex, SpanExtra)>,
+    /// What `extras` weigh, in spans ([`SpanExtra::weight`]).
+    pub extra_weight: usize,
     pub last_touch_ms: u64,
     /// Matches this trace's newest entry in the assembler's idle queue.
     pub stamp: u32,
@@ -59,6 +61,7 @@ impl TraceBuffer {
             index: None,
             waiting: Waiting::Few(Vec::new()),
             extras: Vec::new(),
+            extra_weight: 0,
             last_touch_ms: now_ms,
             stamp,
         }
@@ -89,14 +92,14 @@ impl TraceBuffer {
             + extras
     }
 
-    /// Attaches a span's messaging attributes and links; an exporter's retry of the span brings
-    /// them again and is ignored.
-    pub fn attach(&mut self, span: SpanId, extra: SpanExtra) {
-        if let Some(v) = self.find(span)
-            && !self.extras.iter().any(|(n, _)| *n == v)
-        {
-            self.extras.push((v, extra));
-        }
+    /// Attaches the messaging attributes and links of the span just added; returns their
+    /// weight ([`SpanExtra::weight`]).
+    pub fn attach_last(&mut self, extra: SpanExtra) -> usize {
+        let v = NodeIndex::new(self.graph.node_count() - 1);
+        let w = extra.weight();
+        self.extras.push((v, extra));
+        self.extra_weight += w;
+        w
     }
 
     /// Makes room for exactly `spans` more spans (and their parent edges). Capacity is most of a

@@ -131,6 +131,9 @@ pub struct Assembler {
     idle_queue: VecDeque<(u32, u32)>,
     stamp: u32,
     buffered: usize,
+    /// What the messaging extras of buffered spans weigh, in spans ([`SpanExtra::weight`]):
+    /// counted against the memory bound with `buffered`.
+    extra_weight: usize,
     finished: Tombstones,
     stats: AssembleStats,
     /// Spans per trace in the batch being inserted (kept to reuse its memory).
@@ -152,6 +155,7 @@ impl Assembler {
             idle_queue: VecDeque::new(),
             stamp: 0,
             buffered: 0,
+            extra_weight: 0,
             stats: AssembleStats::default(),
             per_trace: HashMap::default(),
             late_consumers: Vec::new(),
@@ -227,23 +231,19 @@ impl Assembler {
             *self.per_trace.entry(*t).or_default() += 1;
         }
         let mut last: Option<(TraceId, u32)> = None;
-        // `extras` is in the order of `spans`: this is the next span's, if it has one.
-        let mut next_extra = 0;
+        // `extras` is in the order of `spans`: the next one is this span's, if it has one.
+        let mut extras = batch.extras.into_iter().peekable();
         for (trace_id, span) in batch.spans {
-            let extra = match batch.extras.get(next_extra) {
-                Some((t, s, e)) if *t == trace_id && *s == span.span_id => {
-                    next_extra += 1;
-                    Some(e)
-                }
-                _ => None,
-            };
+            let extra = extras
+                .next_if(|(t, s, _)| *t == trace_id && *s == span.span_id)
+                .map(|(_, _, e)| e);
             let slot = match last {
                 Some((t, s)) if t == trace_id => s,
                 _ => match self.slot_for(trace_id, now_ms) {
                     Some(s) => s,
                     None => {
                         self.stats.late += 1;
-                        self.late_consumer(trace_id, span, extra);
+                        self.late_consumer(trace_id, span, extra.as_ref());
                         continue;
                     }
                 },
@@ -262,16 +262,12 @@ impl Assembler {
                 Insert::Added => {
                     self.buffered += 1;
                     self.stats.spans_added += 1;
+                    if let Some(e) = extra {
+                        self.extra_weight += buf.attach_last(e);
+                    }
                 }
                 Insert::Duplicate => self.stats.duplicates += 1,
                 Insert::Conflict => self.stats.conflicts += 1,
-            }
-        }
-        for (trace_id, span_id, extra) in batch.extras {
-            if let Some(&slot) = self.ids.get(&trace_id)
-                && let Some(buf) = self.slots[slot as usize].as_mut()
-            {
-                buf.attach(span_id, extra);
             }
         }
         if !self.late_consumers.is_empty() {
@@ -281,7 +277,7 @@ impl Assembler {
                 snapshot: None,
             });
         }
-        while self.buffered > self.cfg.max_spans {
+        while self.buffered + self.extra_weight > self.cfg.max_spans {
             match self.pop_oldest() {
                 Some(slot) => out.push(self.finalise(slot, Reason::Early, now_ms, wall_ms)),
                 None => break,
@@ -363,6 +359,7 @@ impl Assembler {
         self.free.push(slot);
         self.ids.remove(&buf.trace_id);
         self.buffered -= buf.len();
+        self.extra_weight -= buf.extra_weight;
         self.finished.insert(buf.trace_id, now_ms);
         let spans = buf.len() as u64;
         let (traces, in_traces) = match reason {

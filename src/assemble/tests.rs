@@ -236,3 +236,33 @@ fn a_probe_trace_is_kept_and_its_root_client_is_not_broken() {
         }
     }
 }
+
+#[test]
+fn spans_with_many_links_count_against_the_memory_bound_for_what_they_hold() {
+    use crate::model::{Link, MAX_LINKS, SpanExtra, SpanId};
+    let k = Kit::new();
+    let mut asm = assembler(100);
+    let mut out = Vec::new();
+    let links: Vec<Link> = (1..=MAX_LINKS as u64)
+        .map(|i| Link {
+            trace_id: TraceId(9),
+            span_id: SpanId::new(i).unwrap(),
+            sampled: true,
+        })
+        .collect();
+    let extra = SpanExtra {
+        links,
+        ..SpanExtra::default()
+    };
+    assert!(extra.weight() > 30, "{}", extra.weight());
+    for t in 1..=10u128 {
+        let s = k.span(1, None, "billing", SpanKind::Consumer);
+        let mut b = batch(t, &[s]);
+        b.extras.push((TraceId(t), s.span_id, extra.clone()));
+        asm.insert(b, 0, 0, &mut out);
+    }
+    // Ten spans, but each holds 128 links: most traces were finalised early to stay in bounds.
+    assert!(out.len() >= 7, "{}", out.len());
+    assert!(asm.stats().finalised_early >= 7);
+    assert!(asm.buffered_spans() <= 3);
+}

@@ -148,7 +148,7 @@ impl Shards {
             }
             let lane = &self.lanes[i];
             // A batch larger than the whole queue waits for an empty queue rather than never fitting.
-            let n = b.spans.len().min(lane.capacity) as u32;
+            let n = b.weight().min(lane.capacity) as u32;
             match lane.room.clone().try_acquire_many_owned(n) {
                 Ok(p) => permits.push(Some(p)),
                 Err(TryAcquireError::NoPermits) => return Err(SubmitError::Full { worker: i }),
