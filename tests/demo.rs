@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use grayscope::app::Collector;
-use grayscope::demo::{Demo, DemoOptions, Export, Progress, Protocol, parse_faults};
+use grayscope::demo::{BrokerMode, Demo, DemoOptions, Export, Progress, Protocol, parse_faults};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue as ProtoKeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
@@ -131,6 +131,157 @@ async fn lost_context_is_found_on_its_hop() {
         Protocol::Grpc,
         ("broken_trace", "in_process"),
         false,
+    )
+    .await;
+}
+
+/// Whether the broker tests can run: `nats-server` is installed (required under `CI=true`).
+fn broker_here() -> bool {
+    let here = grayscope::demo::nats_server_binary().is_some();
+    if !here {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "nats-server is required in CI (Debian package 'nats-server'; .ci/run installs it)"
+        );
+        eprintln!("nats-server is not installed: skipping a test of the demo's messaging hop");
+    }
+    here
+}
+
+/// [`run`] with the messaging hop: two spans more per request (orders' publish, billing's
+/// handling), and each consumer group's subscribe span.
+async fn run_with_broker(mut o: DemoOptions) -> Progress {
+    o.broker = BrokerMode::On;
+    let requests = o.requests.unwrap();
+    let mut demo = Demo::start(o)
+        .await
+        .expect("the demo starts with its broker");
+    assert!(
+        demo.describe()
+            .contains("billing    NATS nats://127.0.0.1:")
+    );
+    tokio::time::timeout(Duration::from_secs(60), demo.finished())
+        .await
+        .expect("the demo sends its requests in time");
+    let p = demo.stop().await;
+    assert_eq!((p.sent, p.ok, p.failed), (requests, requests, 0), "{p}");
+    assert_eq!(
+        (p.spans_exported, p.spans_failed),
+        (13 * requests + 2, 0),
+        "{p}"
+    );
+    p
+}
+
+/// A fault on the messaging hop: exactly `expected` (kind, scope, edge caller, edge callee), a
+/// first break, once per affected request.
+async fn broker_fault_is_found(spec: &str, expected: (&str, &str, &str, &str), canary_only: bool) {
+    if !broker_here() {
+        return;
+    }
+    let c = spawn_collector(test_args()).await;
+    let p = run_with_broker(options(export_to(&c, Protocol::Grpc), &[spec], 20, 50.0)).await;
+    // Joined hops are judged when both traces are finalised.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.flush().await;
+    let found = findings(&c).await;
+    let kinds: BTreeSet<_> = found.iter().cloned().collect();
+    let (kind, scope, caller, callee) = expected;
+    assert_eq!(
+        kinds,
+        BTreeSet::from([f(kind, scope, caller, callee, true)]),
+        "{spec}"
+    );
+    let affected = if canary_only { p.canary } else { p.sent };
+    assert!(affected > 0);
+    assert_eq!(
+        found.len() as u64,
+        affected,
+        "{spec}: one per affected request"
+    );
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clean_mesh_with_its_messaging_hop_has_no_findings() {
+    if !broker_here() {
+        return;
+    }
+    let c = spawn_collector(test_args()).await;
+    let p = run_with_broker(options(export_to(&c, Protocol::Http), &[], 60, 30.0)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.flush().await;
+    assert_eq!(findings(&c).await, vec![]);
+    let g = get_json(&c, "/api/v1/graph").await;
+    let hop = g["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["caller"] == "orders" && e["callee"] == "billing")
+        .unwrap_or_else(|| panic!("orders -> billing in {g}"));
+    assert_eq!(hop["calls"].as_u64(), Some(p.sent), "{hop}");
+    assert_eq!(hop["destinations"][0]["destination"], "orders.placed");
+    // Canary messages reached the canary consumer group, and only they did.
+    let canary: u64 = hop["routing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["stage"] == "canary")
+        .map(|r| {
+            assert_eq!(r["instance_stage"], "canary");
+            r["calls"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(canary, p.canary);
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tracecontext_only_producer_is_missing_on_the_messaging_hop() {
+    broker_fault_is_found(
+        "tracecontext-only@orders->billing",
+        ("missing", "messaging", "orders", "billing"),
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_links_only_consumer_is_missing_on_the_messaging_hop() {
+    broker_fault_is_found(
+        "links-only@orders->billing",
+        ("missing", "messaging", "orders", "billing"),
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_ignoring_headers_is_a_broken_trace() {
+    broker_fault_is_found(
+        "ignore-headers@orders->billing",
+        ("broken_trace", "messaging", "-", "billing"),
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restamped_message_is_changed_on_the_messaging_hop() {
+    broker_fault_is_found(
+        "changed@orders->billing",
+        ("changed", "messaging", "orders", "billing"),
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_message_taken_by_the_stable_group_is_misrouted() {
+    broker_fault_is_found(
+        "misroute@orders->billing",
+        ("misrouted", "messaging", "orders", "billing"),
+        true,
     )
     .await;
 }
@@ -294,6 +445,8 @@ async fn the_demo_speaks_plain_otlp_to_any_receiver() {
 async fn the_demo_command_prints_its_faults_and_feeds_a_collector() {
     let c = spawn_collector(test_args()).await;
     let endpoint = format!("http://{}", c.otlp_grpc);
+    // With nats-server installed, the demo runs its messaging hop too (--broker auto).
+    let broker = broker_here();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_grayscope"))
             .args(["demo", "--otlp-endpoint", &endpoint, "--requests", "10"])
@@ -315,12 +468,20 @@ async fn the_demo_command_prints_its_faults_and_feeds_a_collector() {
         "{stdout}"
     );
     assert!(stdout.contains("orders     gRPC 127.0.0.1:"), "{stdout}");
-    assert!(
-        stdout.contains(
-            "sent 10 requests (3 canary, 7 stable): 10 ok, 0 failed; 110 spans exported, 0 failed"
-        ),
+    assert_eq!(
+        stdout.contains("billing    NATS nats://127.0.0.1:"),
+        broker,
         "{stdout}"
     );
+    let spans = if broker { 13 * 10 + 2 } else { 110 };
+    assert!(
+        stdout.contains(&format!(
+            "sent 10 requests (3 canary, 7 stable): 10 ok, 0 failed; {spans} spans exported, 0 failed"
+        )),
+        "{stdout}"
+    );
+    // Joined hops are judged when both traces are finalised.
+    tokio::time::sleep(Duration::from_millis(800)).await;
     c.flush().await;
     let found = findings(&c).await;
     assert_eq!(found.len(), 10);
@@ -467,8 +628,11 @@ fn the_demo_says_when_nothing_receives_its_spans() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
+    let spans = if broker_here() { 3 * 13 + 2 } else { 33 };
     assert!(
-        err.contains(&format!("33 spans could not be exported to {endpoint}")),
+        err.contains(&format!(
+            "{spans} spans could not be exported to {endpoint}"
+        )),
         "{err}"
     );
     assert!(

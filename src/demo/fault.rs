@@ -13,15 +13,18 @@ pub enum Svc {
     Orders,
     Payments,
     Inventory,
+    /// Consumes `OrderPlaced` messages from the broker (stable and canary consumer groups).
+    Billing,
 }
 
 impl Svc {
-    pub const ALL: [Svc; 5] = [
+    pub const ALL: [Svc; 6] = [
         Svc::Gateway,
         Svc::Users,
         Svc::Orders,
         Svc::Payments,
         Svc::Inventory,
+        Svc::Billing,
     ];
 
     pub fn name(self) -> &'static str {
@@ -31,6 +34,7 @@ impl Svc {
             Svc::Orders => "orders",
             Svc::Payments => "payments",
             Svc::Inventory => "inventory",
+            Svc::Billing => "billing",
         }
     }
 
@@ -45,14 +49,19 @@ impl fmt::Display for Svc {
     }
 }
 
-/// Every caller->callee call the mesh makes, in the order a request makes them.
-pub const EDGES: [(Svc, Svc); 5] = [
+/// Every caller->callee call the mesh makes, in the order a request makes them; the last one is
+/// the messaging hop through the broker (with `--broker`).
+pub const EDGES: [(Svc, Svc); 6] = [
     (Svc::Gateway, Svc::Users),
     (Svc::Users, Svc::Orders),
     (Svc::Orders, Svc::Payments),
     (Svc::Orders, Svc::Inventory),
     (Svc::Gateway, Svc::Orders),
+    BROKER_EDGE,
 ];
+
+/// orders publishes `OrderPlaced`, billing consumes it.
+pub const BROKER_EDGE: (Svc, Svc) = (Svc::Orders, Svc::Billing);
 
 /// The bugs a fault can put on a hop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,15 +77,25 @@ pub enum FaultKind {
     Typo,
     /// The call is made from a spawned task that did not take the request's context along.
     LostContext,
+    /// The producer's propagator is TraceContext only: the message carries no baggage.
+    TraceContextOnly,
+    /// The consumer starts its own trace with a link to the message's context and does not
+    /// restore the stage from the headers.
+    LinksOnly,
+    /// The consumer ignores the message's headers: neither parent nor link.
+    IgnoreHeaders,
 }
 
 impl FaultKind {
-    const ALL: [FaultKind; 5] = [
+    const ALL: [FaultKind; 8] = [
         FaultKind::Missing,
         FaultKind::Changed,
         FaultKind::Misroute,
         FaultKind::Typo,
         FaultKind::LostContext,
+        FaultKind::TraceContextOnly,
+        FaultKind::LinksOnly,
+        FaultKind::IgnoreHeaders,
     ];
 
     pub fn name(self) -> &'static str {
@@ -86,10 +105,25 @@ impl FaultKind {
             FaultKind::Misroute => "misroute",
             FaultKind::Typo => "typo",
             FaultKind::LostContext => "lost-context",
+            FaultKind::TraceContextOnly => "tracecontext-only",
+            FaultKind::LinksOnly => "links-only",
+            FaultKind::IgnoreHeaders => "ignore-headers",
         }
     }
 
-    /// The verdict and scope grayscope reports for this fault, on the fault's own edge.
+    /// Whether the fault breaks a message hop (only those), a call (only those), or either.
+    fn applies_to(self, edge: (Svc, Svc)) -> bool {
+        let messaging = edge == BROKER_EDGE;
+        match self {
+            FaultKind::TraceContextOnly | FaultKind::LinksOnly | FaultKind::IgnoreHeaders => {
+                messaging
+            }
+            FaultKind::Missing | FaultKind::Typo | FaultKind::LostContext => !messaging,
+            FaultKind::Changed | FaultKind::Misroute => true,
+        }
+    }
+
+    /// The verdict and scope grayscope reports for this fault on a call.
     pub fn expected(self) -> (&'static str, &'static str) {
         match self {
             FaultKind::Missing => ("missing", "in_process"),
@@ -97,6 +131,8 @@ impl FaultKind {
             FaultKind::Misroute => ("misrouted", "cross_service"),
             FaultKind::Typo => ("key_mismatch", "cross_service"),
             FaultKind::LostContext => ("broken_trace", "in_process"),
+            FaultKind::TraceContextOnly | FaultKind::LinksOnly => ("missing", "messaging"),
+            FaultKind::IgnoreHeaders => ("broken_trace", "messaging"),
         }
     }
 
@@ -154,11 +190,21 @@ impl FromStr for Fault {
                 )));
             }
         };
-        if kind == FaultKind::Misroute && callee != Svc::Orders {
+        if kind == FaultKind::Misroute && !matches!(callee, Svc::Orders | Svc::Billing) {
             return Err(err(
-                "only orders runs a canary instance, so only calls to orders can be misrouted"
+                "only orders and billing run a canary instance, so only calls to orders and messages to billing can be misrouted"
                     .into(),
             ));
+        }
+        if !kind.applies_to((caller, callee)) {
+            return Err(err(if (caller, callee) == BROKER_EDGE {
+                "orders->billing is a message through the broker: its faults are tracecontext-only, links-only, ignore-headers, changed, misroute".into()
+            } else {
+                format!(
+                    "{} breaks a message hop; the only one is orders->billing",
+                    kind.name()
+                )
+            }));
         }
         Ok(Fault {
             kind,
@@ -175,9 +221,18 @@ impl fmt::Display for Fault {
 }
 
 impl Fault {
+    /// The verdict and scope grayscope reports for this fault, on its own edge.
+    pub fn expected(&self) -> (&'static str, &'static str) {
+        match (self.kind, (self.caller, self.callee) == BROKER_EDGE) {
+            (FaultKind::Changed, true) => ("changed", "messaging"),
+            (FaultKind::Misroute, true) => ("misrouted", "messaging"),
+            (kind, _) => kind.expected(),
+        }
+    }
+
     /// What the fault does and what grayscope should say about it, in one line.
     pub fn describe(&self) -> String {
-        let (verdict, scope) = self.kind.expected();
+        let (verdict, scope) = self.expected();
         let what = match self.kind {
             FaultKind::Missing => format!(
                 "{} calls {} without the request's baggage",
@@ -198,6 +253,18 @@ impl Fault {
             FaultKind::LostContext => format!(
                 "{} calls {} from a spawned task without the request's context",
                 self.caller, self.callee
+            ),
+            FaultKind::TraceContextOnly => format!(
+                "{} publishes to {} with a TraceContext-only propagator: no baggage in the message",
+                self.caller, self.callee
+            ),
+            FaultKind::LinksOnly => format!(
+                "{} handles {}'s messages in a trace of its own, linked, without restoring the stage",
+                self.callee, self.caller
+            ),
+            FaultKind::IgnoreHeaders => format!(
+                "{} ignores the headers of {}'s messages: neither parent nor link",
+                self.callee, self.caller
             ),
         };
         let which = if self.kind.canary_only() {
@@ -264,7 +331,11 @@ mod tests {
         assert!(e("missing").contains("KIND@CALLER->CALLEE"));
         assert!(e("lost@orders->payments").contains("lost-context"));
         assert!(e("missing@payments->orders").contains("orders->payments"));
-        assert!(e("misroute@orders->payments").contains("only orders runs a canary"));
+        assert!(e("misroute@orders->payments").contains("only orders and billing run a canary"));
+        assert!(e("links-only@orders->payments").contains("the only one is orders->billing"));
+        assert!(e("typo@orders->billing").contains("tracecontext-only, links-only"));
+        let f: Fault = "changed@orders->billing".parse().unwrap();
+        assert_eq!(f.expected(), ("changed", "messaging"));
         let twice = parse_faults(&[
             "typo@orders->inventory".into(),
             "lost-context@orders->inventory".into(),

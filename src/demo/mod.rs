@@ -12,6 +12,7 @@
 //! over OTLP itself, exactly as a production service would; the only thing special about the demo
 //! is that a fault can turn one hop into one of the bugs grayscope exists to find.
 
+mod broker;
 pub mod export;
 mod fault;
 mod mesh;
@@ -27,7 +28,12 @@ use std::time::Duration;
 
 use crate::config::Dur;
 
-pub use fault::{EDGES, Fault, FaultKind, Svc, parse_faults};
+pub use fault::{BROKER_EDGE, EDGES, Fault, FaultKind, Svc, parse_faults};
+
+/// The `nats-server` the demo would start for its messaging hop, if one is installed.
+pub fn nats_server_binary() -> Option<std::path::PathBuf> {
+    broker::NatsServer::binary()
+}
 pub use traffic::Progress;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +56,8 @@ pub enum DemoError {
     Rate,
     #[error(transparent)]
     Auth(crate::security::SecurityError),
+    #[error("the message broker: {0}")]
+    Broker(String),
 }
 
 /// How the demo's services export their spans.
@@ -90,8 +98,20 @@ pub struct DemoArgs {
     /// Where the gateway, the mesh's entry point, listens [default: a free loopback port]
     #[arg(long, value_name = "ADDR")]
     pub gateway: Option<std::net::SocketAddr>,
+    /// The messaging hop orders -> billing through NATS: `auto` runs it when `nats-server` is
+    /// installed (Debian package `nats-server`), `on` requires it, `off` leaves it out
+    #[arg(long, value_enum, default_value = "auto")]
+    pub broker: BrokerMode,
     #[command(flatten)]
     pub auth: crate::security::ClientAuthArgs,
+}
+
+/// Whether the demo runs its messaging hop.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerMode {
+    Auto,
+    On,
+    Off,
 }
 
 /// Where spans go.
@@ -161,6 +181,8 @@ pub struct DemoOptions {
     pub batch_delay: Duration,
     /// Where the gateway listens [default: a loopback port the OS chooses].
     pub gateway: Option<std::net::SocketAddr>,
+    /// The messaging hop orders -> billing through a NATS server the demo starts.
+    pub broker: BrokerMode,
 }
 
 impl DemoOptions {
@@ -173,6 +195,7 @@ impl DemoOptions {
             requests: None,
             batch_delay: Duration::from_millis(500),
             gateway: None,
+            broker: BrokerMode::Off,
         }
     }
 
@@ -192,6 +215,10 @@ pub struct Demo {
     mesh: mesh::Mesh,
     traffic: traffic::Traffic,
     options: DemoOptions,
+    /// Ended after the services that use it.
+    broker: Option<broker::NatsServer>,
+    /// Why the messaging hop is left out, when it is.
+    broker_note: Option<String>,
 }
 
 impl Demo {
@@ -199,13 +226,38 @@ impl Demo {
     /// within a multi-threaded tokio runtime (the exporters' batch threads block on it).
     pub async fn start(options: DemoOptions) -> Result<Demo, DemoError> {
         options.validate()?;
+        let broker_faults = options
+            .faults
+            .iter()
+            .any(|f| (f.caller, f.callee) == BROKER_EDGE);
+        let (broker, broker_note) = match (options.broker, broker::NatsServer::binary()) {
+            (BrokerMode::Off, _) => (None, None),
+            (_, Some(bin)) => (Some(broker::NatsServer::start(&bin)?), None),
+            (BrokerMode::On, None) => {
+                return Err(DemoError::Broker(
+                    "nats-server is not installed (Debian: apt-get install nats-server; or set GRAYSCOPE_NATS_SERVER)".into(),
+                ));
+            }
+            (BrokerMode::Auto, None) => (
+                None,
+                Some("nats-server is not installed (apt-get install nats-server): the messaging hop orders -> billing is left out".to_string()),
+            ),
+        };
+        if broker.is_none() && broker_faults {
+            return Err(DemoError::Broker(
+                "a fault on orders->billing needs the messaging hop: run with --broker on and nats-server installed".into(),
+            ));
+        }
         let exports = Arc::new(export::Exports::default());
-        let mesh = mesh::Mesh::start(&options, &exports).await?;
+        let mesh =
+            mesh::Mesh::start(&options, &exports, broker.as_ref().map(|b| b.url.as_str())).await?;
         let traffic = traffic::Traffic::start(mesh.gateway_url(), &options, exports.clone());
         Ok(Demo {
             mesh,
             traffic,
             options,
+            broker,
+            broker_note,
         })
     }
 
@@ -220,6 +272,9 @@ impl Demo {
             self.options.export.url
         );
         out.push_str(&self.mesh.describe());
+        if let Some(note) = &self.broker_note {
+            out.push_str(&format!("  broker: {note}\n"));
+        }
         out.push_str(&format!(
             "traffic: {} requests/s to the gateway, {:.0}% tagged canary, the rest stable (half untagged: the gateway's default applies)\n",
             self.options.rate,
@@ -259,6 +314,7 @@ impl Demo {
     pub async fn stop(self) -> Progress {
         let progress = self.traffic.stop().await;
         self.mesh.stop().await;
+        drop(self.broker);
         progress()
     }
 }
@@ -272,6 +328,7 @@ pub async fn run(args: DemoArgs) -> Result<Progress, DemoError> {
     options.canary_share = args.canary_share;
     options.requests = args.requests;
     options.gateway = args.gateway;
+    options.broker = args.broker;
     let mut demo = Demo::start(options).await?;
     print!("{}", demo.describe());
     let deadline = async {

@@ -54,6 +54,7 @@ use pb::inventory_server::{Inventory, InventoryServer};
 use pb::orders_client::OrdersClient;
 use pb::orders_server::{Orders, OrdersServer};
 
+mod broker;
 mod faulty;
 mod otel;
 mod services;
@@ -178,6 +179,8 @@ pub(super) struct Mesh {
     /// The stable orders instance (gRPC).
     orders: SocketAddr,
     layout: String,
+    /// Messages through the broker, published and handled.
+    messages: Arc<broker::Tally>,
 }
 
 /// Builds clients for calls made by one service (with its tracer) under the faults of the run.
@@ -252,6 +255,7 @@ impl Mesh {
     pub(super) async fn start(
         options: &DemoOptions,
         exports: &Arc<Exports>,
+        broker_url: Option<&str>,
     ) -> Result<Mesh, DemoError> {
         let mut mesh = Mesh {
             providers: Vec::new(),
@@ -260,6 +264,7 @@ impl Mesh {
             gateway: ([127, 0, 0, 1], 0).into(),
             orders: ([127, 0, 0, 1], 0).into(),
             layout: String::new(),
+            messages: Arc::default(),
         };
         let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let caller = |m: &mut Mesh, service: Svc, stage: &str| {
@@ -290,10 +295,46 @@ impl Mesh {
             InventoryServer::new(InventoryService),
         );
 
+        // The messaging hop: billing's consumer groups subscribe before anything is published.
+        let nats = match broker_url {
+            Some(url) => Some(
+                async_nats::connect(url)
+                    .await
+                    .map_err(|e| DemoError::Broker(format!("connecting to {url}: {e}")))?,
+            ),
+            None => None,
+        };
+        if let Some(client) = &nats {
+            for stage in [DEFAULT_STAGE, CANARY] {
+                let billing = caller(&mut mesh, Svc::Billing, stage)?;
+                let fault = options
+                    .faults
+                    .iter()
+                    .find(|f| (f.caller, f.callee) == super::BROKER_EDGE)
+                    .map(|f| f.kind);
+                let task = broker::consume(
+                    client,
+                    billing.tracer,
+                    stage,
+                    fault,
+                    mesh.stop.clone(),
+                    mesh.messages.clone(),
+                )
+                .await?;
+                mesh.servers.push(task);
+            }
+        }
+
         let mut orders_addrs = Vec::new();
         for stage in [DEFAULT_STAGE, CANARY] {
             let c = caller(&mut mesh, Svc::Orders, stage)?;
             let svc = OrdersService {
+                publisher: nats.clone().map(|client| broker::Publisher {
+                    client,
+                    tracer: c.tracer.clone(),
+                    fault: c.fault(Svc::Billing),
+                    tally: mesh.messages.clone(),
+                }),
                 stage: stage.to_string(),
                 next_order: Arc::new(AtomicU64::new(1)),
                 payments: c.http(Svc::Payments, payments_addr),
@@ -352,6 +393,11 @@ impl Mesh {
              \x20 calls: gateway->users->orders->{{payments, inventory}}, gateway->orders\n",
             mesh.gateway
         );
+        if let Some(url) = broker_url {
+            mesh.layout.push_str(&format!(
+                "  billing    NATS {url}: consumer groups billing (stable, orders.placed.stable) and billing_gray (canary, orders.placed.canary)\n  messages: orders publishes OrderPlaced for every order, routed by stage\n"
+            ));
+        }
         Ok(mesh)
     }
 
@@ -417,6 +463,8 @@ impl Mesh {
     /// Stops the servers, then flushes and shuts down every tracer provider (so that nothing a
     /// service recorded is lost).
     pub(super) async fn stop(self) {
+        // Messages published for answered requests are handled before the consumers stop.
+        self.messages.drained(Duration::from_secs(5)).await;
         self.stop.cancel();
         for server in self.servers {
             let abort = server.abort_handle();

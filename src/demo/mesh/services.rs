@@ -77,6 +77,8 @@ pub(super) async fn place_order(
 
 #[derive(Clone)]
 pub(super) struct OrdersService {
+    /// Publishes `OrderPlaced` (with the messaging hop).
+    pub(super) publisher: Option<super::broker::Publisher>,
     pub(super) stage: String,
     pub(super) next_order: Arc<AtomicU64>,
     pub(super) payments: Edge<HttpTarget>,
@@ -107,6 +109,9 @@ impl Orders for OrdersService {
                     .into_inner())
             })
             .await?;
+        if let Some(p) = &self.publisher {
+            p.order_placed(order_id.clone()).await;
+        }
         Ok(tonic::Response::new(pb::PlaceOrderReply {
             order_id,
             served_by: self.stage.clone(),
