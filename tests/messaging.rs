@@ -56,6 +56,15 @@ fn publish(orders: &Service, stage: Option<&str>) -> Message {
     m
 }
 
+/// The baggage entries in a message's headers: what a consumer restores by hand.
+fn baggage_of(m: &Message) -> Vec<KeyValue> {
+    extract(&m.headers)
+        .baggage()
+        .iter()
+        .map(|(k, (v, _))| KeyValue::new(k.clone(), v.clone()))
+        .collect()
+}
+
 /// A push consumer: the message's context (and baggage) becomes its parent.
 fn consume_as_child(svc: &Service, m: &Message) {
     let cx = extract(&m.headers);
@@ -74,13 +83,7 @@ fn consume_as_child(svc: &Service, m: &Message) {
 fn consume_batch(svc: &Service, batch: &[&Message], restore: bool) {
     let mut root = Context::new();
     if restore {
-        let bag = extract(&batch[0].headers);
-        let entries: Vec<KeyValue> = bag
-            .baggage()
-            .iter()
-            .map(|(k, (v, _))| KeyValue::new(k.clone(), v.clone()))
-            .collect();
-        root = root.with_baggage(entries);
+        root = root.with_baggage(baggage_of(batch[0]));
     }
     let process = svc.span_with(
         "orders.placed process",
@@ -103,15 +106,10 @@ fn pull(svc: &Service, batch: &[&Message]) {
         batch.iter().map(|m| m.creation.clone()).collect(),
     );
     for m in batch {
-        let bag: Vec<KeyValue> = extract(&m.headers)
-            .baggage()
-            .iter()
-            .map(|(k, (v, _))| KeyValue::new(k.clone(), v.clone()))
-            .collect();
         let process = svc.span_with(
             "orders.placed process",
             SpanKind::Consumer,
-            &receive.with_baggage(bag),
+            &receive.with_baggage(baggage_of(m)),
             messaging("process", Some("billing")),
             vec![m.creation.clone()],
         );

@@ -18,8 +18,8 @@ use foldhash::fast::RandomState;
 pub use snapshot::TraceSnapshot;
 
 use crate::instances::Instances;
-use crate::model::{Link, SpanBatch, SpanExtra, SpanRecord, Sym, TraceId};
-use crate::verify::{self, ConsumerHalf, Policy, TraceOutcome, messaging, trace::FinaliseContext};
+use crate::model::{SpanBatch, SpanExtra, SpanRecord, Sym, TraceId};
+use crate::verify::{self, ConsumerHalf, Policy, TraceOutcome, trace::FinaliseContext};
 use buffer::{Insert, TraceBuffer};
 
 /// Why a trace was finalised.
@@ -166,29 +166,7 @@ impl Assembler {
     /// producer by more than `trace_idle` is normal, so its edge from its producer (its parent,
     /// or its links) is judged through the producers kept for links rather than dropped as late.
     fn late_consumer(&mut self, trace_id: TraceId, span: SpanRecord, extra: Option<&SpanExtra>) {
-        let m = extra.map(|e| e.messaging).unwrap_or_default();
-        if !messaging::is_consumer(&span, &m) {
-            return;
-        }
-        let mut half = extra
-            .and_then(|e| ConsumerHalf::of(trace_id, &span, e))
-            .unwrap_or(ConsumerHalf {
-                trace_id,
-                span,
-                messaging: m,
-                links: Vec::new(),
-            });
-        if let Some(parent) = span.parent {
-            half.links.insert(
-                0,
-                Link {
-                    trace_id,
-                    span_id: parent,
-                    sampled: true,
-                },
-            );
-        }
-        if !half.links.is_empty() {
+        if let Some(half) = ConsumerHalf::apart_from_parent(trace_id, &span, extra) {
             self.late_consumers.push(half);
         }
     }

@@ -143,6 +143,40 @@ impl ConsumerHalf {
     }
 }
 
+impl ConsumerHalf {
+    /// The half of a consumer span whose parent is not in its trace as assembled (it lags
+    /// behind its producer by more than the trace's idle time, so the producer's span went with
+    /// the trace finalised before): the parent is followed like a link, first, through the
+    /// producers kept for links. `None` for a span that is not a consumer or points nowhere.
+    pub fn apart_from_parent(
+        trace_id: TraceId,
+        span: &SpanRecord,
+        extra: Option<&SpanExtra>,
+    ) -> Option<Self> {
+        let messaging = extra.map(|e| e.messaging).unwrap_or_default();
+        if !is_consumer(span, &messaging) {
+            return None;
+        }
+        let mut half = extra
+            .and_then(|e| ConsumerHalf::of(trace_id, span, e))
+            .unwrap_or(ConsumerHalf {
+                trace_id,
+                span: *span,
+                messaging,
+                links: Vec::new(),
+            });
+        if let Some(parent) = span.parent {
+            let link = Link {
+                trace_id,
+                span_id: parent,
+                sampled: true,
+            };
+            half.links.insert(0, link);
+        }
+        (!half.links.is_empty()).then_some(half)
+    }
+}
+
 /// Why a link could not be followed to its producer span.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Unresolved {

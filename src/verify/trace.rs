@@ -9,7 +9,7 @@ use petgraph::visit::EdgeRef;
 
 use super::messaging::{self, ConsumerHalf, ProducerHalf};
 use super::{Finding, Hop, NodeKey, Policy, Scope, Verdict, is_misrouted};
-use crate::model::{Link, Messaging, SpanExtra, SpanRecord, Sym, TraceId};
+use crate::model::{Messaging, SpanExtra, SpanRecord, Sym, TraceId};
 
 /// A trace's call graph while it is assembled: spans as nodes, parent->child edges carrying the
 /// verdict judged when both ends arrived.
@@ -166,28 +166,9 @@ pub fn finalise(
                 let span = &g[v];
                 let extra = msg.extra(extras, v);
                 let m = extra.map(|e| e.messaging).unwrap_or_default();
-                if let Some(parent) = span.parent
-                    && messaging::is_consumer(span, &m)
+                if span.parent.is_some()
+                    && let Some(half) = ConsumerHalf::apart_from_parent(trace_id, span, extra)
                 {
-                    // A consumer that lags behind its producer by more than the trace's idle
-                    // time: its parent, the producer's span, went with the trace finalised
-                    // before. Found again through the producers kept for links.
-                    let mut half = extra
-                        .and_then(|e| ConsumerHalf::of(trace_id, span, e))
-                        .unwrap_or_else(|| ConsumerHalf {
-                            trace_id,
-                            span: *span,
-                            messaging: m,
-                            links: Vec::new(),
-                        });
-                    half.links.insert(
-                        0,
-                        Link {
-                            trace_id,
-                            span_id: parent,
-                            sampled: true,
-                        },
-                    );
                     consumers.push(half);
                     continue;
                 }
