@@ -179,6 +179,8 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
             cfg.max_buffered_spans,
             cfg.workers,
             cfg.sample_clean,
+            cfg.orphan_wait.0,
+            cfg.max_kept_spans,
         ),
         joins: joins.clone(),
         policy,

@@ -42,6 +42,9 @@ const SERIES: u64 = 64;
 const FAMILIES: u64 = 4;
 /// A remembered finalised trace id (set and queue entries).
 const TOMBSTONE: u64 = 48;
+/// A span of a finalised trace kept for late spans: its record in the trace's skeleton, with the
+/// skeleton's bookkeeping shared out (each skeleton weighs one span more than it holds).
+pub const KEPT_SPAN: u64 = 80;
 
 /// One bounded part of grayscope's memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,11 +95,22 @@ impl Budget {
                         cfg.max_buffered_spans,
                         cfg.workers,
                         cfg.sample_clean,
+                        cfg.orphan_wait.0,
+                        cfg.max_kept_spans,
                     )
                     .tombstones)
                         * n(cfg.workers)
                         * TOMBSTONE,
                     "--max-buffered-spans / 8, at least 4,096 per worker",
+                ),
+                part(
+                    "kept_spans",
+                    if cfg.orphan_wait.0.is_zero() {
+                        0
+                    } else {
+                        n(cfg.max_kept_spans) * KEPT_SPAN
+                    },
+                    "--max-kept-spans (none with --orphan-wait 0)",
                 ),
                 part(
                     "links",

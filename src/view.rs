@@ -323,6 +323,9 @@ pub struct TraceView {
     /// `false` while the trace is still being assembled: routing, orphans and first breaks are
     /// judged at finalisation.
     pub finalised: bool,
+    /// Spans whose parent had not arrived when the trace was finalised, still waiting for it
+    /// (`--orphan-wait`): their verdicts are not final yet.
+    pub waiting_spans: u32,
     pub spans: Vec<TraceSpanView>,
     pub edges: Vec<TraceEdgeView>,
     pub findings: Vec<FindingView>,
@@ -335,6 +338,7 @@ impl TraceView {
         TraceView {
             trace_id: t.trace_id,
             finalised: t.finalised,
+            waiting_spans: t.waiting,
             spans: spans
                 .into_iter()
                 .map(|s| TraceSpanView {
@@ -429,6 +433,9 @@ pub enum TraceState {
     /// Spans are arriving: verdicts so far; routing, orphans and first breaks are judged when it
     /// is finalised (about `--trace-idle` after its last span).
     Assembling,
+    /// Finalised but for spans whose parent has not arrived: they wait for it (`--orphan-wait`)
+    /// before they are judged.
+    Waiting,
     /// Every verdict is final.
     Finalised,
 }
@@ -498,10 +505,10 @@ impl TraceVerdicts {
         served.dedup();
         TraceVerdicts {
             trace_id: view.trace_id,
-            state: if view.finalised {
-                TraceState::Finalised
-            } else {
-                TraceState::Assembling
+            state: match (view.finalised, view.waiting_spans) {
+                (_, 1..) => TraceState::Waiting,
+                (true, 0) => TraceState::Finalised,
+                (false, 0) => TraceState::Assembling,
             },
             member: None,
             hops: view.hops(),

@@ -153,6 +153,7 @@ fn trace(t: &TraceView) -> pb::Trace {
     pb::Trace {
         trace_id: t.trace_id.to_string(),
         finalised: t.finalised,
+        waiting_spans: t.waiting_spans,
         spans: t
             .spans
             .iter()

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use foldhash::fast::RandomState;
 use petgraph::graph::NodeIndex;
 
+use super::kept::Skeleton;
 use crate::model::{SpanExtra, SpanId, SpanRecord, TraceId};
 use crate::verify::{Policy, TraceGraph, judge_edge};
 
@@ -33,6 +34,24 @@ pub(super) struct TraceBuffer {
     pub last_touch_ms: u64,
     /// Matches this trace's newest entry in the assembler's idle queue.
     pub stamp: u32,
+    /// Spans (nodes `0..settled`) that came from the skeleton of an earlier finalisation: the
+    /// trace was reopened by a late span.
+    pub settled: usize,
+    /// What the skeleton said, when reopened.
+    pub reopened: Option<Reopened>,
+    /// Settled spans whose parent arrived since this was last read (orphans resolved late).
+    pub resolved: u32,
+}
+
+/// The state of a trace reopened by a late span, from its skeleton.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Reopened {
+    /// When the trace last received a span before its earlier finalisation.
+    pub last_touch_ms: u64,
+    /// Its orphans' wait, if it had any.
+    pub waiting: u32,
+    pub until_ms: u64,
+    pub unsettled: bool,
 }
 
 /// Children whose parent has not arrived yet, by parent id.
@@ -64,6 +83,52 @@ impl TraceBuffer {
             extra_weight: 0,
             last_touch_ms: now_ms,
             stamp,
+            settled: 0,
+            reopened: None,
+            resolved: 0,
+        }
+    }
+
+    /// A finalised trace reopened by a late span: its kept spans are assembled again (every edge
+    /// among them judged as before) and marked settled. They weigh against the memory bound as
+    /// buffered spans do (`extra_weight`) without counting as spans received again.
+    pub fn reopen(k: Skeleton, now_ms: u64, stamp: u32, policy: &Policy) -> Self {
+        let mut b = TraceBuffer::new(k.trace_id, now_ms, stamp);
+        b.reserve(k.spans.len());
+        for span in k.spans.iter() {
+            b.insert(*span, policy);
+        }
+        b.settled = b.len();
+        b.extra_weight = b.settled;
+        for (i, e) in k.extras {
+            b.extra_weight += e.weight();
+            b.extras.push((NodeIndex::new(i as usize), e));
+        }
+        b.resolved = 0;
+        b.reopened = Some(Reopened {
+            last_touch_ms: k.last_touch_ms,
+            waiting: k.waiting,
+            until_ms: k.until_ms,
+            unsettled: k.unsettled,
+        });
+        b
+    }
+
+    /// The skeleton to keep once finalised: its spans in node order, and their extras.
+    pub fn skeleton(self, waiting: u32, until_ms: u64, unsettled: bool) -> Skeleton {
+        let (nodes, _) = self.graph.into_nodes_edges();
+        Skeleton {
+            trace_id: self.trace_id,
+            spans: nodes.into_iter().map(|n| n.weight).collect(),
+            extras: self
+                .extras
+                .into_iter()
+                .map(|(v, e)| (v.index() as u32, e))
+                .collect(),
+            last_touch_ms: self.last_touch_ms,
+            waiting,
+            until_ms,
+            unsettled,
         }
     }
 
@@ -153,6 +218,9 @@ impl TraceBuffer {
             }
         }
         for c in self.take_waiting(span.span_id) {
+            if c.index() < self.settled {
+                self.resolved += 1;
+            }
             let verdict = judge_edge(&span, &self.graph[c], policy);
             self.graph.add_edge(v, c, verdict);
         }

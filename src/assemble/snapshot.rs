@@ -15,6 +15,9 @@ pub struct TraceSnapshot {
     /// Finalised: verdicts and findings are final. Otherwise the trace is still being assembled and
     /// routing, orphans and first breaks are not judged yet.
     pub finalised: bool,
+    /// Spans whose parent has not arrived, waiting for it (`--orphan-wait`): until then the
+    /// trace is not final, whatever `finalised` says of the rest.
+    pub waiting: u32,
 }
 
 impl TraceSnapshot {
@@ -34,6 +37,7 @@ impl TraceSnapshot {
                 .collect(),
             findings,
             finalised,
+            waiting: 0,
         }
     }
 }

@@ -13,6 +13,9 @@ fn assembler(max_spans: usize) -> Assembler {
             tombstones: 1000,
             tombstone_ms: 1000,
             sample_clean: 0.0,
+            orphan_wait_ms: 0,
+            keep_ms: 0,
+            max_kept: 0,
         },
         Arc::new(Policy::default()),
         Arc::new(Instances::new([], 60_000)),
@@ -265,4 +268,191 @@ fn spans_with_many_links_count_against_the_memory_bound_for_what_they_hold() {
     assert!(out.len() >= 7, "{}", out.len());
     assert!(asm.stats().finalised_early >= 7);
     assert!(asm.buffered_spans() <= 3);
+}
+
+/// An assembler that keeps finalised traces for late spans: idle 100 ms, orphans wait 1 s, at
+/// most `max_kept` in skeleton weight.
+fn waiting_assembler(max_kept: usize) -> Assembler {
+    Assembler::new(
+        AssemblerConfig {
+            orphan_wait_ms: 1000,
+            keep_ms: 300,
+            max_kept,
+            ..assembler(1000).cfg
+        },
+        Arc::new(Policy::default()),
+        Arc::new(Instances::new([], 60_000)),
+    )
+}
+
+fn kinds(f: &[Finalised]) -> Vec<(Verdict, bool)> {
+    f.iter()
+        .flat_map(|f| &f.outcome.findings)
+        .map(|x| (x.kind, x.first_break))
+        .collect()
+}
+
+#[test]
+fn a_late_parent_is_judged_when_it_arrives_and_its_child_never_called_broken() {
+    let k = Kit::new();
+    // The child arrives first and loses the stage; its parents come after the trace went idle.
+    let spans = chain(&k, true);
+    let mut asm = waiting_assembler(10_000);
+    let mut out = Vec::new();
+    asm.insert(batch(1, &spans[2..]), 0, 0, &mut out);
+    asm.expire(100, 0, &mut out);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].outcome.findings.is_empty(), "the orphan waits");
+    assert_eq!(out[0].outcome.orphans.waiting, 1);
+    assert!(
+        !out[0].outcome.joined,
+        "the first finalisation is the trace"
+    );
+    assert_eq!(asm.orphans_waiting(), 1);
+    let snap = asm
+        .snapshot(TraceId(1))
+        .expect("kept while its orphan waits");
+    assert_eq!((snap.finalised, snap.waiting), (false, 1));
+
+    // 600 ms later (within the wait) the parents arrive: the trace reopens and the edge they
+    // complete is judged once the trace is idle again.
+    asm.insert(batch(1, &spans[..2]), 700, 0, &mut out);
+    assert_eq!(
+        asm.buffered_spans(),
+        2,
+        "the kept span is not counted again"
+    );
+    asm.expire(799, 0, &mut out);
+    assert_eq!(out.len(), 1);
+    asm.expire(800, 0, &mut out);
+    assert_eq!(out.len(), 2);
+    let late = &out[1].outcome;
+    assert!(late.joined, "a part of a trace counted before");
+    assert_eq!(late.spans, 2);
+    assert_eq!(kinds(&out), vec![(Verdict::Missing, true)]);
+    assert_eq!(late.edges.len(), 2, "both new edges, nothing counted twice");
+    assert_eq!(late.orphans.resolved, 1);
+    assert_eq!(asm.take_lateness(), vec![700]);
+    assert_eq!(asm.orphans_waiting(), 0);
+    let snap = out[1]
+        .snapshot
+        .as_ref()
+        .expect("a trace with a finding is kept");
+    assert_eq!((snap.spans.len(), snap.edges.len()), (3, 2));
+    let s = asm.stats();
+    assert_eq!((s.spans_idle, s.spans_late, s.orphans_resolved), (1, 2, 1));
+    assert_eq!(s.finalised_idle, 1, "one trace");
+
+    // Its wait never ends in a broken trace.
+    asm.expire(5_000, 0, &mut out);
+    assert_eq!(kinds(&out), vec![(Verdict::Missing, true)]);
+    assert_eq!(asm.stats().orphans_expired_wait, 0);
+}
+
+#[test]
+fn a_parent_that_never_comes_is_a_broken_trace_once_the_wait_is_over() {
+    let k = Kit::new();
+    let spans = chain(&k, false);
+    let mut asm = waiting_assembler(10_000);
+    let mut out = Vec::new();
+    asm.insert(batch(1, &spans[2..]), 0, 0, &mut out);
+    asm.expire(100, 0, &mut out);
+    assert!(kinds(&out).is_empty());
+    asm.expire(1099, 0, &mut out);
+    assert!(kinds(&out).is_empty(), "still waiting");
+    asm.expire(1100, 0, &mut out);
+    assert_eq!(kinds(&out), vec![(Verdict::BrokenTrace, true)]);
+    let last = out.last().unwrap();
+    assert!(last.outcome.joined);
+    assert_eq!(
+        last.outcome.spans, 0,
+        "its span was counted when it arrived"
+    );
+    assert_eq!(
+        last.outcome.edges.len(),
+        1,
+        "the finding is counted on its hop"
+    );
+    assert!(last.snapshot.is_some());
+    assert_eq!(asm.stats().orphans_expired_wait, 1);
+    assert_eq!(asm.orphans_waiting(), 0);
+    assert_eq!(asm.kept(), (0, 0));
+}
+
+#[test]
+fn a_late_child_is_judged_against_its_parent() {
+    let k = Kit::new();
+    let spans = chain(&k, true);
+    let mut asm = waiting_assembler(10_000);
+    let mut out = Vec::new();
+    asm.insert(batch(1, &spans[..2]), 0, 0, &mut out);
+    asm.expire(100, 0, &mut out);
+    assert_eq!(out.len(), 1);
+    assert!(kinds(&out).is_empty());
+    // The child comes after its trace was finalised (an exporter's retry): it lost the stage.
+    asm.insert(batch(1, &spans[2..]), 250, 0, &mut out);
+    assert_eq!(asm.stats().late, 0, "judged, not merely counted");
+    asm.expire(350, 0, &mut out);
+    assert_eq!(kinds(&out), vec![(Verdict::Missing, true)]);
+    let f = &out[1].outcome.findings[0];
+    assert_eq!(f.caller.map(|c| c.span_id), Some(spans[1].span_id));
+    // A retry of spans already kept is a duplicate, and reopens nothing new.
+    asm.insert(batch(1, &spans), 400, 0, &mut out);
+    assert_eq!(asm.stats().duplicates, 3);
+    asm.expire(500, 0, &mut out);
+    assert_eq!(kinds(&out).len(), 1);
+    // Once the trace is no longer kept, a late span is counted.
+    asm.expire(2_000, 0, &mut out);
+    let mut other = spans[2];
+    other.span_id = crate::model::SpanId::new(99).unwrap();
+    asm.insert(batch(1, &[other]), 2_100, 0, &mut out);
+    assert_eq!(
+        asm.stats().late,
+        0,
+        "the trace id is remembered for less than it is kept"
+    );
+}
+
+#[test]
+fn kept_traces_are_bounded_and_waits_ended_early_are_counted_not_judged() {
+    let k = Kit::new();
+    let spans = chain(&k, false);
+    // Each orphaned trace's skeleton weighs 2 (one span, one for itself).
+    let mut asm = waiting_assembler(5);
+    let mut out = Vec::new();
+    for t in 1..=4 {
+        asm.insert(batch(t, &spans[2..]), t as u64, 0, &mut out);
+    }
+    asm.expire(200, 0, &mut out);
+    assert_eq!(asm.kept(), (2, 4));
+    let s = asm.stats();
+    assert_eq!((s.orphans_expired_memory, s.kept_evicted), (2, 2));
+    asm.expire(10_000, 0, &mut out);
+    assert_eq!(kinds(&out), vec![(Verdict::BrokenTrace, true); 2]);
+    assert_eq!(asm.stats().orphans_expired_wait, 2);
+}
+
+#[test]
+fn shutdown_counts_waiting_orphans_and_a_flush_judges_them() {
+    let k = Kit::new();
+    let spans = chain(&k, false);
+    let mut asm = waiting_assembler(10_000);
+    let mut out = Vec::new();
+    asm.insert(batch(1, &spans[2..]), 0, 0, &mut out);
+    asm.insert(batch(2, &spans[2..]), 0, 0, &mut out);
+    asm.expire(100, 0, &mut out);
+    asm.insert(batch(3, &spans[2..]), 150, 0, &mut out);
+    asm.drain(160, 0, &mut out);
+    assert_eq!(kinds(&out), vec![(Verdict::BrokenTrace, true); 3]);
+    assert_eq!(asm.stats().orphans_expired_flush, 2);
+
+    let mut asm = waiting_assembler(10_000);
+    let mut out = Vec::new();
+    asm.insert(batch(1, &spans[2..]), 0, 0, &mut out);
+    asm.expire(100, 0, &mut out);
+    asm.insert(batch(2, &spans[2..]), 150, 0, &mut out);
+    asm.stop(160, 0, &mut out);
+    assert!(kinds(&out).is_empty());
+    assert_eq!(asm.stats().orphans_expired_shutdown, 2);
+    assert_eq!(asm.kept(), (0, 0));
 }

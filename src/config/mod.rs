@@ -154,6 +154,18 @@ pub struct ServeArgs {
     /// [default: 2000000]
     #[arg(long, env = "GRAYSCOPE_MAX_BUFFERED_SPANS", value_name = "N")]
     pub max_buffered_spans: Option<usize>,
+    /// How long a span whose parent has not arrived when its trace is finalised waits for it
+    /// before it is judged `broken_trace`; late children of a finalised trace are judged against
+    /// their parents too. 0: judge it with its trace and keep no trace for late spans [default:
+    /// 2m: a parent is exported after its slowest child, plus the batch delay (5 s) and exporter
+    /// retries (Go's OTLP exporter gives up after 1 min)]
+    #[arg(long, env = "GRAYSCOPE_ORPHAN_WAIT", value_name = "DURATION")]
+    pub orphan_wait: Option<Dur>,
+    /// Spans of finalised traces kept for their late spans at most (the waiting ones among
+    /// them); past it the oldest are forgotten first, counted, and waiting spans are not judged
+    /// [default: 1000000]
+    #[arg(long, env = "GRAYSCOPE_MAX_KEPT_SPANS", value_name = "N")]
+    pub max_kept_spans: Option<usize>,
     /// An instance stage counts as live this long after its last span [default: 15m]
     #[arg(long, env = "GRAYSCOPE_INSTANCE_TTL", value_name = "DURATION")]
     pub instance_ttl: Option<Dur>,
@@ -238,6 +250,8 @@ pub struct ServeConfig {
     pub max_concurrent_requests: usize,
     pub trace_idle: Dur,
     pub max_buffered_spans: usize,
+    pub orphan_wait: Dur,
+    pub max_kept_spans: usize,
     pub instance_ttl: Dur,
     pub link_wait: Dur,
     pub max_link_producers: usize,
@@ -335,6 +349,8 @@ impl ServeArgs {
                 "max-buffered-spans",
                 a.max_buffered_spans.unwrap_or(2_000_000),
             )?,
+            orphan_wait: a.orphan_wait.unwrap_or(Dur(Duration::from_secs(2 * 60))),
+            max_kept_spans: positive("max-kept-spans", a.max_kept_spans.unwrap_or(1_000_000))?,
             instance_ttl: a.instance_ttl.unwrap_or(Dur(Duration::from_secs(15 * 60))),
             link_wait: nonzero(
                 "link-wait",
@@ -409,6 +425,8 @@ impl ServeArgs {
                 .or(file.max_concurrent_requests),
             trace_idle: self.trace_idle.or(file.trace_idle),
             max_buffered_spans: self.max_buffered_spans.or(file.max_buffered_spans),
+            orphan_wait: self.orphan_wait.or(file.orphan_wait),
+            max_kept_spans: self.max_kept_spans.or(file.max_kept_spans),
             instance_ttl: self.instance_ttl.or(file.instance_ttl),
             link_wait: self.link_wait.or(file.link_wait),
             max_link_producers: self.max_link_producers.or(file.max_link_producers),

@@ -276,6 +276,10 @@ impl Api {
                         .iter()
                         .map(|t| match (&*t.state, &t.member) {
                             ("unknown", _) => format!("{} (no span arrived)", t.trace_id),
+                            ("waiting", _) => format!(
+                                "{} (finalised, but spans wait for their parent: --orphan-wait)",
+                                t.trace_id
+                            ),
                             (_, Some(m)) => format!("{} (assembling on {m})", t.trace_id),
                             (s, None) => format!("{} ({s})", t.trace_id),
                         })

@@ -109,7 +109,9 @@ pub struct ProbeArgs {
     /// OTLP protocol of the probe's exporter
     #[arg(long, value_enum, default_value = "grpc")]
     pub otlp_protocol: Protocol,
-    /// How long to wait, from the first request, for every verdict
+    /// How long to wait, from the first request, for every verdict. A span whose parent has not
+    /// arrived waits for it on the collector (its --orphan-wait) before it is judged: a trace
+    /// still waiting when this runs out is reported incomplete, not broken
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     pub timeout: Dur,
     /// How long one entry request may take

@@ -289,7 +289,7 @@ impl Worker {
             };
             if stop {
                 self.asm
-                    .drain(self.clock.now_ms(), crate::wall_ms(), &mut out);
+                    .stop(self.clock.now_ms(), crate::wall_ms(), &mut out);
                 self.joins
                     .absorb(&mut out, self.clock.now_ms(), crate::wall_ms());
                 self.joins.drain(
@@ -308,13 +308,18 @@ impl Worker {
         }
     }
 
-    fn publish(&self, published: &mut AssembleStats) {
+    fn publish(&mut self, published: &mut AssembleStats) {
         let now = self.asm.stats();
         self.metrics.add_assembly(published, &now);
+        self.metrics.observe_lateness(&self.asm.take_lateness());
         *published = now;
         let g = &self.gauges;
         g.spans.set(self.asm.buffered_spans() as i64);
         g.traces.set(self.asm.buffered_traces() as i64);
+        let (kept, weight) = self.asm.kept();
+        g.kept_traces.set(kept as i64);
+        g.kept_spans.set(weight as i64);
+        g.orphans_waiting.set(self.asm.orphans_waiting() as i64);
         g.queued
             .set(self.capacity.saturating_sub(self.room.available_permits()) as i64);
     }

@@ -152,6 +152,7 @@ pub fn decode(trace_id: TraceId, data: &[u8]) -> Result<TraceView, DecodeError> 
     Ok(TraceView {
         trace_id,
         finalised: true,
+        waiting_spans: 0,
         spans,
         edges,
         findings: Vec::new(),

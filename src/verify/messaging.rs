@@ -315,5 +315,7 @@ pub fn judge_consumer(
         joined: true,
         producers: Vec::new(),
         consumers: Vec::new(),
+        orphans: Default::default(),
+        earlier: Vec::new(),
     }
 }

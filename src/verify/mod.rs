@@ -16,7 +16,7 @@ use serde::Serialize;
 
 pub use finding::{Finding, Hop, NodeKey};
 pub use messaging::{ConsumerHalf, DestinationPolicy, Destinations, ProducerHalf};
-pub use trace::{EdgeOutcome, TraceGraph, TraceOutcome, finalise};
+pub use trace::{EdgeOutcome, OrphanCounts, Orphans, TraceGraph, TraceOutcome, finalise};
 
 use crate::model::{SpanRecord, Sym};
 

@@ -50,7 +50,8 @@ impl FinaliseExt for Kit {
             policy,
             is_live: &is_live,
             observed_at_ms: 0,
-            early: false,
+            orphans: Orphans::Judge,
+            settled: 0,
             unsettled,
         };
         finalise(TraceId(7), &mut g, &[], &cx)
@@ -303,7 +304,8 @@ fn a_very_deep_chain_does_not_overflow_the_stack() {
         policy: &p,
         is_live: &|_, _| false,
         observed_at_ms: 0,
-        early: false,
+        orphans: Orphans::Judge,
+        settled: 0,
         unsettled: false,
     };
     let out = finalise(TraceId(1), &mut g, &[], &cx);

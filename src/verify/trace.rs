@@ -45,13 +45,29 @@ pub struct TraceOutcome {
     pub finalised_at_ms: u64,
     /// The distinct (service, instance stage) pairs that served the trace.
     pub services: Vec<(Sym, Option<Sym>)>,
-    /// Edges judged across traces (messaging links), after both traces were finalised: not a trace
-    /// of its own, and not counted as one.
+    /// A part of a trace counted before, not a trace of its own: edges judged across traces
+    /// (messaging links), or what late spans added to a trace already finalised.
     pub joined: bool,
     /// The trace's message creation contexts, for consumers in other traces to link to.
     pub producers: Vec<ProducerHalf>,
     /// The trace's consumer spans whose producers are found through links.
     pub consumers: Vec<ConsumerHalf>,
+    /// Spans whose parent had not arrived, left waiting for it ([`Orphans::Wait`]).
+    pub orphans: OrphanCounts,
+    /// Findings of spans judged before (a trace reopened by late spans), for the trace's
+    /// snapshot: reported then, not again.
+    pub earlier: Vec<Finding>,
+}
+
+/// What became of the spans whose parent had not arrived.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrphanCounts {
+    /// Left waiting for their parent, in all.
+    pub waiting: u32,
+    /// Of those, spans that arrived since the trace was last finalised.
+    pub new_waiting: u32,
+    /// Spans of an earlier finalisation whose parent has now arrived: judged now.
+    pub resolved: u32,
 }
 
 impl TraceOutcome {
@@ -72,8 +88,23 @@ impl TraceOutcome {
             joined: true,
             producers: Vec::new(),
             consumers,
+            orphans: OrphanCounts::default(),
+            earlier: Vec::new(),
         }
     }
+}
+
+/// What finalisation does with a span whose parent has not arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Orphans {
+    /// Judge it now: `broken_trace` (or `unverifiable`). For whole files, and for a span whose
+    /// wait for its parent is over.
+    Judge,
+    /// Leave it unjudged and count it as waiting: its parent may still arrive (slow requests,
+    /// exporter batching and retries), and the trace is kept for it.
+    Wait,
+    /// Leave it unjudged and uncounted: the trace was finalised early and is not kept.
+    Ignore,
 }
 
 /// What finalisation needs besides the trace.
@@ -82,9 +113,12 @@ pub struct FinaliseContext<'a> {
     /// Whether a (service, stage) instance is live: see [`crate::instances::Instances::is_live`].
     pub is_live: &'a dyn Fn(Sym, Sym) -> bool,
     pub observed_at_ms: u64,
-    /// Finalised before it went idle (memory bound): a span whose parent has not arrived may only
-    /// be early, so it is not reported as a broken trace.
-    pub early: bool,
+    /// What to do with spans whose parent has not arrived.
+    pub orphans: Orphans,
+    /// Spans `0..settled` were judged when the trace was finalised before (a trace reopened by
+    /// late spans): what they contributed was counted then. Only what the later spans add, and
+    /// the verdicts of earlier spans whose parent has now arrived, are new.
+    pub settled: usize,
     /// The instances behind the load balancer were changing: a span whose parent never arrived
     /// may have had it sent to another instance, so it is `unverifiable`, not a broken trace.
     pub unsettled: bool,
@@ -147,7 +181,10 @@ pub fn finalise(
     let msg = MessagingOf::new(g, extras);
     judge_routing(g, &msg, extras, cx);
     let n = g.node_count();
+    let settled = cx.settled.min(n);
+    let is_new = |v: NodeIndex| v.index() >= settled;
     let mut consumers = Vec::new();
+    let mut orphans = OrphanCounts::default();
 
     // The finding each span carries, if any: its incoming edge's, or one of its own as a root.
     let mut node_finding: Vec<Option<(Verdict, Option<NodeIndex>)>> = vec![None; n];
@@ -157,6 +194,9 @@ pub fn finalise(
     for v in g.node_indices() {
         match g.edges_directed(v, Incoming).next() {
             Some(e) => {
+                if !is_new(v) && is_new(e.source()) {
+                    orphans.resolved += 1;
+                }
                 if e.weight().is_finding() {
                     node_finding[v.index()] = Some((*e.weight(), Some(e.source())));
                 }
@@ -169,7 +209,14 @@ pub fn finalise(
                 if span.parent.is_some()
                     && let Some(half) = ConsumerHalf::apart_from_parent(trace_id, span, extra)
                 {
-                    consumers.push(half);
+                    if is_new(v) {
+                        consumers.push(half);
+                    }
+                    continue;
+                }
+                if span.parent.is_some() && cx.orphans == Orphans::Wait {
+                    orphans.waiting += 1;
+                    orphans.new_waiting += u32::from(is_new(v));
                     continue;
                 }
                 match root_finding(span, &m, extra.is_some_and(|e| !e.links.is_empty()), cx) {
@@ -207,6 +254,9 @@ pub fn finalise(
 
     let mut edges = Vec::with_capacity(g.edge_count() + 1);
     for e in g.edge_references() {
+        if !is_new(e.source()) && !is_new(e.target()) {
+            continue;
+        }
         let (p, c) = (&g[e.source()], &g[e.target()]);
         let own = node_finding[e.target().index()].is_some_and(|(k, _)| k == *e.weight());
         edges.push(EdgeOutcome {
@@ -229,7 +279,7 @@ pub fn finalise(
         });
     }
     // Calls to callees that export no spans: traffic on a virtual node.
-    for v in g.node_indices() {
+    for v in g.node_indices().skip(settled) {
         let s = &g[v];
         if s.kind.is_outgoing()
             && let Some(peer) = s.peer
@@ -269,9 +319,17 @@ pub fn finalise(
     }
 
     let mut findings = Vec::new();
+    let mut earlier = Vec::new();
     for v in g.node_indices() {
         let Some((kind, parent)) = node_finding[v.index()] else {
             continue;
+        };
+        // Reported when the trace was finalised before, unless its span or the edge above it is
+        // new, or it waited for a parent that never came.
+        let fresh = match parent {
+            _ if is_new(v) => true,
+            Some(p) => is_new(p),
+            None => g[v].parent.is_some(),
         };
         let callee = g[v];
         let caller = parent.map(|p| g[p]);
@@ -311,7 +369,7 @@ pub fn finalise(
                 },
             ),
         };
-        if parent.is_none() {
+        if parent.is_none() && fresh {
             // Root findings are not on any edge above; count them on their hop.
             edges.push(EdgeOutcome {
                 hop,
@@ -323,7 +381,7 @@ pub fn finalise(
                 destination: None,
             });
         }
-        findings.push(Finding {
+        let finding = Finding {
             trace_id,
             kind,
             scope,
@@ -333,11 +391,16 @@ pub fn finalise(
             hop,
             observed_at_ms: cx.observed_at_ms,
             messaging: on_message,
-        });
+        };
+        if fresh {
+            findings.push(finding);
+        } else {
+            earlier.push(finding);
+        }
     }
 
     let mut producers = Vec::new();
-    for v in g.node_indices() {
+    for v in g.node_indices().skip(settled) {
         let extra = msg.extra(extras, v);
         let m = extra.map(|e| e.messaging).unwrap_or_default();
         if messaging::is_creation(&g[v], &m) {
@@ -356,7 +419,7 @@ pub fn finalise(
 
     // Traces touch a handful of services: a linear scan beats hashing.
     let mut services: Vec<(Sym, Option<Sym>)> = Vec::new();
-    for s in g.node_weights() {
+    for s in g.node_weights().skip(settled) {
         let pair = (s.service, s.instance_stage);
         if !services.contains(&pair) {
             services.push(pair);
@@ -364,15 +427,17 @@ pub fn finalise(
     }
     TraceOutcome {
         trace_id,
-        spans: n as u32,
+        spans: (n - settled) as u32,
         stage: roots.first().and_then(|&r| g[r].stage),
         edges,
         findings,
         finalised_at_ms: cx.observed_at_ms,
         services,
-        joined: false,
+        joined: settled > 0,
         producers,
         consumers,
+        orphans,
+        earlier,
     }
 }
 
@@ -409,10 +474,10 @@ fn root_finding(
 ) -> Option<Verdict> {
     let policy = cx.policy;
     if span.parent.is_some() {
-        return match (cx.early, cx.unsettled) {
-            (true, _) => None,
-            (false, true) => Some(Verdict::Unverifiable),
-            (false, false) => Some(Verdict::BrokenTrace),
+        return match (cx.orphans, cx.unsettled) {
+            (Orphans::Wait | Orphans::Ignore, _) => None,
+            (Orphans::Judge, true) => Some(Verdict::Unverifiable),
+            (Orphans::Judge, false) => Some(Verdict::BrokenTrace),
         };
     }
     let expected = span.probe || policy.exempt(span) || messaging::is_expected_root(span, m);
