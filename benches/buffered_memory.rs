@@ -208,6 +208,50 @@ fn main() {
         "findings:                  {}",
         out.iter().map(|f| f.outcome.findings.len()).sum::<usize>()
     );
+    drop(out);
+    drop(asm);
+
+    // Finalised traces kept for their late spans: the memory behind `--max-kept-spans`, per
+    // unit of weight (a span, or a skeleton's own bookkeeping). What the assembler holds once
+    // every trace is finalised, kept and not: the difference is the skeletons.
+    let finalised = |keep: bool| {
+        let mut asm = Assembler::new(
+            AssemblerConfig {
+                idle_ms: 1,
+                orphan_wait_ms: if keep { 60_000 } else { 0 },
+                keep_ms: if keep { 60_000 } else { 0 },
+                max_kept: if keep { usize::MAX / 2 } else { 0 },
+                ..AssemblerConfig::offline()
+            },
+            Arc::new(Policy::default()),
+            Arc::new(Instances::new([], u64::MAX / 2)),
+        );
+        let mut out = Vec::new();
+        let before = LIVE.load(Ordering::Relaxed);
+        for body in &bodies {
+            for batch in decoder.decode_protobuf(body, 1).expect("decodes").batches {
+                asm.insert(batch, 0, 0, &mut out);
+            }
+        }
+        let t = Instant::now();
+        asm.expire(10, 0, &mut out);
+        let ns = t.elapsed().as_nanos();
+        drop(out);
+        let held = LIVE.load(Ordering::Relaxed) - before;
+        (held, asm.kept(), ns)
+    };
+    let (plain, _, plain_ns) = finalised(false);
+    let (kept, (traces, weight), kept_ns) = finalised(true);
+    println!("kept traces:               {traces}");
+    println!(
+        "heap bytes per kept span:  {:.1} (per unit of --max-kept-spans weight)",
+        (kept - plain) as f64 / weight as f64
+    );
+    println!(
+        "finalise ns per span:      {:.0} kept for late spans, {:.0} not",
+        kept_ns as f64 / n as f64,
+        plain_ns as f64 / n as f64
+    );
 }
 
 /// A request of about `bytes` bytes made of the smallest valid spans (ids only): the most decoded

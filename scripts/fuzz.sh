@@ -26,7 +26,8 @@ else
     run=(cargo fuzz run --sanitizer none)
 fi
 
-cargo run --quiet --release --manifest-path fuzz/Cargo.toml --bin seeds
+# Built by `cargo test` already (an example of the collector's crate).
+cargo run --quiet --locked --example fuzz_seeds
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # decode_differential starts from the protobuf seeds: it needs OTLP/protobuf, not JSON.

@@ -44,7 +44,7 @@ const FAMILIES: u64 = 4;
 const TOMBSTONE: u64 = 48;
 /// A span of a finalised trace kept for late spans: its record in the trace's skeleton, with the
 /// skeleton's bookkeeping shared out (each skeleton weighs one span more than it holds).
-pub const KEPT_SPAN: u64 = 80;
+pub const KEPT_SPAN: u64 = 88;
 
 /// One bounded part of grayscope's memory.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,8 +2,8 @@
 //! times more traces than fit, and traces that never finish, from 64 senders that retry at once.
 //! grayscope must refuse retryably instead of growing, keep its resident memory under the budget
 //! its flags give (`grayscope_memory_budget_bytes`), and account for every span it acknowledged:
-//! accepted = finalised (idle, early, shutdown) + duplicate + conflicting + late + buffered +
-//! queued, exactly.
+//! accepted = finalised (idle, early, shutdown, and late: added to a trace kept after it was
+//! finalised) + duplicate + conflicting + late + buffered + queued, exactly.
 
 mod common;
 
@@ -20,6 +20,7 @@ use prost::Message;
 use rand::SeedableRng;
 
 const MAX_BUFFERED: u64 = 100_000;
+const MAX_KEPT: u64 = 40_000;
 const QUEUE_SPANS: u64 = 20_000;
 const WORKERS: u64 = 2;
 const SENDERS: usize = 64;
@@ -35,6 +36,10 @@ fn start(data: &std::path::Path) -> Served {
             "1h",
             "--max-buffered-spans",
             &MAX_BUFFERED.to_string(),
+            // Traces finalised early are kept for their late spans (the growing ones come back
+            // again and again), their spans whose parent never comes waiting: a bound far past.
+            "--max-kept-spans",
+            &MAX_KEPT.to_string(),
             "--queue-spans",
             &QUEUE_SPANS.to_string(),
             "--workers",
@@ -250,6 +255,12 @@ async fn a_flood_is_refused_not_absorbed_and_every_span_is_accounted_for() {
         "every refusal counted"
     );
     assert!(sum(&m, "grayscope_spans_finalised_total{reason=\"memory\"}") > 0);
+    // Late spans reopened kept traces, and the kept ones stayed within their bound, the rest
+    // forgotten early and counted, their waiting spans with them.
+    assert!(sum(&m, "grayscope_spans_finalised_total{reason=\"late\"}") > 0);
+    assert!(sum(&m, "grayscope_kept_spans") <= MAX_KEPT);
+    assert!(sum(&m, "grayscope_kept_traces_evicted_total") > 0);
+    assert!(sum(&m, "grayscope_orphans_expired_total{reason=\"memory\"}") > 0);
 
     // Memory: under the budget the flags give, and not growing while the flood went on.
     let budget = sum(&m, "grayscope_memory_budget_bytes");

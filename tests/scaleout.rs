@@ -24,10 +24,13 @@ use common::binary::{Served, sum};
 use serde_json::Value;
 
 /// Short times, so that the test takes seconds: spans of a trace finalised 3 s after its last one,
-/// members noticed within 2 s, orphans unverifiable for 5 s after a change, written within 200 ms.
-const ARGS: [&str; 10] = [
+/// a span whose parent never comes judged 4 s later, members noticed within 2 s, orphans
+/// unverifiable for 5 s after a change, written within 200 ms.
+const ARGS: [&str; 12] = [
     "--trace-idle",
     "3s",
+    "--orphan-wait",
+    "4s",
     "--flush-interval",
     "200ms",
     "--heartbeat-interval",

@@ -37,21 +37,23 @@ pub(super) struct TraceBuffer {
     /// Spans (nodes `0..settled`) that came from the skeleton of an earlier finalisation: the
     /// trace was reopened by a late span.
     pub settled: usize,
-    /// What the skeleton said, when reopened.
-    pub reopened: Option<Reopened>,
+    /// Where the kept trace stood, when reopened.
+    pub reopened: Option<KeptState>,
     /// Settled spans whose parent arrived since this was last read (orphans resolved late).
     pub resolved: u32,
 }
 
-/// The state of a trace reopened by a late span, from its skeleton.
+/// Where a kept trace stands: kept in its skeleton, and carried over when a late span reopens it.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Reopened {
+pub(super) struct KeptState {
     /// When the trace last received a span before its earlier finalisation.
     pub last_touch_ms: u64,
     /// Its orphans' wait, if it had any.
     pub waiting: u32,
     pub until_ms: u64,
     pub unsettled: bool,
+    /// Unix ms of the trace's first finalisation.
+    pub first_wall_ms: u64,
 }
 
 /// Children whose parent has not arrived yet, by parent id.
@@ -105,17 +107,18 @@ impl TraceBuffer {
             b.extras.push((NodeIndex::new(i as usize), e));
         }
         b.resolved = 0;
-        b.reopened = Some(Reopened {
+        b.reopened = Some(KeptState {
             last_touch_ms: k.last_touch_ms,
             waiting: k.waiting,
             until_ms: k.until_ms,
             unsettled: k.unsettled,
+            first_wall_ms: k.first_wall_ms,
         });
         b
     }
 
     /// The skeleton to keep once finalised: its spans in node order, and their extras.
-    pub fn skeleton(self, waiting: u32, until_ms: u64, unsettled: bool) -> Skeleton {
+    pub fn skeleton(self, state: KeptState) -> Skeleton {
         let (nodes, _) = self.graph.into_nodes_edges();
         Skeleton {
             trace_id: self.trace_id,
@@ -125,10 +128,11 @@ impl TraceBuffer {
                 .into_iter()
                 .map(|(v, e)| (v.index() as u32, e))
                 .collect(),
-            last_touch_ms: self.last_touch_ms,
-            waiting,
-            until_ms,
-            unsettled,
+            last_touch_ms: state.last_touch_ms,
+            waiting: state.waiting,
+            until_ms: state.until_ms,
+            unsettled: state.unsettled,
+            first_wall_ms: state.first_wall_ms,
         }
     }
 

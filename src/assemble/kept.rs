@@ -38,6 +38,8 @@ pub(super) struct Skeleton {
     /// The instances behind the load balancer were changing while its orphans waited: a parent
     /// that never came may have gone to another instance.
     pub unsettled: bool,
+    /// Unix ms of the trace's first finalisation.
+    pub first_wall_ms: u64,
 }
 
 impl Skeleton {
@@ -124,10 +126,12 @@ impl Kept {
             + self.orphaned.len() * 64
     }
 
-    /// Keeps `s`, and returns the skeletons pushed out to stay within the bound (`s` itself, if
-    /// it alone is past it).
+    /// Keeps `s`, and returns the skeletons pushed out to stay within the bound. A skeleton
+    /// heavier than an eighth of the bound is not kept at all: every late span reopens its trace
+    /// at the cost of its size, and one huge trace reopened batch after batch must not cost
+    /// every batch that much.
     pub fn insert(&mut self, s: Skeleton, out: &mut Vec<Left>) {
-        if self.cap == 0 {
+        if s.weight() > self.cap / 8 {
             out.push(Left::Evicted(s));
             return;
         }

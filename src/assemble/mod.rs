@@ -529,6 +529,17 @@ impl Assembler {
         let prior = buf.reopened;
         let unsettled =
             self.instances.unsettled(now_ms) || prior.is_some_and(|r| r.unsettled && r.waiting > 0);
+        let first_wall_ms = prior.map_or(wall_ms, |r| r.first_wall_ms);
+        // A span that reached its first finalisation longer after it ended than any trace is
+        // buffered and kept may have missed its parent's trace altogether.
+        let stale_before_ns = if self.cfg.waits() {
+            let kept_for = self.cfg.idle_ms + self.cfg.orphan_wait_ms.max(self.cfg.keep_ms);
+            first_wall_ms
+                .saturating_sub(kept_for)
+                .saturating_mul(1_000_000)
+        } else {
+            0
+        };
         let instances = &self.instances;
         let is_live = |svc: Sym, stage: Sym| instances.is_live(svc, stage, now_ms);
         let cx = FinaliseContext {
@@ -538,6 +549,7 @@ impl Assembler {
             orphans: rule,
             settled: buf.settled,
             unsettled,
+            stale_before_ns,
         };
         let mut outcome = verify::finalise(buf.trace_id, &mut buf.graph, &buf.extras, &cx);
         self.stats.orphans_resolved += u64::from(outcome.orphans.resolved);
@@ -561,8 +573,14 @@ impl Assembler {
                 _ => now_ms + self.cfg.orphan_wait_ms,
             };
             let mut left = std::mem::take(&mut self.left);
-            self.kept
-                .insert(buf.skeleton(o.waiting, until, unsettled), &mut left);
+            let state = buffer::KeptState {
+                last_touch_ms: buf.last_touch_ms,
+                waiting: o.waiting,
+                until_ms: until,
+                unsettled,
+                first_wall_ms,
+            };
+            self.kept.insert(buf.skeleton(state), &mut left);
             self.settle(&mut left, now_ms, wall_ms, &mut Vec::new());
             self.left = left;
         }

@@ -418,18 +418,23 @@ fn kept_traces_are_bounded_and_waits_ended_early_are_counted_not_judged() {
     let k = Kit::new();
     let spans = chain(&k, false);
     // Each orphaned trace's skeleton weighs 2 (one span, one for itself).
-    let mut asm = waiting_assembler(5);
+    let mut asm = waiting_assembler(16);
     let mut out = Vec::new();
-    for t in 1..=4 {
+    for t in 1..=10 {
         asm.insert(batch(t, &spans[2..]), t as u64, 0, &mut out);
     }
+    // A trace heavier than an eighth of the bound is not kept.
+    asm.insert(batch(11, &spans), 11, 0, &mut out);
+    let mut orphans = spans.clone();
+    orphans[0].parent = crate::model::SpanId::new(77);
+    asm.insert(batch(12, &orphans), 12, 0, &mut out);
     asm.expire(200, 0, &mut out);
-    assert_eq!(asm.kept(), (2, 4));
+    assert_eq!(asm.kept(), (8, 16));
     let s = asm.stats();
-    assert_eq!((s.orphans_expired_memory, s.kept_evicted), (2, 2));
+    assert_eq!((s.orphans_expired_memory, s.kept_evicted), (3, 4));
     asm.expire(10_000, 0, &mut out);
-    assert_eq!(kinds(&out), vec![(Verdict::BrokenTrace, true); 2]);
-    assert_eq!(asm.stats().orphans_expired_wait, 2);
+    assert_eq!(kinds(&out), vec![(Verdict::BrokenTrace, true); 8]);
+    assert_eq!(asm.stats().orphans_expired_wait, 8);
 }
 
 #[test]
@@ -455,4 +460,36 @@ fn shutdown_counts_waiting_orphans_and_a_flush_judges_them() {
     assert!(kinds(&out).is_empty());
     assert_eq!(asm.stats().orphans_expired_shutdown, 2);
     assert_eq!(asm.kept(), (0, 0));
+}
+
+#[test]
+fn an_orphan_that_arrived_long_after_it_ended_is_unverifiable_not_broken() {
+    let k = Kit::new();
+    let spans = chain(&k, false);
+    let mut asm = waiting_assembler(10_000);
+    let mut out = Vec::new();
+    // Wall clock: an hour after one span ended (by its own clock); the other one ended just now,
+    // the idle time and its wait (1.1 s) before it.
+    let wall_ms = 3_600_000;
+    let mut fresh = spans[2];
+    fresh.end_ns = (wall_ms - 1_050) * 1_000_000;
+    asm.insert(batch(1, &spans[2..]), 0, wall_ms, &mut out);
+    asm.insert(batch(2, &[fresh]), 0, wall_ms, &mut out);
+    asm.expire(100, wall_ms, &mut out);
+    asm.expire(1_100, wall_ms + 1_000, &mut out);
+    let verdicts: Vec<_> = out
+        .iter()
+        .flat_map(|f| &f.outcome.edges)
+        .filter_map(|e| e.verdict)
+        .collect();
+    assert_eq!(kinds(&out), vec![(Verdict::BrokenTrace, true)]);
+    assert_eq!(
+        out.iter()
+            .flat_map(|f| &f.outcome.findings)
+            .next()
+            .unwrap()
+            .trace_id,
+        TraceId(2)
+    );
+    assert!(verdicts.contains(&Verdict::Unverifiable), "{verdicts:?}");
 }

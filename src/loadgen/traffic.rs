@@ -275,7 +275,12 @@ fn trace_spans(
     fault: Option<Fault>,
     rng: &mut SmallRng,
 ) -> Vec<(usize, Span)> {
-    let base = 1_700_000_000_000_000_000u64 + rng.random_range(0..1_000_000_000_000u64);
+    // Spans of the last second, as a live service's are when they arrive: a span that reaches
+    // grayscope long after it ended is judged differently (see `--orphan-wait`).
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let base = now_ns.saturating_sub(1_000_000_000) + rng.random_range(0..999_000_000u64);
     let id = |n: u64| (rng_free_id(main, n)).to_be_bytes().to_vec();
     // Which orders instance serves the request: the one of its stage, unless routing is the bug.
     let orders = match fault {

@@ -53,6 +53,7 @@ impl FinaliseExt for Kit {
             orphans: Orphans::Judge,
             settled: 0,
             unsettled,
+            stale_before_ns: 0,
         };
         finalise(TraceId(7), &mut g, &[], &cx)
     }
@@ -307,6 +308,7 @@ fn a_very_deep_chain_does_not_overflow_the_stack() {
         orphans: Orphans::Judge,
         settled: 0,
         unsettled: false,
+        stale_before_ns: 0,
     };
     let out = finalise(TraceId(1), &mut g, &[], &cx);
     let kinds: Vec<_> = out

@@ -122,6 +122,11 @@ pub struct FinaliseContext<'a> {
     /// The instances behind the load balancer were changing: a span whose parent never arrived
     /// may have had it sent to another instance, so it is `unverifiable`, not a broken trace.
     pub unsettled: bool,
+    /// Unix ns: a span whose parent never arrived that had ended before this (by its own clock)
+    /// is `unverifiable`, not a broken trace. It reached grayscope long after it ended (a very
+    /// late retry, a replayed backlog), so its parent most likely came and went before it. 0:
+    /// none.
+    pub stale_before_ns: u64,
 }
 
 /// The messaging attributes and links of the spans that have them, by node.
@@ -474,10 +479,12 @@ fn root_finding(
 ) -> Option<Verdict> {
     let policy = cx.policy;
     if span.parent.is_some() {
-        return match (cx.orphans, cx.unsettled) {
-            (Orphans::Wait | Orphans::Ignore, _) => None,
-            (Orphans::Judge, true) => Some(Verdict::Unverifiable),
-            (Orphans::Judge, false) => Some(Verdict::BrokenTrace),
+        return match cx.orphans {
+            Orphans::Wait | Orphans::Ignore => None,
+            Orphans::Judge if cx.unsettled || span.end_ns < cx.stale_before_ns => {
+                Some(Verdict::Unverifiable)
+            }
+            Orphans::Judge => Some(Verdict::BrokenTrace),
         };
     }
     let expected = span.probe || policy.exempt(span) || messaging::is_expected_root(span, m);

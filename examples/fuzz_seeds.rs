@@ -1,7 +1,9 @@
 //! Writes the seed corpus of both fuzz targets from the test suite's own requests: every request
 //! in `tests/data` and load generator traffic with injected faults, each as protobuf and as JSON.
 //!
-//! `cargo run --manifest-path fuzz/Cargo.toml --bin seeds`
+//! `cargo run --example fuzz_seeds` (by `scripts/fuzz.sh`). An example of the collector's crate
+//! rather than a binary of the fuzz crate: `cargo test` has built it already, in the profile the
+//! tests use, so writing the seeds costs no build of its own.
 
 use std::path::Path;
 
@@ -13,8 +15,8 @@ use rand::SeedableRng;
 fn main() -> std::io::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (pb, json) = (
-        root.join("corpus/otlp_protobuf"),
-        root.join("corpus/otlp_json"),
+        root.join("fuzz/corpus/otlp_protobuf"),
+        root.join("fuzz/corpus/otlp_json"),
     );
     std::fs::create_dir_all(&pb)?;
     std::fs::create_dir_all(&json)?;
@@ -25,7 +27,7 @@ fn main() -> std::io::Result<()> {
         n += 1;
         Ok(())
     };
-    let mut files: Vec<_> = std::fs::read_dir(root.join("../tests/data"))?
+    let mut files: Vec<_> = std::fs::read_dir(root.join("tests/data"))?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
     files.sort();
