@@ -7,7 +7,7 @@
 //! senders wait, or refuses with a retryable error; it does not grow.
 //!
 //! The costs per item come from `cargo bench --bench buffered_memory`: a buffered span holds
-//! 112 heap bytes, a finalised one (with its trace's snapshot, as traces with findings keep it)
+//! 122 heap bytes, a span of a trace kept for late spans 77, a finalised one (with its trace's snapshot, as traces with findings keep it)
 //! 160, and decoding a request allocates 0.6 times its size for typical spans and 5.0 times for
 //! the smallest valid ones (OTLP/protobuf, decoded in place; OTLP/JSON at most 2.2 times). They are
 //! rounded up for the allocator's slack.
@@ -27,7 +27,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 /// Code, runtime, threads, the store's page caches (five connections of 2 MiB), the watch buffer.
 pub const FIXED: u64 = 64 << 20;
 /// A span of a trace being assembled, with its share of the trace's tables.
-pub const BUFFERED_SPAN: u64 = 128;
+pub const BUFFERED_SPAN: u64 = 136;
 /// A span of a finalised trace (queued for the store, or kept for the API), with its share of the
 /// trace's outcome and snapshot.
 pub const FINALISED_SPAN: u64 = 192;
@@ -245,6 +245,10 @@ mod tests {
         assert_eq!(part(&smaller, "buffered_spans"), 100_000 * BUFFERED_SPAN);
         assert!(part(&smaller, "queued_spans") < part(&b, "queued_spans"));
         assert!(smaller.total() < b.total());
+        assert_eq!(part(&b, "kept_spans"), 1_000_000 * KEPT_SPAN);
+        let kept = |args: &[&str]| part(&Budget::of(&cfg(args)), "kept_spans");
+        assert_eq!(kept(&["--max-kept-spans", "1000"]), 1000 * KEPT_SPAN);
+        assert_eq!(kept(&["--orphan-wait", "0s"]), 0, "nothing is kept");
         assert_eq!(b.total(), b.parts.iter().map(|p| p.bytes).sum::<u64>());
     }
 

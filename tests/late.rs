@@ -234,3 +234,70 @@ async fn slow_requests_with_default_batching_have_no_findings() {
     assert_eq!(metric(&c, "grayscope_late_spans_total").await, 0.0);
     c.shutdown().await.unwrap();
 }
+
+/// What a client waiting for verdicts (`grayscope probe`) sees: a trace finalised with a span
+/// whose parent has not arrived is `waiting`, not `finalised`, until the parent comes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trace_with_a_span_waiting_for_its_parent_is_not_final_yet() {
+    let c = spawn_collector(grayscope::config::ServeArgs {
+        trace_idle: Some("300ms".parse().unwrap()),
+        orphan_wait: Some("1m".parse().unwrap()),
+        // Clean traces kept too, as the probe's are: a finalised one is then found.
+        sample_clean: Some(1.0),
+        ..test_args()
+    })
+    .await;
+    let gateway = Service::new(&c, "gateway", Some("stable"), Export::Grpc);
+    let users = Service::new(&c, "users", Some("stable"), Export::HttpProtobuf);
+    let gw = gateway.span("GET /checkout", SpanKind::Server, &entry(Some("canary")));
+    let (gc, us) = call(&gateway, &gw, &users, "GET /users/me", false);
+    let id = us.span().span_context().trace_id().to_string();
+    let path = format!("/api/v1/traces/{id}/verdicts");
+    end(&us);
+    flush(&[&users]).await;
+    let state = |v: &serde_json::Value| v["state"].as_str().unwrap_or_default().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = get_json(&c, &path).await;
+        if state(&v) != "assembling" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "never finalised: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(state(&v), "waiting", "{v}");
+    assert_eq!(v["findings"], serde_json::json!([]), "{v}");
+    let trace = get_json(&c, &format!("/api/v1/traces/{id}")).await;
+    assert_eq!(trace["waiting_spans"], 1, "{trace}");
+
+    end(&gc);
+    end(&gw);
+    flush(&[&gateway]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = get_json(&c, &path).await;
+        if state(&v) == "finalised" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "never final: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let hops: Vec<_> = v["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["caller"].clone(),
+                h["callee"].clone(),
+                h["verdict"].clone(),
+            )
+        })
+        .collect();
+    assert!(
+        hops.contains(&("gateway".into(), "users".into(), "ok".into())),
+        "{v}"
+    );
+    assert_eq!(v["findings"], serde_json::json!([]), "{v}");
+    c.shutdown().await.unwrap();
+}
