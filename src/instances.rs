@@ -47,6 +47,8 @@ pub struct Instances {
     seen: RwLock<HashMap<(Sym, Sym), AtomicU64, RandomState>>,
     declared: HashSet<(Sym, Sym), RandomState>,
     ttl_ms: u64,
+    /// Services seen receiving calls (SERVER or CONSUMER spans), and when last.
+    receivers: RwLock<HashMap<Sym, AtomicU64, RandomState>>,
     /// Until when (on the [`Clock`]) traces may be split between grayscope instances, because
     /// the load balancer's members changed; 0 when they never did.
     rebalancing_until_ms: AtomicU64,
@@ -69,7 +71,34 @@ impl Instances {
             declared: declared.into_iter().collect(),
             ttl_ms,
             rebalancing_until_ms: AtomicU64::new(0),
+            receivers: RwLock::new(HashMap::default()),
         }
+    }
+
+    /// `service` received a call (a SERVER or CONSUMER span of it arrived).
+    pub fn receives(&self, service: Sym, now_ms: u64) {
+        {
+            let seen = self.receivers.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(t) = seen.get(&service) {
+                t.fetch_max(now_ms, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut seen = self.receivers.write().unwrap_or_else(|e| e.into_inner());
+        if seen.len() < MAX_PAIRS {
+            seen.entry(service)
+                .or_insert_with(|| AtomicU64::new(0))
+                .fetch_max(now_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `service` received a call within the TTL: a service that serves requests, as
+    /// opposed to a job or a client that only starts traces. Each instance of a cluster sees
+    /// every busy service: traces are spread over the instances by trace id.
+    pub fn is_receiver(&self, service: Sym, now_ms: u64) -> bool {
+        let seen = self.receivers.read().unwrap_or_else(|e| e.into_inner());
+        seen.get(&service)
+            .is_some_and(|t| t.load(Ordering::Relaxed) + self.ttl_ms >= now_ms)
     }
 
     /// The grayscope instances behind the load balancer changed: until `until_ms`, a span whose

@@ -196,6 +196,29 @@ pub struct SpanRecord {
     /// Sent by `grayscope probe` ([`PROBE_ATTRIBUTE`]): its root CLIENT span is expected, and
     /// its trace is always kept so that the probe can read its verdicts once finalised.
     pub probe: bool,
+    /// Exported by a client application, by its resource ([`is_client_app_attribute`]): a
+    /// browser, a mobile app. Its root CLIENT spans start traces; they lost nothing.
+    pub client_app: bool,
+}
+
+/// Whether a resource attribute says its spans come from a client application rather than a
+/// service: what the OpenTelemetry SDKs for browsers (`telemetry.sdk.language` `webjs`, the
+/// browser detector's `browser.*`), iOS (`swift`, `device.*`, `os.name` `iOS`) and Android
+/// (`device.*`, `android.os.api_level`, `os.name` `Android`) put on their resource. Server SDKs
+/// send none of these (`os.type` they do send, so it is no evidence).
+pub fn is_client_app_attribute(key: &[u8], value: Option<&[u8]>) -> bool {
+    match key {
+        b"telemetry.sdk.language" => matches!(value, Some(b"webjs" | b"swift")),
+        b"os.name" => matches!(
+            value,
+            Some(b"Android" | b"iOS" | b"iPadOS" | b"watchOS" | b"tvOS" | b"visionOS")
+        ),
+        _ => {
+            key.starts_with(b"browser.")
+                || key.starts_with(b"device.")
+                || key.starts_with(b"android.")
+        }
+    }
 }
 
 /// The kind of messaging operation a span records (`messaging.operation.type`, or the older

@@ -42,6 +42,7 @@ impl Kit {
             kind,
             status: StatusCode::Unset,
             probe: false,
+            client_app: false,
         }
     }
 

@@ -196,8 +196,11 @@ pub struct NodeView {
     /// any service that exports spans).
     #[serde(rename = "virtual")]
     pub is_virtual: bool,
-    /// Findings with no caller (orphans, root calls), counted on the service itself.
+    /// Findings with no caller (orphans, root calls), counted on the service itself; and, as
+    /// `calls`, the traces it started (a browser, an app, a job: an entry point of the graph).
     pub own: StatsView,
+    /// Traces it started, per request stage (`none` for those without one).
+    pub starts: BTreeMap<String, u64>,
 }
 
 #[derive(Serialize, Debug, Clone, ToSchema)]
@@ -274,6 +277,13 @@ impl GraphView {
                     name: node.key.name(sym),
                     is_virtual: node.key.is_virtual(),
                     own: StatsView::of(&node.own.stats(stage)),
+                    starts: node
+                        .own
+                        .by_stage
+                        .iter()
+                        .filter(|(s, v)| keep(s) && v.calls > 0)
+                        .map(|(s, v)| (stage_name(*s, sym), v.calls))
+                        .collect(),
                 }
             })
             .collect();

@@ -411,3 +411,80 @@ async fn findings_appear_once_a_trace_is_idle_without_any_flush() {
     );
     c.shutdown().await.unwrap();
 }
+
+/// Traces started by calling out are no broken traces when the evidence says so: a browser's
+/// (by its resource), one that carries the stage it was given, and a job's (its service never
+/// receives calls). They are the graph's entry points, with how many traces each started per
+/// stage. A service that serves requests and calls out without a stage still breaks the trace.
+#[tokio::test(flavor = "multi_thread")]
+async fn trace_starters_are_entry_points_not_broken_traces() {
+    let c = spawn_collector(test_args()).await;
+    let exporter = || {
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(format!("http://{}/v1/traces", c.otlp_http))
+            .build()
+            .unwrap()
+    };
+    use opentelemetry_otlp::WithExportConfig;
+    let browser = Service::with_resource(
+        exporter(),
+        "web-app",
+        None,
+        &[
+            ("telemetry.sdk.language", "webjs"),
+            ("browser.platform", "Linux"),
+        ],
+    );
+    let mobile = Service::new(&c, "mobile-app", None, Export::HttpProtobuf);
+    let job = Service::new(&c, "nightly-report", None, Export::Grpc);
+    let gateway = Service::new(&c, "gateway", Some("stable"), Export::Grpc);
+    let users = Service::new(&c, "users", Some("stable"), Export::HttpJson);
+    // The browser's fetch, tagged canary, untagged, and a job's call without a stage.
+    for (client, stage) in [
+        (&browser, Some("canary")),
+        (&browser, None),
+        (&mobile, Some("canary")),
+        (&job, None),
+    ] {
+        let (fc, gw) = call(client, &entry(stage), &gateway, "GET /checkout", keep);
+        let (gc, us) = call(&gateway, &gw, &users, "GET /users/me", keep);
+        for cx in [&us, &gc, &gw, &fc] {
+            end(cx);
+        }
+    }
+    // gateway serves requests: a call it makes with no context lost it.
+    let (lost, us) = call(&gateway, &Context::new(), &users, "GET /users/me", keep);
+    end(&us);
+    end(&lost);
+    deliver(&c, &[&browser, &mobile, &job, &gateway, &users]).await;
+    assert_eq!(
+        findings(&c).await,
+        vec![f("broken_trace", "in_process", "gateway", "users", true)]
+    );
+    let v = get_json(&c, "/api/v1/findings?kind=broken_trace").await;
+    let detail = v["findings"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("carries no stage") && detail.contains("gateway receives calls"),
+        "{detail}"
+    );
+    let g = get_json(&c, "/api/v1/graph").await;
+    let starts = |name: &str| {
+        g["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .map(|n| n["starts"].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        starts("web-app"),
+        serde_json::json!({"canary": 1, "none": 1}),
+        "{g}"
+    );
+    assert_eq!(starts("mobile-app"), serde_json::json!({"canary": 1}));
+    assert_eq!(starts("nightly-report"), serde_json::json!({"none": 1}));
+    assert_eq!(starts("gateway"), serde_json::json!({}));
+    c.shutdown().await.unwrap();
+}

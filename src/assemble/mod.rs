@@ -542,9 +542,11 @@ impl Assembler {
         };
         let instances = &self.instances;
         let is_live = |svc: Sym, stage: Sym| instances.is_live(svc, stage, now_ms);
+        let is_receiver = |svc: Sym| instances.is_receiver(svc, now_ms);
         let cx = FinaliseContext {
             policy: &self.policy,
             is_live: &is_live,
+            is_receiver: &is_receiver,
             observed_at_ms: wall_ms,
             orphans: rule,
             settled: buf.settled,

@@ -230,6 +230,7 @@ pub struct ResourceInfo {
     service: Sym,
     instance_stage: Option<Sym>,
     probe: bool,
+    client_app: bool,
 }
 
 /// One request's decoding: its string caches and what it has produced so far. Instance sightings
@@ -244,6 +245,8 @@ pub struct Session<'a> {
     now_ms: u64,
     shards: usize,
     sightings: Vec<(Sym, Sym)>,
+    /// Services seen receiving calls (SERVER and CONSUMER spans), once per resource.
+    receivers: Vec<Sym>,
     /// The attributes and links of the span being read, reused from span to span.
     attr_buf: Vec<&'a [u8]>,
     link_buf: Vec<LinkFields<'a>>,
@@ -261,6 +264,7 @@ impl<'a> Session<'a> {
             now_ms: decoder.clock.now_ms(),
             shards,
             sightings: Vec::new(),
+            receivers: Vec::new(),
             attr_buf: Vec::new(),
             link_buf: Vec::new(),
             out: Decoded {
@@ -274,6 +278,9 @@ impl<'a> Session<'a> {
         for (service, stage) in self.sightings {
             self.decoder.instances.touch(service, stage, self.now_ms);
         }
+        for service in self.receivers {
+            self.decoder.instances.receives(service, self.now_ms);
+        }
         self.out
     }
 
@@ -285,8 +292,16 @@ impl<'a> Session<'a> {
     ) -> wire::Result<ResourceInfo> {
         let instance_key = self.decoder.instance_key.as_bytes();
         let (mut service, mut instance, mut probe) = (None, None, false);
+        let mut client_app = false;
         for attr in attrs {
             let (key, value) = attr?;
+            client_app |= crate::model::is_client_app_attribute(
+                key,
+                match value {
+                    AttrValue::Str(s) => Some(s),
+                    _ => None,
+                },
+            );
             if key == b"service.name" && service.is_none() {
                 service = Some(value);
             } else if key == instance_key && instance.is_none() {
@@ -319,6 +334,7 @@ impl<'a> Session<'a> {
             service,
             instance_stage,
             probe,
+            client_app,
         })
     }
 
@@ -359,7 +375,13 @@ impl<'a> Session<'a> {
             kind: SpanKind::from_otlp(span.kind),
             status: StatusCode::from_otlp(span.status),
             probe: res.probe,
+            client_app: res.client_app,
         };
+        if matches!(rec.kind, SpanKind::Server | SpanKind::Consumer)
+            && self.receivers.last() != Some(&res.service)
+        {
+            self.receivers.push(res.service);
+        }
         let messaging = self.read_attributes(attrs, &mut rec)?;
         let batch = &mut self.out.batches[trace_id.shard(self.shards)];
         batch.spans.push((trace_id, rec));

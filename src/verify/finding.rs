@@ -94,10 +94,11 @@ impl Finding {
             (Verdict::BrokenTrace, _) if c.parent.is_none() && c.kind.is_outgoing() => {
                 let _ = write!(
                     out,
-                    "{} made an outgoing call ({} '{}') with no inbound context: a new trace started here, so the stage and the trace were lost",
+                    "{} made an outgoing call ({} '{}') with no inbound context: a new trace started here, so the stage and the trace were lost. Not a trace starter: the span carries no stage, its resource is no client application (browser, mobile app), and {} receives calls itself (a job that only calls out would be exempt; or name it in --exempt-roots)",
                     svc(c),
                     c.kind.as_str(),
-                    name(c)
+                    name(c),
+                    svc(c)
                 );
             }
             (Verdict::BrokenTrace, _) => {

@@ -202,7 +202,7 @@ impl Policy {
         }
     }
 
-    fn is_allowed(&self, stage: Sym) -> bool {
+    pub(crate) fn is_allowed(&self, stage: Sym) -> bool {
         self.allowed.is_empty() || self.allowed.contains(&stage)
     }
 

@@ -49,6 +49,7 @@ impl FinaliseExt for Kit {
         let cx = FinaliseContext {
             policy,
             is_live: &is_live,
+            is_receiver: &|_| true,
             observed_at_ms: 0,
             orphans: Orphans::Judge,
             settled: 0,
@@ -304,6 +305,7 @@ fn a_very_deep_chain_does_not_overflow_the_stack() {
     let cx = FinaliseContext {
         policy: &p,
         is_live: &|_, _| false,
+        is_receiver: &|_| true,
         observed_at_ms: 0,
         orphans: Orphans::Judge,
         settled: 0,
@@ -337,4 +339,57 @@ fn uninstrumented_callees_become_virtual_calls() {
         NodeKey::Virtual(k.v("db.internal:5432"))
     );
     assert!(virt[0].call);
+}
+
+/// A root CLIENT span starts its trace, by evidence, or lost its context: a stage on it, a client
+/// application's resource, or a service that never receives calls say it started the trace.
+#[test]
+fn root_calls_that_start_traces_are_not_broken() {
+    let k = Kit::new();
+    let policy = Policy::new(&["canary".into(), "stable".into()], &[], &[], &k.sym);
+    let judge = |root: SpanRecord, receives: bool| -> (Vec<Verdict>, Vec<Option<Sym>>) {
+        let mut server = k.span(2, Some(1), "gateway", SpanKind::Server);
+        server.stage = root.stage;
+        let mut g = TraceGraph::default();
+        let (a, b) = (g.add_node(root), g.add_node(server));
+        g.add_edge(a, b, judge_edge(&root, &server, &policy));
+        let cx = FinaliseContext {
+            policy: &policy,
+            is_live: &|_, _| false,
+            is_receiver: &|_| receives,
+            observed_at_ms: 0,
+            orphans: Orphans::Judge,
+            settled: 0,
+            unsettled: false,
+            stale_before_ns: 0,
+        };
+        let o = finalise(TraceId(1), &mut g, &[], &cx);
+        let starts = o
+            .edges
+            .iter()
+            .filter(|e| e.hop.caller.is_none() && e.call)
+            .map(|e| e.stage)
+            .collect();
+        (o.findings.iter().map(|f| f.kind).collect(), starts)
+    };
+    let fetch = k.span(1, None, "web-app", SpanKind::Client);
+    let canary = Some(k.v("canary"));
+    // A browser's fetch with the stage it was given.
+    assert_eq!(
+        judge(k.stage(fetch, "canary"), true),
+        (vec![], vec![canary])
+    );
+    // A browser's, by its resource, without a stage.
+    let browser = SpanRecord {
+        client_app: true,
+        ..fetch
+    };
+    assert_eq!(judge(browser, true), (vec![], vec![None]));
+    // A job: its service never receives calls.
+    assert_eq!(judge(fetch, false), (vec![], vec![None]));
+    // A call that lost its context in a service that serves requests.
+    assert_eq!(judge(fetch, true), (vec![Verdict::BrokenTrace], vec![]));
+    // A stage that is no allowed value is no evidence.
+    let (kinds, _) = judge(k.stage(fetch, "canry"), true);
+    assert!(kinds.contains(&Verdict::BrokenTrace), "{kinds:?}");
 }

@@ -112,6 +112,8 @@ pub struct FinaliseContext<'a> {
     pub policy: &'a Policy,
     /// Whether a (service, stage) instance is live: see [`crate::instances::Instances::is_live`].
     pub is_live: &'a dyn Fn(Sym, Sym) -> bool,
+    /// Whether a service receives calls: see [`crate::instances::Instances::is_receiver`].
+    pub is_receiver: &'a dyn Fn(Sym) -> bool,
     pub observed_at_ms: u64,
     /// What to do with spans whose parent has not arrived.
     pub orphans: Orphans,
@@ -190,6 +192,8 @@ pub fn finalise(
     let is_new = |v: NodeIndex| v.index() >= settled;
     let mut consumers = Vec::new();
     let mut orphans = OrphanCounts::default();
+    // Root CLIENT/PRODUCER spans that started their trace (a browser, an app, a job).
+    let mut starters = Vec::new();
 
     // The finding each span carries, if any: its incoming edge's, or one of its own as a root.
     let mut node_finding: Vec<Option<(Verdict, Option<NodeIndex>)>> = vec![None; n];
@@ -227,6 +231,14 @@ pub fn finalise(
                 match root_finding(span, &m, extra.is_some_and(|e| !e.links.is_empty()), cx) {
                     Some(Verdict::Unverifiable) => unverifiable.push(v),
                     other => node_finding[v.index()] = other.map(|k| (k, None)),
+                }
+                if is_new(v)
+                    && span.parent.is_none()
+                    && span.kind.is_outgoing()
+                    && node_finding[v.index()].is_none_or(|(k, _)| k != Verdict::BrokenTrace)
+                    && !messaging::is_consumer(span, &m)
+                {
+                    starters.push(v);
                 }
             }
         }
@@ -305,6 +317,23 @@ pub fn finalise(
                 destination: None,
             });
         }
+    }
+
+    // A trace started by a client: counted on the starter as an entry point of the graph.
+    for &v in &starters {
+        let span = &g[v];
+        edges.push(EdgeOutcome {
+            hop: Hop {
+                caller: None,
+                callee: NodeKey::Service(span.service),
+            },
+            stage: span.stage,
+            instance_stage: span.instance_stage,
+            verdict: None,
+            call: true,
+            first_break: false,
+            destination: None,
+        });
     }
 
     for &v in &unverifiable {
@@ -487,7 +516,10 @@ fn root_finding(
             Orphans::Judge => Some(Verdict::BrokenTrace),
         };
     }
-    let expected = span.probe || policy.exempt(span) || messaging::is_expected_root(span, m);
+    let expected = span.probe
+        || policy.exempt(span)
+        || messaging::is_expected_root(span, m)
+        || starts_traces(span, cx);
     let lost = if messaging::is_consumer(span, m) {
         // Its links, if any, are judged as messaging hops.
         !has_links
@@ -501,6 +533,18 @@ fn root_finding(
         Some(s) if !policy.is_allowed(s) => Some(Verdict::InvalidValue),
         _ => None,
     }
+}
+
+/// Whether a root CLIENT/PRODUCER span started its trace rather than lost it, by evidence: it
+/// carries a valid stage (a context that was lost carries none); its resource is a client
+/// application (a browser, a mobile app); or its service never receives calls (a job, a
+/// scheduler), so it has no inbound context to lose. Otherwise it is an outgoing call made
+/// without the request's context: a broken trace.
+fn starts_traces(span: &SpanRecord, cx: &FinaliseContext<'_>) -> bool {
+    span.kind.is_outgoing()
+        && (span.stage.is_some_and(|s| cx.policy.is_allowed(s))
+            || span.client_app
+            || !(cx.is_receiver)(span.service))
 }
 
 fn walk(

@@ -164,9 +164,22 @@ impl Service {
 
     /// A service exporting through `exporter` (one configured for TLS and a token, say).
     pub fn with_exporter(exporter: SpanExporter, name: &str, instance_stage: Option<&str>) -> Self {
+        Self::with_resource(exporter, name, instance_stage, &[])
+    }
+
+    /// A service whose resource also carries `attributes` (a browser's or a phone's, say).
+    pub fn with_resource(
+        exporter: SpanExporter,
+        name: &str,
+        instance_stage: Option<&str>,
+        attributes: &[(&str, &str)],
+    ) -> Self {
         let mut resource = Resource::builder().with_service_name(name.to_string());
         if let Some(s) = instance_stage {
             resource = resource.with_attribute(KeyValue::new("deployment.stage", s.to_string()));
+        }
+        for (k, v) in attributes {
+            resource = resource.with_attribute(KeyValue::new(k.to_string(), v.to_string()));
         }
         let provider = SdkTracerProvider::builder()
             .with_span_processor(BaggageToAttributes)

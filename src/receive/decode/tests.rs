@@ -663,3 +663,55 @@ fn span(trace: u128, id: u64, parent: Option<u64>, name: &str) -> Span {
         ..Default::default()
     }
 }
+
+/// A client application's resource (a browser's, a phone's) marks its spans, both ways of
+/// decoding; a server's `os.type` does not. SERVER and CONSUMER spans make their service a
+/// receiver of calls.
+#[test]
+fn client_applications_and_receivers_are_told_from_their_resources_and_spans() {
+    let dec = decoder();
+    let resources: [&[(&str, &str)]; 6] = [
+        &[("telemetry.sdk.language", "webjs")],
+        &[("browser.platform", "Linux")],
+        &[
+            ("device.model.identifier", "iPhone15,2"),
+            ("os.name", "iOS"),
+        ],
+        &[("os.name", "Android")],
+        &[("os.type", "linux"), ("telemetry.sdk.language", "go")],
+        &[],
+    ];
+    let mut b = RequestBuilder::new();
+    for (i, _) in resources.iter().enumerate() {
+        b = b.resource(&format!("app-{i}"), None).span(
+            1,
+            i as u64 + 1,
+            None,
+            "GET /",
+            SpanKind::Client,
+            &[],
+        );
+    }
+    let mut req = b
+        .resource("gateway", None)
+        .span(1, 9, Some(1), "GET /", SpanKind::Server, &[])
+        .build();
+    for (i, attrs) in resources.iter().enumerate() {
+        let res = req.resource_spans[i].resource.as_mut().unwrap();
+        for (k, v) in attrs.iter() {
+            res.attributes.push(crate::loadgen::kv(k, v));
+        }
+    }
+    let want = [true, true, true, true, false, false, false];
+    let d = dec.decode(&req, 1);
+    let apps: Vec<bool> = only(&d).iter().map(|(_, s)| s.client_app).collect();
+    assert_eq!(apps, want);
+    let d = dec
+        .decode_protobuf(&prost::Message::encode_to_vec(&req), 1)
+        .unwrap();
+    let apps: Vec<bool> = only(&d).iter().map(|(_, s)| s.client_app).collect();
+    assert_eq!(apps, want);
+    let svc = |s: &str| dec.symbols.services.intern(s);
+    assert!(dec.instances.is_receiver(svc("gateway"), 0));
+    assert!(!dec.instances.is_receiver(svc("app-0"), 0));
+}

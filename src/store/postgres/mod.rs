@@ -535,6 +535,7 @@ impl Store for PostgresStore {
                     kind: SpanKind::from_otlp(r.get::<_, i64>(4) as i32),
                     status: StatusCode::Unset,
                     probe: false,
+                    client_app: false,
                 },
                 messaging: Messaging {
                     system: value(7),
