@@ -486,5 +486,17 @@ async fn trace_starters_are_entry_points_not_broken_traces() {
     assert_eq!(starts("mobile-app"), serde_json::json!({"canary": 1}));
     assert_eq!(starts("nightly-report"), serde_json::json!({"none": 1}));
     assert_eq!(starts("gateway"), serde_json::json!({}));
+    // The dashboard draws them as entry points, their traces per stage in the node's title.
+    let page = reqwest::get(format!("http://{}/", c.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(r#"<g class="node starter" data-node="web-app"><title>web-app (starts traces: canary 1, none 1)</title>"#),
+        "{page}"
+    );
+    assert!(!page.contains(r#"class="node starter" data-node="gateway""#));
     c.shutdown().await.unwrap();
 }

@@ -191,9 +191,19 @@ pub fn graph(g: &GraphView, query: &str) -> String {
             (false, true) => "node broken",
             (false, false) => "node",
         };
+        // A trace starter (a browser, an app, a job): an entry point, with its traces per stage.
+        let (starter, started) = if n.starts.is_empty() {
+            ("", String::new())
+        } else {
+            let per_stage: Vec<String> = n.starts.iter().map(|(s, k)| format!("{s} {k}")).collect();
+            (
+                " starter",
+                format!(" (starts traces: {})", per_stage.join(", ")),
+            )
+        };
         let _ = write!(
             s,
-            r#"<g class="{class}" data-node="{}"><title>{}{}</title><rect x="{:.1}" y="{:.1}" width="{:.1}" height="{NODE_H}" rx="6"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text></g>"#,
+            r#"<g class="{class}{starter}" data-node="{}"><title>{}{}{}</title><rect x="{:.1}" y="{:.1}" width="{:.1}" height="{NODE_H}" rx="6"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text></g>"#,
             esc(&n.name),
             esc(&n.name),
             if n.is_virtual {
@@ -201,6 +211,7 @@ pub fn graph(g: &GraphView, query: &str) -> String {
             } else {
                 ""
             },
+            esc(&started),
             p.x,
             p.y,
             p.w,
