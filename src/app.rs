@@ -255,6 +255,7 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
         grpc_ingest: Guard::new(&auth_metrics, "otlp_grpc", security.ingest.clone()),
         grpc_read: Guard::new(&auth_metrics, "otlp_grpc", security.read.clone()),
         http_ingest: Guard::new(&auth_metrics, "otlp_http", security.ingest.clone()),
+        http_cors_origins: cfg.otlp_http_cors_origins.clone(),
     };
     let accept = |listener, tls: &Option<Arc<ServerTls>>| {
         Accept::new(&listen_metrics, listener, cfg.read_timeout.0).with_tls(tls.clone())
@@ -338,6 +339,9 @@ pub struct ReceiverGuards {
     /// The gRPC query API, which shares the OTLP/gRPC port.
     pub grpc_read: Guard,
     pub http_ingest: Guard,
+    /// Web origins whose pages may export to OTLP/HTTP (`--otlp-http-cors-origins`): browsers
+    /// instrumented with the OpenTelemetry web SDK. Empty: none.
+    pub http_cors_origins: Vec<String>,
 }
 
 /// Serves OTLP/gRPC and OTLP/HTTP into `ingest` until `stop` is cancelled; each handle ends once
@@ -379,6 +383,7 @@ pub fn serve_receivers(
             limits.max_bytes,
             in_flight,
             guards.http_ingest.clone(),
+            &guards.http_cors_origins,
         ),
         http_accept,
         stop,

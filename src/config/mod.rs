@@ -132,6 +132,15 @@ pub struct ServeArgs {
     /// OTLP/HTTP listen address [default: 127.0.0.1:4318]
     #[arg(long, env = "GRAYSCOPE_OTLP_HTTP", value_name = "ADDR")]
     pub otlp_http: Option<SocketAddr>,
+    /// Web origins whose pages may export spans to OTLP/HTTP (browsers with the OpenTelemetry web
+    /// SDK), like https://shop.example.com; `*` for any [default: none]
+    #[arg(
+        long,
+        env = "GRAYSCOPE_OTLP_HTTP_CORS_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN,..."
+    )]
+    pub otlp_http_cors_origins: Option<Vec<String>>,
     /// JSON API, health and metrics listen address [default: 127.0.0.1:8080]
     #[arg(long, env = "GRAYSCOPE_HTTP", value_name = "ADDR")]
     pub http: Option<SocketAddr>,
@@ -244,6 +253,7 @@ pub struct ServeArgs {
 pub struct ServeConfig {
     pub otlp_grpc: SocketAddr,
     pub otlp_http: SocketAddr,
+    pub otlp_http_cors_origins: Vec<String>,
     pub http: SocketAddr,
     pub max_request_bytes: usize,
     pub read_timeout: Dur,
@@ -329,6 +339,7 @@ impl ServeArgs {
         Ok(ServeConfig {
             otlp_grpc: addrs.otlp_grpc,
             otlp_http: addrs.otlp_http,
+            otlp_http_cors_origins: cors_origins(a.otlp_http_cors_origins.unwrap_or_default())?,
             http,
             max_request_bytes: positive(
                 "max-request-bytes",
@@ -417,6 +428,7 @@ impl ServeArgs {
             print_config: self.print_config,
             otlp_grpc: self.otlp_grpc.or(file.otlp_grpc),
             otlp_http: self.otlp_http.or(file.otlp_http),
+            otlp_http_cors_origins: self.otlp_http_cors_origins.or(file.otlp_http_cors_origins),
             http: self.http.or(file.http),
             max_request_bytes: self.max_request_bytes.or(file.max_request_bytes),
             read_timeout: self.read_timeout.or(file.read_timeout),
@@ -449,6 +461,29 @@ impl ServeArgs {
             security: self.security.or(file.security),
         }
     }
+}
+
+/// Web origins as a browser sends them (`scheme://host[:port]`, no path), or `*`.
+fn cors_origins(origins: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    for o in &origins {
+        let valid = o == "*"
+            || url::Url::parse(o).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && !o.ends_with('/')
+                    && u.query().is_none()
+            });
+        if !valid {
+            return Err(ConfigError::Invalid {
+                option: "otlp-http-cors-origins",
+                message: format!(
+                    "'{o}' is not a web origin like https://shop.example.com or http://127.0.0.1:3000 (scheme, host and port, no path), or *"
+                ),
+            });
+        }
+    }
+    Ok(origins)
 }
 
 /// The flags of [`ServeArgs`], to check file keys and environment variables against.

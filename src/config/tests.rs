@@ -222,3 +222,28 @@ fn tls_files_per_listener_override_the_common_ones() {
         .to_string();
     assert!(e.contains("a client CA needs a certificate"), "{e}");
 }
+
+#[test]
+fn cors_origins_are_web_origins() {
+    let c = parse(&[
+        "--otlp-http-cors-origins",
+        "https://shop.example.com,http://127.0.0.1:3000",
+    ])
+    .resolve()
+    .unwrap();
+    assert_eq!(
+        c.otlp_http_cors_origins,
+        ["https://shop.example.com", "http://127.0.0.1:3000"]
+    );
+    assert!(
+        parse(&["--otlp-http-cors-origins", "*"])
+            .resolve()
+            .is_ok()
+    );
+    for bad in ["shop.example.com", "https://shop.example.com/", "https://a.b/x", "ftp://a.b"] {
+        let e = parse(&["--otlp-http-cors-origins", bad])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("is not a web origin"), "{bad}: {e}");
+    }
+}

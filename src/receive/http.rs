@@ -38,9 +38,17 @@ struct HttpReceiver {
 }
 
 /// The `/v1/traces` route.
-/// `guard`: the ingest token check, before anything of the body is read.
-pub fn router(ingest: Arc<Ingest>, max_bytes: usize, in_flight: InFlight, guard: Guard) -> Router {
-    Router::new()
+/// `guard`: the ingest token check, before anything of the body is read. `cors_origins`: the web
+/// origins whose pages may export here (a browser asks before it sends spans across origins);
+/// `*` for any.
+pub fn router(
+    ingest: Arc<Ingest>,
+    max_bytes: usize,
+    in_flight: InFlight,
+    guard: Guard,
+    cors_origins: &[String],
+) -> Router {
+    let router = Router::new()
         .route("/v1/traces", post(export))
         .layer(DefaultBodyLimit::disable())
         .with_state(HttpReceiver {
@@ -48,7 +56,31 @@ pub fn router(ingest: Arc<Ingest>, max_bytes: usize, in_flight: InFlight, guard:
             max_bytes,
             in_flight,
             guard,
-        })
+        });
+    if cors_origins.is_empty() {
+        return router;
+    }
+    router.layer(cors(cors_origins))
+}
+
+/// What a browser's preflight is told: POST of OTLP bodies, compressed or not, with a bearer token
+/// if ingest needs one.
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([axum::http::Method::POST])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::CONTENT_ENCODING,
+            header::AUTHORIZATION,
+        ])
+        .max_age(std::time::Duration::from_secs(7200))
 }
 
 /// An error on its way back to the sender.

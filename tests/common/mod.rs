@@ -24,6 +24,7 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span, SpanData, Spa
 pub const STAGE: &str = "x-release-stage";
 
 pub mod binary;
+pub mod browser;
 pub mod otlp;
 pub mod pki;
 pub mod postgres;

@@ -381,7 +381,21 @@ impl Mesh {
             axum::Router::new()
                 .route("/checkout", axum::routing::get(checkout))
                 .with_state(gateway_state)
-                .layer(StageLayer::entry(DEFAULT_STAGE).trace_with(gateway.tracer.clone())),
+                .layer(StageLayer::entry(DEFAULT_STAGE).trace_with(gateway.tracer.clone()))
+                // Web pages of any origin may call it with their trace context and stage, as a
+                // front end instrumented with the OpenTelemetry web SDK does; the browser's
+                // preflight is answered here, before any span.
+                .layer(
+                    tower_http::cors::CorsLayer::new()
+                        .allow_origin(tower_http::cors::Any)
+                        .allow_methods([axum::http::Method::GET])
+                        .allow_headers([
+                            axum::http::HeaderName::from_static("traceparent"),
+                            axum::http::HeaderName::from_static("tracestate"),
+                            axum::http::HeaderName::from_static("baggage"),
+                            axum::http::HeaderName::from_static("x-release-stage"),
+                        ]),
+                ),
         );
 
         mesh.layout = format!(
