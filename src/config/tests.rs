@@ -235,12 +235,13 @@ fn cors_origins_are_web_origins() {
         c.otlp_http_cors_origins,
         ["https://shop.example.com", "http://127.0.0.1:3000"]
     );
-    assert!(
-        parse(&["--otlp-http-cors-origins", "*"])
-            .resolve()
-            .is_ok()
-    );
-    for bad in ["shop.example.com", "https://shop.example.com/", "https://a.b/x", "ftp://a.b"] {
+    assert!(parse(&["--otlp-http-cors-origins", "*"]).resolve().is_ok());
+    for bad in [
+        "shop.example.com",
+        "https://shop.example.com/",
+        "https://a.b/x",
+        "ftp://a.b",
+    ] {
         let e = parse(&["--otlp-http-cors-origins", bad])
             .resolve()
             .unwrap_err();
