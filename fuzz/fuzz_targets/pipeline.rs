@@ -60,6 +60,10 @@ fn run(decode: impl FnOnce(&Decoder) -> Option<Decoded>) {
             tombstones: 16,
             tombstone_ms: 1_000,
             sample_clean: 1.0,
+            // Finalised traces kept and reopened by later spans, their orphans waiting.
+            orphan_wait_ms: 2_000,
+            keep_ms: 3_000,
+            max_kept: 256,
         },
         Arc::new(Policy::default()),
         instances.clone(),
