@@ -7,17 +7,17 @@
 
 use std::sync::Arc;
 
-use grayscope::join::{JoinConfig, Joins};
-use grayscope::verify::messaging::Unresolved;
 use grayscope::aggregate::VerdictCounters;
-use grayscope::view::TraceView;
 use grayscope::assemble::{Assembler, AssemblerConfig};
 use grayscope::instances::{Clock, Instances};
 use grayscope::intern::{SymbolLimits, Symbols};
+use grayscope::join::{JoinConfig, Joins};
 use grayscope::receive::Decoder;
 use grayscope::receive::decode::Decoded;
 use grayscope::store::codec;
 use grayscope::verify::Policy;
+use grayscope::verify::messaging::Unresolved;
+use grayscope::view::TraceView;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 /// A request parsed into `opentelemetry-proto`'s structs (OTLP/JSON).
