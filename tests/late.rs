@@ -34,15 +34,6 @@ fn call(
     (client, server)
 }
 
-async fn metrics(c: &Collector) -> String {
-    reqwest::get(format!("http://{}/metrics", c.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 async fn flush(services: &[&Service]) {
     let providers: Vec<_> = services.iter().map(|s| s.provider.clone()).collect();
     tokio::task::spawn_blocking(move || {
@@ -175,7 +166,7 @@ async fn late_parents_and_children_give_exactly_the_seeded_findings() {
     assert_eq!(metric(&c, &le("90.0")).await, 6.0);
     assert_eq!(metric(&c, "grayscope_late_spans_total").await, 0.0);
     // One trace per request, not one more for each late arrival; every span judged once.
-    let m = metrics(&c).await;
+    let m = scrape(&c).await;
     assert_eq!(sum(&m, "grayscope_traces_total"), 8);
     assert_eq!(sum(&m, "grayscope_spans_finalised_total"), 6 * 3 + 3 + 1);
     c.shutdown().await.unwrap();
@@ -213,7 +204,7 @@ async fn slow_requests_with_default_batching_have_no_findings() {
     // The batch processors export on their own schedule; wait for every span to be judged.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let m = metrics(&c).await;
+        let m = scrape(&c).await;
         let judged = sum(&m, "grayscope_spans_finalised_total");
         if judged == 30 && sum(&m, "grayscope_orphan_spans_waiting") == 0 {
             assert_eq!(sum(&m, "grayscope_traces_total"), 6);

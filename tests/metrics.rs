@@ -6,20 +6,10 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
-use grayscope::app::Collector;
 use grayscope::loadgen::{RawClient, Wire};
 use grayscope::model::SpanKind;
 use grayscope::testkit::RequestBuilder;
 use prost::Message;
-
-async fn scrape(c: &Collector) -> String {
-    reqwest::get(format!("http://{}/metrics", c.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
 
 /// The values of `label` over the samples of `metric`.
 fn label_values(text: &str, metric: &str, label: &str) -> BTreeSet<String> {

@@ -32,6 +32,25 @@ pub struct EdgeOutcome {
     pub destination: Option<(Option<Sym>, Sym)>,
 }
 
+impl EdgeOutcome {
+    /// Counted on `span`'s service itself, with no caller: a trace it started (`verdict` none, a
+    /// call) or a verdict on no edge.
+    fn on_service(span: &SpanRecord, verdict: Option<Verdict>) -> Self {
+        EdgeOutcome {
+            hop: Hop {
+                caller: None,
+                callee: NodeKey::Service(span.service),
+            },
+            stage: span.stage,
+            instance_stage: span.instance_stage,
+            verdict,
+            call: verdict.is_none(),
+            first_break: false,
+            destination: None,
+        }
+    }
+}
+
 /// Everything a finalised trace contributes downstream.
 #[derive(Clone, Debug)]
 pub struct TraceOutcome {
@@ -320,37 +339,16 @@ pub fn finalise(
     }
 
     // A trace started by a client: counted on the starter as an entry point of the graph.
-    for &v in &starters {
-        let span = &g[v];
-        edges.push(EdgeOutcome {
-            hop: Hop {
-                caller: None,
-                callee: NodeKey::Service(span.service),
-            },
-            stage: span.stage,
-            instance_stage: span.instance_stage,
-            verdict: None,
-            call: true,
-            first_break: false,
-            destination: None,
-        });
-    }
-
-    for &v in &unverifiable {
-        let span = &g[v];
-        edges.push(EdgeOutcome {
-            hop: Hop {
-                caller: None,
-                callee: NodeKey::Service(span.service),
-            },
-            stage: span.stage,
-            instance_stage: span.instance_stage,
-            verdict: Some(Verdict::Unverifiable),
-            call: false,
-            first_break: false,
-            destination: None,
-        });
-    }
+    edges.extend(
+        starters
+            .iter()
+            .map(|&v| EdgeOutcome::on_service(&g[v], None)),
+    );
+    edges.extend(
+        unverifiable
+            .iter()
+            .map(|&v| EdgeOutcome::on_service(&g[v], Some(Verdict::Unverifiable))),
+    );
 
     let mut findings = Vec::new();
     let mut earlier = Vec::new();

@@ -327,14 +327,19 @@ pub fn f(
     )
 }
 
-/// The value of a metric sample line `name{labels} value` in Prometheus text.
-pub async fn metric(c: &Collector, sample: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", c.http))
+/// The collector's `/metrics` text.
+pub async fn scrape(c: &Collector) -> String {
+    reqwest::get(format!("http://{}/metrics", c.http))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The value of a metric sample line `name{labels} value` in Prometheus text.
+pub async fn metric(c: &Collector, sample: &str) -> f64 {
+    let text = scrape(c).await;
     text.lines()
         .find_map(|l| {
             l.strip_prefix(sample)
