@@ -21,7 +21,7 @@ use crate::assemble::AssemblerConfig;
 use crate::cluster::{self, Cluster, ClusterConfig, ClusterMetrics};
 use crate::config::{Data, ServeConfig};
 use crate::demo;
-use crate::instances::{Clock, Instances};
+use crate::instances::Clock;
 use crate::intern::{SymbolLimits, Symbols};
 use crate::join::{JoinConfig, JoinMetrics, Joins};
 use crate::listen::{self, Accept, ListenMetrics};
@@ -107,15 +107,10 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
         &cfg.verify.destination_policies,
         &symbols,
     ));
-    let declared = cfg
-        .verify
-        .declared_instances
-        .iter()
-        .map(|(svc, st)| (symbols.services.intern(svc), symbols.values.intern(st)));
-    let instances = Arc::new(Instances::new(
-        declared,
-        cfg.instance_ttl.0.as_millis() as u64,
-    ));
+    let instances = Arc::new(
+        cfg.verify
+            .instances(&symbols, cfg.instance_ttl.0.as_millis() as u64),
+    );
     let aggregate = Arc::new(Aggregate::new(
         symbols.clone(),
         AggregateConfig {

@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::assemble::{Assembler, AssemblerConfig};
 use crate::config::VerifyArgs;
-use crate::instances::{Clock, Instances};
+use crate::instances::Clock;
 use crate::intern::{SymbolLimits, Symbols};
 use crate::join::{JoinConfig, Joins};
 use crate::receive::Decoder;
@@ -88,12 +88,8 @@ pub fn run(args: CheckArgs) -> anyhow::Result<u8> {
 pub fn check(files: &[PathBuf], verify: crate::config::VerifyConfig) -> Result<Report, CheckError> {
     let symbols = Arc::new(Symbols::new(&SymbolLimits::default()));
     let clock = Clock::new();
-    let declared = verify
-        .declared_instances
-        .iter()
-        .map(|(svc, st)| (symbols.services.intern(svc), symbols.values.intern(st)));
     // Every instance seen in the files is live for the whole check.
-    let instances = Arc::new(Instances::new(declared, u64::MAX / 2));
+    let instances = Arc::new(verify.instances(&symbols, u64::MAX / 2));
     let decoder = Decoder::new(
         symbols.clone(),
         instances.clone(),

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use foldhash::fast::RandomState;
 
-use crate::model::Sym;
+use crate::model::{SpanRecord, StageMode, Sym};
 
 /// Distinct (service, stage) pairs remembered; the interner caps make reaching it unlikely, and past
 /// it new pairs are simply not recorded (they cannot make a misroute verdict, only miss one).
@@ -47,11 +47,45 @@ pub struct Instances {
     seen: RwLock<HashMap<(Sym, Sym), AtomicU64, RandomState>>,
     declared: HashSet<(Sym, Sym), RandomState>,
     ttl_ms: u64,
-    /// Services seen receiving calls (SERVER or CONSUMER spans), and when last.
-    receivers: RwLock<HashMap<Sym, AtomicU64, RandomState>>,
+    /// What each service was seen doing, and when last.
+    services: RwLock<HashMap<Sym, ServiceSeen, RandomState>>,
+    /// `--stage-modes`: services whose mode is configured, not learned.
+    stage_modes: HashMap<Sym, StageMode, RandomState>,
+    /// `--stage-modes *=MODE`: the mode of every service not named, not learned.
+    stage_mode_default: Option<StageMode>,
     /// Until when (on the [`Clock`]) traces may be split between grayscope instances, because
     /// the load balancer's members changed; 0 when they never did.
     rebalancing_until_ms: AtomicU64,
+}
+
+/// What a service was seen doing: when last (on the [`Clock`], plus one; 0 is never).
+#[derive(Default)]
+struct ServiceSeen {
+    receives: AtomicU64,
+    every_span: AtomicU64,
+    captured: AtomicU64,
+}
+
+/// What one span says about which of its service's spans carry the stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageSighting {
+    /// The stage as an attribute of a span that did not receive a request (a CLIENT, INTERNAL
+    /// or database span): a span processor copies it onto every span.
+    EverySpan,
+    /// The stage captured from a request's header or metadata.
+    Captured,
+}
+
+impl StageSighting {
+    pub fn of(span: &SpanRecord) -> Option<StageSighting> {
+        match span.stage_from? {
+            s if s.is_captured() => Some(StageSighting::Captured),
+            crate::model::StageSource::Attribute if !span.is_inbound() => {
+                Some(StageSighting::EverySpan)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// One row of [`Instances::snapshot`].
@@ -71,34 +105,117 @@ impl Instances {
             declared: declared.into_iter().collect(),
             ttl_ms,
             rebalancing_until_ms: AtomicU64::new(0),
-            receivers: RwLock::new(HashMap::default()),
+            services: RwLock::new(HashMap::default()),
+            stage_modes: HashMap::default(),
+            stage_mode_default: None,
         }
+    }
+
+    /// Services whose stage mode is configured (`--stage-modes`) instead of learned; `default`
+    /// (`*=MODE`) configures every other service too.
+    #[must_use]
+    pub fn with_stage_modes(
+        mut self,
+        modes: impl IntoIterator<Item = (Sym, StageMode)>,
+        default: Option<StageMode>,
+    ) -> Self {
+        self.stage_modes = modes.into_iter().collect();
+        self.stage_mode_default = default;
+        self
+    }
+
+    /// Records, for `service`, that `what` happened at `now_ms`.
+    fn saw(&self, service: Sym, now_ms: u64, what: impl Fn(&ServiceSeen) -> &AtomicU64) {
+        // Stored plus one: 0 is "never".
+        let at = now_ms + 1;
+        {
+            let seen = self.services.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = seen.get(&service) {
+                what(s).fetch_max(at, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut seen = self.services.write().unwrap_or_else(|e| e.into_inner());
+        if seen.len() < MAX_PAIRS || seen.contains_key(&service) {
+            what(seen.entry(service).or_default()).fetch_max(at, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `what` of `service` happened within the TTL.
+    fn recently(
+        &self,
+        service: Sym,
+        now_ms: u64,
+        what: impl Fn(&ServiceSeen) -> &AtomicU64,
+    ) -> bool {
+        let seen = self.services.read().unwrap_or_else(|e| e.into_inner());
+        seen.get(&service).is_some_and(|s| {
+            let t = what(s).load(Ordering::Relaxed);
+            t > 0 && t - 1 + self.ttl_ms >= now_ms
+        })
     }
 
     /// `service` received a call (a SERVER or CONSUMER span of it arrived).
     pub fn receives(&self, service: Sym, now_ms: u64) {
-        {
-            let seen = self.receivers.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(t) = seen.get(&service) {
-                t.fetch_max(now_ms, Ordering::Relaxed);
-                return;
-            }
-        }
-        let mut seen = self.receivers.write().unwrap_or_else(|e| e.into_inner());
-        if seen.len() < MAX_PAIRS {
-            seen.entry(service)
-                .or_insert_with(|| AtomicU64::new(0))
-                .fetch_max(now_ms, Ordering::Relaxed);
-        }
+        self.saw(service, now_ms, |s| &s.receives);
     }
 
     /// Whether `service` received a call within the TTL: a service that serves requests, as
     /// opposed to a job or a client that only starts traces. Each instance of a cluster sees
     /// every busy service: traces are spread over the instances by trace id.
     pub fn is_receiver(&self, service: Sym, now_ms: u64) -> bool {
-        let seen = self.receivers.read().unwrap_or_else(|e| e.into_inner());
-        seen.get(&service)
-            .is_some_and(|t| t.load(Ordering::Relaxed) + self.ttl_ms >= now_ms)
+        self.recently(service, now_ms, |s| &s.receives)
+    }
+
+    /// A span of `service` showed where it carries the stage.
+    pub fn stage_seen(&self, service: Sym, sighting: StageSighting, now_ms: u64) {
+        match sighting {
+            StageSighting::EverySpan => self.saw(service, now_ms, |s| &s.every_span),
+            StageSighting::Captured => self.saw(service, now_ms, |s| &s.captured),
+        }
+    }
+
+    /// Which of `service`'s spans can carry the stage: as configured, else as learned from
+    /// its spans within the TTL. The stage as an attribute of a span that did not receive the
+    /// request means every span carries it, and wins; else the stage only ever captured from
+    /// requests means only the spans that received one do. A service that showed neither is
+    /// judged on every span: with no stage anywhere there is nothing to lose.
+    pub fn stage_mode(&self, service: Sym, now_ms: u64) -> StageMode {
+        if let Some(&m) = self.stage_modes.get(&service) {
+            return m;
+        }
+        if let Some(m) = self.stage_mode_default {
+            return m;
+        }
+        self.learned_mode(service, now_ms)
+    }
+
+    fn learned_mode(&self, service: Sym, now_ms: u64) -> StageMode {
+        if self.recently(service, now_ms, |s| &s.every_span) {
+            StageMode::EverySpan
+        } else if self.recently(service, now_ms, |s| &s.captured) {
+            StageMode::Captured
+        } else {
+            StageMode::EverySpan
+        }
+    }
+
+    /// Every service with its stage mode, and whether it was configured rather than learned.
+    pub fn stage_modes(&self, now_ms: u64) -> Vec<(Sym, StageMode, bool)> {
+        let seen: Vec<Sym> = {
+            let seen = self.services.read().unwrap_or_else(|e| e.into_inner());
+            seen.keys().copied().collect()
+        };
+        let mut out: Vec<(Sym, StageMode, bool)> = seen
+            .into_iter()
+            .filter(|s| !self.stage_modes.contains_key(s))
+            .map(|s| {
+                let configured = self.stage_mode_default.is_some();
+                (s, self.stage_mode(s, now_ms), configured)
+            })
+            .collect();
+        out.extend(self.stage_modes.iter().map(|(&s, &m)| (s, m, true)));
+        out
     }
 
     /// The grayscope instances behind the load balancer changed: until `until_ms`, a span whose
@@ -187,5 +304,38 @@ mod tests {
         i.touch(sym(1), sym(2), 100); // older report does not move time back
         assert!(i.is_live(sym(1), sym(2), 1500));
         assert_eq!(i.snapshot().len(), 2);
+    }
+
+    #[test]
+    fn stage_modes_are_learned_within_the_ttl_unless_configured() {
+        use StageSighting::{Captured, EverySpan};
+        let i = Instances::new([], 1000).with_stage_modes([(sym(5), StageMode::Captured)], None);
+        assert_eq!(
+            i.stage_mode(sym(1), 0),
+            StageMode::EverySpan,
+            "nothing seen"
+        );
+        i.stage_seen(sym(1), Captured, 100);
+        assert_eq!(i.stage_mode(sym(1), 1100), StageMode::Captured);
+        // The stage on a span that received no request: every span carries it, whatever else.
+        i.stage_seen(sym(1), EverySpan, 500);
+        assert_eq!(i.stage_mode(sym(1), 1100), StageMode::EverySpan);
+        assert_eq!(
+            i.stage_mode(sym(1), 1501),
+            StageMode::EverySpan,
+            "nothing recent"
+        );
+        i.stage_seen(sym(1), Captured, 1400);
+        assert_eq!(i.stage_mode(sym(1), 1501), StageMode::Captured);
+        // Configured: never learned.
+        i.stage_seen(sym(5), EverySpan, 0);
+        assert_eq!(i.stage_mode(sym(5), 0), StageMode::Captured);
+        let all = Instances::new([], 1000).with_stage_modes([], Some(StageMode::Captured));
+        all.stage_seen(sym(1), EverySpan, 0);
+        assert_eq!(all.stage_mode(sym(1), 0), StageMode::Captured);
+        // Receiving calls is remembered apart, from the same time on.
+        assert!(!i.is_receiver(sym(1), 0));
+        i.receives(sym(1), 0);
+        assert!(i.is_receiver(sym(1), 1000) && !i.is_receiver(sym(1), 1001));
     }
 }

@@ -193,12 +193,150 @@ pub struct SpanRecord {
     pub peer: Option<Sym>,
     pub kind: SpanKind,
     pub status: StatusCode,
+    /// Which attribute `stage` came from; `None` when it has none.
+    pub stage_from: Option<StageSource>,
+    pub flags: SpanFlags,
+}
+
+impl SpanRecord {
     /// Sent by `grayscope probe` ([`PROBE_ATTRIBUTE`]): its root CLIENT span is expected, and
     /// its trace is always kept so that the probe can read its verdicts once finalised.
-    pub probe: bool,
+    pub fn probe(&self) -> bool {
+        self.flags.contains(SpanFlags::PROBE)
+    }
+
     /// Exported by a client application, by its resource ([`is_client_app_attribute`]): a
     /// browser, a mobile app. Its root CLIENT spans start traces; they lost nothing.
-    pub client_app: bool,
+    pub fn client_app(&self) -> bool {
+        self.flags.contains(SpanFlags::CLIENT_APP)
+    }
+
+    /// A call to a database or cache (`db.system`): a back end that exports no spans and does
+    /// not route on the stage, so the stage need not reach it.
+    pub fn backend(&self) -> bool {
+        self.flags.contains(SpanFlags::BACKEND)
+    }
+
+    /// A span that records a request this service received (SERVER, CONSUMER): the spans that
+    /// a captured request header can be on.
+    pub fn is_inbound(&self) -> bool {
+        matches!(self.kind, SpanKind::Server | SpanKind::Consumer)
+    }
+}
+
+/// What a span is besides its kind, one bit each so that [`SpanRecord`] stays 64 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SpanFlags(u8);
+
+impl SpanFlags {
+    pub const PROBE: SpanFlags = SpanFlags(1);
+    pub const CLIENT_APP: SpanFlags = SpanFlags(2);
+    pub const BACKEND: SpanFlags = SpanFlags(4);
+
+    pub fn contains(self, f: SpanFlags) -> bool {
+        self.0 & f.0 == f.0
+    }
+
+    /// These flags with `f` set when `on`.
+    #[must_use]
+    pub fn with(self, f: SpanFlags, on: bool) -> SpanFlags {
+        if on { SpanFlags(self.0 | f.0) } else { self }
+    }
+}
+
+/// Where a span's request stage came from. A captured request header exists only on the spans
+/// whose request carried it (SERVER spans, and CLIENT spans where client-side capture is on);
+/// an attribute copied from baggage by a span processor is on every span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum StageSource {
+    /// An attribute of the span's own: copied from baggage by a span processor, or set by the
+    /// service.
+    Attribute,
+    /// A captured HTTP request header (`http.request.header.*`).
+    HttpHeader,
+    /// Captured gRPC request metadata (`rpc.grpc.request.metadata.*`, `rpc.request.metadata.*`).
+    GrpcMetadata,
+    /// None of the span's own: the stage its service received with the request (from the SERVER
+    /// span above it), filled in at finalisation for a service whose spans cannot carry the stage
+    /// ([`StageMode::Captured`]).
+    Inbound,
+}
+
+impl StageSource {
+    /// Every source, in the order of their codes (`StageSource as usize`).
+    pub const ALL: [StageSource; 4] = [
+        StageSource::Attribute,
+        StageSource::HttpHeader,
+        StageSource::GrpcMetadata,
+        StageSource::Inbound,
+    ];
+
+    /// What a stage key's name says about where its value comes from, by the semantic
+    /// conventions' names for captured headers and metadata.
+    pub fn of_key(key: &str) -> StageSource {
+        if key.starts_with("http.request.header.") {
+            StageSource::HttpHeader
+        } else if key.starts_with("rpc.") && key.contains(".request.metadata.") {
+            StageSource::GrpcMetadata
+        } else {
+            StageSource::Attribute
+        }
+    }
+
+    /// Captured from the request: only on spans whose request carried it.
+    pub fn is_captured(self) -> bool {
+        matches!(self, StageSource::HttpHeader | StageSource::GrpcMetadata)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageSource::Attribute => "attribute",
+            StageSource::HttpHeader => "http_header",
+            StageSource::GrpcMetadata => "grpc_metadata",
+            StageSource::Inbound => "inbound",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<StageSource> {
+        StageSource::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// Which spans of a service can carry the request's stage, and so which of its edges can be
+/// judged.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum StageMode {
+    /// Every span carries it (a span processor copies it from baggage): every edge is judged,
+    /// and a stage lost inside the service is found where it was lost.
+    #[default]
+    EverySpan,
+    /// Only the spans whose request carried it, as a captured header or metadata: SERVER spans
+    /// (and CLIENT spans where client-side capture is on). Edges to spans that cannot carry it
+    /// are not applicable; the hop to another service is judged from the stage the service
+    /// received.
+    Captured,
+}
+
+impl StageMode {
+    pub fn parse(s: &str) -> Option<StageMode> {
+        match s {
+            "every-span" | "every_span" => Some(StageMode::EverySpan),
+            "captured" => Some(StageMode::Captured),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageMode::EverySpan => "every_span",
+            StageMode::Captured => "captured",
+        }
+    }
 }
 
 /// Whether a resource attribute says its spans come from a client application rather than a

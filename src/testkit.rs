@@ -41,13 +41,14 @@ impl Kit {
             peer: None,
             kind,
             status: StatusCode::Unset,
-            probe: false,
-            client_app: false,
+            stage_from: None,
+            flags: crate::model::SpanFlags::default(),
         }
     }
 
     pub fn stage(&self, mut s: SpanRecord, stage: &str) -> SpanRecord {
         s.stage = Some(self.v(stage));
+        s.stage_from = Some(crate::model::StageSource::Attribute);
         s
     }
 

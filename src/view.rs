@@ -10,7 +10,9 @@ use utoipa::ToSchema;
 use crate::aggregate::{EdgeStats, ServiceGraph, StageStats};
 use crate::assemble::TraceSnapshot;
 use crate::intern::Symbols;
-use crate::model::{Messaging, SpanId, SpanKind, SpanRecord, StatusCode, Sym, TraceId};
+use crate::model::{
+    Messaging, SpanId, SpanKind, SpanRecord, StageSource, StatusCode, Sym, TraceId,
+};
 use crate::verify::{Finding, Scope, Severity, Verdict};
 
 /// RFC 3339 with milliseconds, UTC.
@@ -309,6 +311,10 @@ pub struct TraceSpanView {
     pub kind: SpanKind,
     #[schema(value_type = Option<String>)]
     pub stage: Option<Arc<str>>,
+    /// Where `stage` came from: the span's own attribute (`attribute`), a captured HTTP header
+    /// (`http_header`) or gRPC metadata (`grpc_metadata`), or, for a span of a service that
+    /// carries the stage only on the spans that received a request, that request's (`inbound`).
+    pub stage_source: Option<StageSource>,
     #[schema(value_type = Option<String>)]
     pub instance_stage: Option<Arc<str>>,
     pub start_unix_nano: String,
@@ -358,6 +364,7 @@ impl TraceView {
                     name: sym.names.resolve(s.name),
                     kind: s.kind,
                     stage: s.stage.map(|v| sym.values.resolve(v)),
+                    stage_source: s.stage.and(s.stage_from),
                     instance_stage: s.instance_stage.map(|v| sym.values.resolve(v)),
                     start_unix_nano: s.start_ns.to_string(),
                     end_unix_nano: s.end_ns.to_string(),

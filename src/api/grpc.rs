@@ -164,6 +164,7 @@ fn trace(t: &TraceView) -> pb::Trace {
                 name: s.name.to_string(),
                 kind: s.kind.as_str().to_string(),
                 stage: s.stage.as_ref().map(|v| v.to_string()),
+                stage_source: s.stage_source.map(|f| f.as_str().to_string()),
                 instance_stage: s.instance_stage.as_ref().map(|v| v.to_string()),
                 start_unix_nano: s.start_unix_nano.parse().unwrap_or_default(),
                 end_unix_nano: s.end_unix_nano.parse().unwrap_or_default(),

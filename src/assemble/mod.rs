@@ -543,10 +543,12 @@ impl Assembler {
         let instances = &self.instances;
         let is_live = |svc: Sym, stage: Sym| instances.is_live(svc, stage, now_ms);
         let is_receiver = |svc: Sym| instances.is_receiver(svc, now_ms);
+        let stage_mode = |svc: Sym| instances.stage_mode(svc, now_ms);
         let cx = FinaliseContext {
             policy: &self.policy,
             is_live: &is_live,
             is_receiver: &is_receiver,
+            stage_mode: &stage_mode,
             observed_at_ms: wall_ms,
             orphans: rule,
             settled: buf.settled,
@@ -559,7 +561,7 @@ impl Assembler {
         let keep = outcome.is_broken()
             || !earlier.is_empty()
             || buf.trace_id.sampled(self.cfg.sample_clean)
-            || buf.graph.node_weights().any(|s| s.probe);
+            || buf.graph.node_weights().any(|s| s.probe());
         let snapshot = keep.then(|| {
             let mut findings = earlier;
             findings.extend(outcome.findings.iter().cloned());

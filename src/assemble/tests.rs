@@ -217,7 +217,7 @@ fn a_probe_trace_is_kept_and_its_root_client_is_not_broken() {
     let mut spans = chain(&k, false);
     spans[0].parent = Some(root.span_id);
     for probe in [false, true] {
-        root.probe = probe;
+        root.flags = root.flags.with(crate::model::SpanFlags::PROBE, probe);
         // A probe tags its requests; a call that lost its context carries no stage.
         root.stage = probe.then(|| k.v("canary"));
         let instances = Arc::new(Instances::new([], 60_000));

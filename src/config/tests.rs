@@ -137,6 +137,32 @@ fn lists_split_on_commas() {
 }
 
 #[test]
+fn stage_modes_are_service_equals_mode() {
+    use crate::model::StageMode;
+    let c = parse(&["--stage-modes", "orders=captured,*=every-span"])
+        .resolve()
+        .unwrap();
+    assert_eq!(
+        c.verify.stage_modes,
+        [
+            ("orders".to_string(), StageMode::Captured),
+            ("*".to_string(), StageMode::EverySpan)
+        ]
+    );
+    for (bad, says) in [
+        ("orders=header", "'header' in 'orders=header' is not a mode"),
+        ("orders", "'orders' is not SERVICE=MODE"),
+        ("=captured", "'=captured' is not SERVICE=MODE"),
+    ] {
+        let e = parse(&["--stage-modes", bad])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says) && e.contains("stage-modes"), "{e}");
+    }
+}
+
+#[test]
 fn an_unprotected_listener_off_loopback_is_refused() {
     let err = |args: &[&str]| parse(args).resolve().unwrap_err().to_string();
     let e = err(&["--http", "0.0.0.0:8080"]);

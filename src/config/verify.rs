@@ -5,7 +5,9 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
-use crate::model::DestinationPolicy;
+use crate::instances::Instances;
+use crate::intern::Symbols;
+use crate::model::{DestinationPolicy, StageMode};
 
 /// What decides verdicts; shared by `serve` and `check`.
 #[derive(Args, Deserialize, Serialize, Debug, Default, Clone)]
@@ -57,6 +59,17 @@ pub struct VerifyArgs {
         value_name = "DESTINATION=POLICY,..."
     )]
     pub destination_policies: Option<Vec<String>>,
+    /// Which spans of a service carry the stage, when it should not be learned from its spans:
+    /// `every-span` (copied from baggage onto every span) or `captured` (a captured request
+    /// header or metadata, on the spans that received a request); `*` for every other service
+    /// [default: learned per service]
+    #[arg(
+        long,
+        env = "GRAYSCOPE_STAGE_MODES",
+        value_delimiter = ',',
+        value_name = "SERVICE=MODE,..."
+    )]
+    pub stage_modes: Option<Vec<String>>,
 }
 
 /// Verification settings with defaults applied.
@@ -72,6 +85,30 @@ pub struct VerifyConfig {
     pub exempt_roots: Vec<(String, Option<String>)>,
     /// (destination or `*`, policy)
     pub destination_policies: Vec<(String, DestinationPolicy)>,
+    /// (service or `*`, mode); services not named have their mode learned.
+    pub stage_modes: Vec<(String, StageMode)>,
+}
+
+impl VerifyConfig {
+    /// The registry of instances and services that verification asks, with the declared
+    /// instances and configured stage modes in it.
+    pub fn instances(&self, symbols: &Symbols, ttl_ms: u64) -> Instances {
+        let declared = self
+            .declared_instances
+            .iter()
+            .map(|(svc, st)| (symbols.services.intern(svc), symbols.values.intern(st)));
+        let modes = self
+            .stage_modes
+            .iter()
+            .filter(|(svc, _)| svc != "*")
+            .map(|(svc, m)| (symbols.services.intern(svc), *m));
+        let default = self
+            .stage_modes
+            .iter()
+            .find(|(svc, _)| svc == "*")
+            .map(|(_, m)| *m);
+        Instances::new(declared, ttl_ms).with_stage_modes(modes, default)
+    }
 }
 
 impl VerifyArgs {
@@ -83,6 +120,7 @@ impl VerifyArgs {
             declared_instances: self.declared_instances.or(file.declared_instances),
             exempt_roots: self.exempt_roots.or(file.exempt_roots),
             destination_policies: self.destination_policies.or(file.destination_policies),
+            stage_modes: self.stage_modes.or(file.stage_modes),
         }
     }
 
@@ -143,8 +181,26 @@ impl VerifyArgs {
                 }),
             })
             .collect::<Result<_, _>>()?;
+        let stage_modes = self
+            .stage_modes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| match d.rsplit_once('=') {
+                Some((svc, mode)) if !svc.is_empty() => StageMode::parse(mode)
+                    .map(|m| (svc.to_string(), m))
+                    .ok_or_else(|| ConfigError::Invalid {
+                        option: "stage-modes",
+                        message: format!("'{mode}' in '{d}' is not a mode: every-span or captured"),
+                    }),
+                _ => Err(ConfigError::Invalid {
+                    option: "stage-modes",
+                    message: format!("'{d}' is not SERVICE=MODE"),
+                }),
+            })
+            .collect::<Result<_, _>>()?;
         Ok(VerifyConfig {
             stage_keys,
+            stage_modes,
             instance_stage_key: self
                 .instance_stage_key
                 .unwrap_or_else(|| "deployment.stage".into()),

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
 
+use crate::instances::StageSighting;
 use crate::instances::{Clock, Instances};
 use crate::intern::{RequestCache, Symbols};
 use crate::model::{
-    Link, MAX_LINKS, Messaging, MessagingOp, PROBE_ATTRIBUTE, SpanBatch, SpanExtra, SpanId,
-    SpanKind, SpanRecord, StatusCode, Sym, TraceId,
+    Link, MAX_LINKS, Messaging, MessagingOp, PROBE_ATTRIBUTE, SpanBatch, SpanExtra, SpanFlags,
+    SpanId, SpanKind, SpanRecord, StageSource, StatusCode, Sym, TraceId,
 };
 
 mod protobuf;
@@ -95,6 +96,8 @@ pub struct Decoder {
     pub instances: Arc<Instances>,
     pub clock: Clock,
     keys: StageKeys,
+    /// Where each configured key's value comes from, by the key's index.
+    sources: Vec<StageSource>,
     instance_key: String,
 }
 
@@ -111,6 +114,7 @@ impl Decoder {
             instances,
             clock,
             keys: StageKeys::new(stage_keys),
+            sources: stage_keys.iter().map(|k| StageSource::of_key(k)).collect(),
             instance_key: instance_key.to_string(),
         }
     }
@@ -247,6 +251,8 @@ pub struct Session<'a> {
     sightings: Vec<(Sym, Sym)>,
     /// Services seen receiving calls (SERVER and CONSUMER spans), once per resource.
     receivers: Vec<Sym>,
+    /// What services' spans say about where they carry the stage, once per resource and kind.
+    stage_sightings: Vec<(Sym, StageSighting)>,
     /// The attributes and links of the span being read, reused from span to span.
     attr_buf: Vec<&'a [u8]>,
     link_buf: Vec<LinkFields<'a>>,
@@ -265,6 +271,7 @@ impl<'a> Session<'a> {
             shards,
             sightings: Vec::new(),
             receivers: Vec::new(),
+            stage_sightings: Vec::new(),
             attr_buf: Vec::new(),
             link_buf: Vec::new(),
             out: Decoded {
@@ -280,6 +287,11 @@ impl<'a> Session<'a> {
         }
         for service in self.receivers {
             self.decoder.instances.receives(service, self.now_ms);
+        }
+        for (service, sighting) in self.stage_sightings {
+            self.decoder
+                .instances
+                .stage_seen(service, sighting, self.now_ms);
         }
         self.out
     }
@@ -374,8 +386,10 @@ impl<'a> Session<'a> {
             peer: None,
             kind: SpanKind::from_otlp(span.kind),
             status: StatusCode::from_otlp(span.status),
-            probe: res.probe,
-            client_app: res.client_app,
+            stage_from: None,
+            flags: SpanFlags::default()
+                .with(SpanFlags::PROBE, res.probe)
+                .with(SpanFlags::CLIENT_APP, res.client_app),
         };
         if matches!(rec.kind, SpanKind::Server | SpanKind::Consumer)
             && self.receivers.last() != Some(&res.service)
@@ -383,6 +397,11 @@ impl<'a> Session<'a> {
             self.receivers.push(res.service);
         }
         let messaging = self.read_attributes(attrs, &mut rec)?;
+        if let Some(sighting) = StageSighting::of(&rec)
+            && self.stage_sightings.last() != Some(&(res.service, sighting))
+        {
+            self.stage_sightings.push((res.service, sighting));
+        }
         let batch = &mut self.out.batches[trace_id.shard(self.shards)];
         batch.spans.push((trace_id, rec));
         if !messaging.is_empty() || !links.is_empty() {
@@ -414,6 +433,7 @@ impl<'a> Session<'a> {
         let mut near_miss: Option<(&'a [u8], &'a [u8])> = None;
         let mut peer_service = None;
         let mut server_address = None;
+        let mut db_system = None;
         let mut msg = MessagingAttrs::default();
         for attr in attrs {
             let (key, value) = attr?;
@@ -424,6 +444,8 @@ impl<'a> Session<'a> {
             match key {
                 b"peer.service" => peer_service = value,
                 b"server.address" => server_address = value,
+                // `db.system.name` since semantic conventions v1.33.
+                b"db.system" | b"db.system.name" => db_system = db_system.or(value),
                 key if key.starts_with(b"messaging.") => msg.read(key, value),
                 key => match self.keys.classify(key) {
                     KeyClass::Stage(i) if best_stage.is_none_or(|(b, _)| i < b) => {
@@ -444,14 +466,23 @@ impl<'a> Session<'a> {
             Some((_, v)) => Some(self.values.intern(v).map_err(bad_value)?),
             None => None,
         };
+        rec.stage_from = best_stage.map(|(i, _)| self.decoder.sources[i]);
+        let db_system = db_system.filter(|v| !v.is_empty());
+        rec.flags = rec.flags.with(SpanFlags::BACKEND, db_system.is_some());
         if rec.stage.is_none()
             && let Some((k, v)) = near_miss
         {
             rec.near_miss_key = Some(self.values.intern(k).map_err(bad_value)?);
             rec.near_miss_value = Some(self.values.intern(v).map_err(bad_value)?);
         }
+        // A database is named by its system (`postgresql`, `redis`): its address is often
+        // `localhost` or an IP, which says little on a service graph.
+        let peer = peer_service
+            .filter(|p| !p.is_empty())
+            .or(db_system)
+            .or(server_address);
         if rec.kind.is_outgoing()
-            && let Some(p) = peer_service.or(server_address).filter(|p| !p.is_empty())
+            && let Some(p) = peer.filter(|p| !p.is_empty())
         {
             rec.peer = Some(self.values.intern(p).map_err(bad_value)?);
         }

@@ -6,7 +6,7 @@ use prost::Message;
 
 use crate::assemble::TraceSnapshot;
 use crate::intern::Symbols;
-use crate::model::{SpanId, SpanKind, StatusCode, TraceId};
+use crate::model::{SpanId, SpanKind, StageSource, StatusCode, TraceId};
 use crate::verify::{Scope, Verdict};
 use crate::view::{TraceEdgeView, TraceSpanView, TraceView};
 
@@ -47,6 +47,9 @@ pub struct StoredSpan {
     pub start_ns: u64,
     #[prost(uint64, tag = "10")]
     pub duration_ns: u64,
+    /// `StageSource as u32`; absent in traces written before it was kept.
+    #[prost(uint32, optional, tag = "11")]
+    pub stage_from: Option<u32>,
 }
 
 /// Encodes a finalised trace with its strings resolved.
@@ -76,6 +79,7 @@ pub fn encode(t: &TraceSnapshot, sym: &Symbols) -> Vec<u8> {
             status: s.status as u32,
             start_ns: s.start_ns - base_ns,
             duration_ns: s.end_ns.saturating_sub(s.start_ns),
+            stage_from: s.stage.and(s.stage_from).map(|f| f as u32),
         })
         .collect();
     let edges = t
@@ -122,6 +126,9 @@ pub fn decode(trace_id: TraceId, data: &[u8]) -> Result<TraceView, DecodeError> 
             name: s(sp.name)?,
             kind: SpanKind::from_otlp(sp.kind as i32),
             stage: sp.stage.map(s).transpose()?,
+            stage_source: sp
+                .stage_from
+                .and_then(|f| StageSource::ALL.get(f as usize).copied()),
             instance_stage: sp.instance.map(s).transpose()?,
             start_unix_nano: start.to_string(),
             end_unix_nano: (start + sp.duration_ns).to_string(),

@@ -44,11 +44,15 @@ pub enum Verdict {
     /// A link to a producer span that could not be found (not sampled, or not arrived within
     /// `--link-wait`): the hop is counted as seen, never a finding.
     Unresolved,
+    /// An edge to a span that cannot carry the stage: a database or cache call without one, or,
+    /// in a service that carries the stage only on the spans that received a request
+    /// ([`crate::model::StageMode::Captured`]), any other span. Counted, never judged.
+    NotApplicable,
 }
 
 impl Verdict {
     /// Every verdict, in the order of their codes (`Verdict as usize`).
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
     pub const ALL: [Verdict; Verdict::COUNT] = [
         Verdict::Ok,
         Verdict::Absent,
@@ -62,19 +66,27 @@ impl Verdict {
         Verdict::Unverifiable,
         Verdict::MixedBatch,
         Verdict::Unresolved,
+        Verdict::NotApplicable,
     ];
 
     pub fn is_finding(self) -> bool {
         !matches!(
             self,
-            Verdict::Ok | Verdict::Absent | Verdict::Unverifiable | Verdict::Unresolved
+            Verdict::Ok
+                | Verdict::Absent
+                | Verdict::Unverifiable
+                | Verdict::Unresolved
+                | Verdict::NotApplicable
         )
     }
 
-    /// Whether an edge with this verdict was judged at all: `unverifiable` and `unresolved` edges
-    /// were not, so they count neither for nor against consistency.
+    /// Whether an edge with this verdict was judged at all: `unverifiable`, `unresolved` and
+    /// `not_applicable` edges were not, so they count neither for nor against consistency.
     pub fn is_judged(self) -> bool {
-        !matches!(self, Verdict::Unverifiable | Verdict::Unresolved)
+        !matches!(
+            self,
+            Verdict::Unverifiable | Verdict::Unresolved | Verdict::NotApplicable
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +103,7 @@ impl Verdict {
             Verdict::Unverifiable => "unverifiable",
             Verdict::MixedBatch => "mixed_batch",
             Verdict::Unresolved => "unresolved",
+            Verdict::NotApplicable => "not_applicable",
         }
     }
 
@@ -101,9 +114,11 @@ impl Verdict {
     /// `appeared` is usually a default applied mid-chain: worth fixing, rarely an outage.
     pub fn severity(self) -> Severity {
         match self {
-            Verdict::Ok | Verdict::Absent | Verdict::Unverifiable | Verdict::Unresolved => {
-                Severity::None
-            }
+            Verdict::Ok
+            | Verdict::Absent
+            | Verdict::Unverifiable
+            | Verdict::Unresolved
+            | Verdict::NotApplicable => Severity::None,
             Verdict::Appeared | Verdict::MixedBatch => Severity::Low,
             _ => Severity::High,
         }
@@ -215,7 +230,13 @@ impl Policy {
 
 /// The verdict of one edge from what both spans carry. Routing (`misrouted`) needs the instance
 /// registry at finalisation and is judged by [`trace::finalise`] on top of this.
+///
+/// A database or cache call without a stage is no stage hop: the stage need not reach a back end
+/// that does not route on it, and with a stage captured from requests it cannot.
 pub fn judge_edge(parent: &SpanRecord, child: &SpanRecord, policy: &Policy) -> Verdict {
+    if child.backend() && child.stage.is_none() {
+        return Verdict::NotApplicable;
+    }
     match (parent.stage, child.stage) {
         (_, Some(t)) if !policy.is_allowed(t) => Verdict::InvalidValue,
         (Some(s), Some(t)) if s == t => Verdict::Ok,

@@ -1,6 +1,6 @@
 use super::trace::FinaliseContext;
 use super::*;
-use crate::model::{SpanKind, TraceId};
+use crate::model::{SpanFlags, SpanKind, StageMode, StageSource, TraceId};
 use crate::testkit::Kit;
 
 trait FinaliseExt {
@@ -19,19 +19,45 @@ trait FinaliseExt {
         policy: &Policy,
         live: &[(&str, &str)],
         unsettled: bool,
-    ) -> TraceOutcome;
-}
+    ) -> TraceOutcome {
+        self.finalise_modes(spans, policy, live, unsettled, &[])
+    }
 
-impl FinaliseExt for Kit {
-    /// Builds the graph the way the assembler does and finalises it, `unsettled` saying whether
-    /// the load balancer's members are changing.
-    fn finalise_in(
+    /// Finalises with the services of `captured` carrying the stage only on the spans that
+    /// received a request ([`crate::model::StageMode::Captured`]).
+    fn finalise_modes(
         &self,
         spans: &[SpanRecord],
         policy: &Policy,
         live: &[(&str, &str)],
         unsettled: bool,
+        captured: &[&str],
     ) -> TraceOutcome {
+        self.graph_modes(spans, policy, live, unsettled, captured).0
+    }
+
+    /// Also returns the trace's graph, with the verdicts finalisation left on its edges.
+    fn graph_modes(
+        &self,
+        spans: &[SpanRecord],
+        policy: &Policy,
+        live: &[(&str, &str)],
+        unsettled: bool,
+        captured: &[&str],
+    ) -> (TraceOutcome, TraceGraph);
+}
+
+impl FinaliseExt for Kit {
+    /// Builds the graph the way the assembler does and finalises it, `unsettled` saying whether
+    /// the load balancer's members are changing.
+    fn graph_modes(
+        &self,
+        spans: &[SpanRecord],
+        policy: &Policy,
+        live: &[(&str, &str)],
+        unsettled: bool,
+        captured: &[&str],
+    ) -> (TraceOutcome, TraceGraph) {
         let mut g = TraceGraph::default();
         let idx: Vec<_> = spans.iter().map(|s| g.add_node(*s)).collect();
         for (ci, c) in spans.iter().enumerate() {
@@ -46,17 +72,30 @@ impl FinaliseExt for Kit {
             .map(|(svc, st)| (self.sym.services.intern(svc), self.v(st)))
             .collect();
         let is_live = move |svc: Sym, st: Sym| live.contains(&(svc, st));
+        let captured: Vec<Sym> = captured
+            .iter()
+            .map(|s| self.sym.services.intern(s))
+            .collect();
+        let stage_mode = move |svc: Sym| {
+            if captured.contains(&svc) {
+                StageMode::Captured
+            } else {
+                StageMode::EverySpan
+            }
+        };
         let cx = FinaliseContext {
             policy,
             is_live: &is_live,
             is_receiver: &|_| true,
+            stage_mode: &stage_mode,
             observed_at_ms: 0,
             orphans: Orphans::Judge,
             settled: 0,
             unsettled,
             stale_before_ns: 0,
         };
-        finalise(TraceId(7), &mut g, &[], &cx)
+        let out = finalise(TraceId(7), &mut g, &[], &cx);
+        (out, g)
     }
 }
 
@@ -306,6 +345,7 @@ fn a_very_deep_chain_does_not_overflow_the_stack() {
         policy: &p,
         is_live: &|_, _| false,
         is_receiver: &|_| true,
+        stage_mode: &|_| crate::model::StageMode::EverySpan,
         observed_at_ms: 0,
         orphans: Orphans::Judge,
         settled: 0,
@@ -357,6 +397,7 @@ fn root_calls_that_start_traces_are_not_broken() {
             policy: &policy,
             is_live: &|_, _| false,
             is_receiver: &|_| receives,
+            stage_mode: &|_| crate::model::StageMode::EverySpan,
             observed_at_ms: 0,
             orphans: Orphans::Judge,
             settled: 0,
@@ -381,7 +422,7 @@ fn root_calls_that_start_traces_are_not_broken() {
     );
     // A browser's, by its resource, without a stage.
     let browser = SpanRecord {
-        client_app: true,
+        flags: crate::model::SpanFlags::CLIENT_APP,
         ..fetch
     };
     assert_eq!(judge(browser, true), (vec![], vec![None]));
@@ -392,4 +433,152 @@ fn root_calls_that_start_traces_are_not_broken() {
     // A stage that is no allowed value is no evidence.
     let (kinds, _) = judge(k.stage(fetch, "canry"), true);
     assert!(kinds.contains(&Verdict::BrokenTrace), "{kinds:?}");
+}
+
+/// The shop of a team that forwards `X-Release-Stage` by hand and captures it on SERVER spans
+/// only: orders' SERVER span has the header, it queries PostgreSQL, renders (INTERNAL) and calls
+/// payments, whose SERVER span has the header.
+fn captured_shop(k: &Kit, received_by_payments: Option<&str>) -> Vec<SpanRecord> {
+    let header = |s: SpanRecord, v: &str| SpanRecord {
+        stage_from: Some(StageSource::HttpHeader),
+        ..k.stage(s, v)
+    };
+    let orders = header(k.span(1, None, "orders", SpanKind::Server), "canary");
+    let db = SpanRecord {
+        flags: SpanFlags::BACKEND,
+        peer: Some(k.v("postgresql")),
+        ..k.span(2, Some(1), "orders", SpanKind::Client)
+    };
+    let render = k.span(3, Some(1), "orders", SpanKind::Internal);
+    let call = SpanRecord {
+        peer: Some(k.v("payments")),
+        ..k.span(4, Some(3), "orders", SpanKind::Client)
+    };
+    let payments = k.span(5, Some(4), "payments", SpanKind::Server);
+    let payments = match received_by_payments {
+        Some(v) => header(payments, v),
+        None => payments,
+    };
+    let charge = k.span(6, Some(5), "payments", SpanKind::Internal);
+    vec![orders, db, render, call, payments, charge]
+}
+
+fn verdicts(g: &TraceGraph) -> Vec<Verdict> {
+    let mut v: Vec<_> = g.edge_references().map(|e| *e.weight()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_stage_captured_at_the_server_is_judged_from_service_to_service() {
+    let k = Kit::new();
+    let p = Policy::default();
+    let both = ["orders", "payments"];
+
+    // Clean: nothing to report, and nothing judged where the stage cannot be.
+    let (out, g) = k.graph_modes(&captured_shop(&k, Some("canary")), &p, &[], false, &both);
+    assert!(out.findings.is_empty(), "{:?}", out.findings);
+    use Verdict::{NotApplicable as Na, Ok};
+    assert_eq!(verdicts(&g), vec![Ok, Na, Na, Na, Na]);
+    let hop = out
+        .edges
+        .iter()
+        .find(|e| e.call && e.hop.callee == NodeKey::Service(k.svc("payments")))
+        .expect("the hop is counted");
+    assert_eq!((hop.verdict, hop.stage), (Some(Ok), Some(k.v("canary"))));
+    // The database is a virtual node, with the request's stage and no verdict.
+    let db = out
+        .edges
+        .iter()
+        .find(|e| e.call && e.hop.callee == NodeKey::Virtual(k.v("postgresql")))
+        .expect("the database call is counted");
+    assert_eq!((db.verdict, db.stage), (None, Some(k.v("canary"))));
+    // The CLIENT span shows the stage its service received, and says so.
+    let call = g.node_weights().find(|s| s.span_id.get() == 4).unwrap();
+    assert_eq!(
+        (call.stage, call.stage_from),
+        (Some(k.v("canary")), Some(StageSource::Inbound))
+    );
+
+    // The same spans judged as if every span carried the stage: what a team capturing headers
+    // was told before, a finding on every request.
+    let out = k.finalise(&captured_shop(&k, Some("canary")), &p, &[]);
+    let kinds: Vec<_> = out.findings.iter().map(|f| (f.kind, f.scope)).collect();
+    assert!(
+        kinds.contains(&(Verdict::Missing, Scope::InProcess)),
+        "{kinds:?}"
+    );
+
+    // Not forwarded: exactly one `missing` on the hop.
+    let out = k.finalise_modes(&captured_shop(&k, None), &p, &[], false, &both);
+    let f: Vec<_> = out
+        .findings
+        .iter()
+        .map(|f| (f.kind, f.scope, f.first_break, f.hop))
+        .collect();
+    let hop = Hop {
+        caller: Some(NodeKey::Service(k.svc("orders"))),
+        callee: NodeKey::Service(k.svc("payments")),
+    };
+    assert_eq!(f, vec![(Verdict::Missing, Scope::CrossService, true, hop)]);
+    assert_eq!(out.findings[0].caller.unwrap().stage, Some(k.v("canary")));
+
+    // Rewritten: exactly one `changed`.
+    let out = k.finalise_modes(&captured_shop(&k, Some("stable")), &p, &[], false, &both);
+    let f: Vec<_> = out.findings.iter().map(|f| (f.kind, f.scope)).collect();
+    assert_eq!(f, vec![(Verdict::Changed, Scope::CrossService)]);
+
+    // Routed to a stable payments while a canary one is live: exactly one `misrouted`.
+    let mut spans = captured_shop(&k, Some("canary"));
+    spans[4] = k.instance(spans[4], "stable");
+    let live = [("payments", "canary"), ("payments", "stable")];
+    let out = k.finalise_modes(&spans, &p, &live, false, &both);
+    let f: Vec<_> = out.findings.iter().map(|f| (f.kind, f.scope)).collect();
+    assert_eq!(f, vec![(Verdict::Misrouted, Scope::CrossService)]);
+
+    // Judging again (a trace reopened by late spans) gives the same verdicts.
+    let (_, mut g) = k.graph_modes(&captured_shop(&k, None), &p, &[], false, &both);
+    let before = verdicts(&g);
+    let stage_mode = |svc: Sym| {
+        if both.iter().any(|s| k.svc(s) == svc) {
+            StageMode::Captured
+        } else {
+            StageMode::EverySpan
+        }
+    };
+    let cx = FinaliseContext {
+        policy: &p,
+        is_live: &|_, _| false,
+        is_receiver: &|_| true,
+        stage_mode: &stage_mode,
+        observed_at_ms: 0,
+        orphans: Orphans::Judge,
+        settled: 0,
+        unsettled: false,
+        stale_before_ns: 0,
+    };
+    let out = finalise(TraceId(7), &mut g, &[], &cx);
+    assert_eq!(verdicts(&g), before);
+    assert_eq!(out.findings.len(), 1);
+}
+
+#[test]
+fn a_database_call_is_no_stage_hop_unless_it_carries_a_stage() {
+    let k = Kit::new();
+    let p = Policy::default();
+    let server = k.stage(k.span(1, None, "orders", SpanKind::Server), "canary");
+    let db = SpanRecord {
+        flags: SpanFlags::BACKEND,
+        peer: Some(k.v("redis")),
+        ..k.span(2, Some(1), "orders", SpanKind::Client)
+    };
+    assert_eq!(judge_edge(&server, &db, &p), Verdict::NotApplicable);
+    assert_eq!(judge_edge(&server, &k.stage(db, "canary"), &p), Verdict::Ok);
+    assert_eq!(
+        judge_edge(&server, &k.stage(db, "stable"), &p),
+        Verdict::Changed
+    );
+    let out = k.finalise(&[server, db], &p, &[]);
+    assert!(out.findings.is_empty(), "{:?}", out.findings);
+    assert!(!Verdict::NotApplicable.is_finding() && !Verdict::NotApplicable.is_judged());
 }

@@ -8,8 +8,8 @@ use petgraph::graph::NodeIndex;
 use petgraph::visit::EdgeRef;
 
 use super::messaging::{self, ConsumerHalf, ProducerHalf};
-use super::{Finding, Hop, NodeKey, Policy, Scope, Verdict, is_misrouted};
-use crate::model::{Messaging, SpanExtra, SpanRecord, Sym, TraceId};
+use super::{Finding, Hop, NodeKey, Policy, Scope, Verdict, is_misrouted, judge_edge};
+use crate::model::{Messaging, SpanExtra, SpanRecord, StageMode, StageSource, Sym, TraceId};
 
 /// A trace's call graph while it is assembled: spans as nodes, parent->child edges carrying the
 /// verdict judged when both ends arrived.
@@ -133,6 +133,9 @@ pub struct FinaliseContext<'a> {
     pub is_live: &'a dyn Fn(Sym, Sym) -> bool,
     /// Whether a service receives calls: see [`crate::instances::Instances::is_receiver`].
     pub is_receiver: &'a dyn Fn(Sym) -> bool,
+    /// Which spans of a service carry the stage: see
+    /// [`crate::instances::Instances::stage_mode`].
+    pub stage_mode: &'a dyn Fn(Sym) -> StageMode,
     pub observed_at_ms: u64,
     /// What to do with spans whose parent has not arrived.
     pub orphans: Orphans,
@@ -205,6 +208,7 @@ pub fn finalise(
     cx: &FinaliseContext<'_>,
 ) -> TraceOutcome {
     let msg = MessagingOf::new(g, extras);
+    judge_captured(g, cx);
     judge_routing(g, &msg, extras, cx);
     let n = g.node_count();
     let settled = cx.settled.min(n);
@@ -473,6 +477,77 @@ pub fn finalise(
     }
 }
 
+/// For services that carry the stage only on the spans that received a request
+/// ([`StageMode::Captured`]): each of their other spans takes the stage its service received
+/// ([`StageSource::Inbound`]), the edges to them are not applicable, and the edges from them
+/// (the call to the next service) are judged with that stage. So a header that was not forwarded
+/// is `missing` on the hop, from what the caller received to what the callee received.
+fn judge_captured(g: &mut TraceGraph, cx: &FinaliseContext<'_>) {
+    // Traces touch a handful of services: a linear scan beats hashing.
+    let mut modes: Vec<(Sym, StageMode)> = Vec::new();
+    let mut captured = vec![false; g.node_count()];
+    let mut reset = vec![false; g.node_count()];
+    let mut any = false;
+    for v in g.node_indices() {
+        let service = g[v].service;
+        let mode = match modes.iter().find(|(s, _)| *s == service) {
+            Some(&(_, m)) => m,
+            None => {
+                let m = (cx.stage_mode)(service);
+                modes.push((service, m));
+                m
+            }
+        };
+        captured[v.index()] = mode == StageMode::Captured;
+        any |= captured[v.index()];
+        // Filled in by an earlier finalisation (a trace reopened by late spans): again below.
+        let span = &mut g[v];
+        if span.stage_from == Some(StageSource::Inbound) {
+            span.stage = None;
+            span.stage_from = None;
+            reset[v.index()] = true;
+        }
+    }
+    if !any && !reset.contains(&true) {
+        return;
+    }
+    let cannot_carry =
+        |s: &SpanRecord, captured: bool| captured && s.stage.is_none() && !s.is_inbound();
+    // Down from the roots, parents before children; spans on a parent cycle (hostile input)
+    // are never reached and take nothing.
+    let mut stack: Vec<NodeIndex> = g
+        .node_indices()
+        .filter(|&v| g.edges_directed(v, Incoming).next().is_none())
+        .collect();
+    while let Some(v) = stack.pop() {
+        let children: Vec<NodeIndex> = g.neighbors_directed(v, Outgoing).collect();
+        for c in children {
+            let (p, s) = (g[v], &mut g[c]);
+            if cannot_carry(s, captured[c.index()]) && p.service == s.service && p.stage.is_some() {
+                s.stage = p.stage;
+                s.stage_from = Some(StageSource::Inbound);
+            }
+            stack.push(c);
+        }
+    }
+    for i in 0..g.edge_count() {
+        let e = petgraph::graph::EdgeIndex::new(i);
+        let (p, c) = g.edge_endpoints(e).expect("index below edge_count");
+        let (pi, ci) = (p.index(), c.index());
+        if !(captured[pi] || captured[ci] || reset[pi] || reset[ci]) {
+            continue;
+        }
+        let child = &g[c];
+        g[e] = if child.stage_from == Some(StageSource::Inbound)
+            || cannot_carry(child, captured[ci])
+        {
+            Verdict::NotApplicable
+        } else {
+            judge_edge(&g[p], child, cx.policy)
+        };
+    }
+}
+
 fn judge_routing(g: &mut TraceGraph, msg: &MessagingOf, extras: &Extras, cx: &FinaliseContext<'_>) {
     for i in 0..g.edge_count() {
         let e = petgraph::graph::EdgeIndex::new(i);
@@ -514,7 +589,7 @@ fn root_finding(
             Orphans::Judge => Some(Verdict::BrokenTrace),
         };
     }
-    let expected = span.probe
+    let expected = span.probe()
         || policy.exempt(span)
         || messaging::is_expected_root(span, m)
         || starts_traces(span, cx);
@@ -541,7 +616,7 @@ fn root_finding(
 fn starts_traces(span: &SpanRecord, cx: &FinaliseContext<'_>) -> bool {
     span.kind.is_outgoing()
         && (span.stage.is_some_and(|s| cx.policy.is_allowed(s))
-            || span.client_app
+            || span.client_app()
             || !(cx.is_receiver)(span.service))
 }
 

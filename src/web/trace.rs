@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 
 use super::WebError;
-use crate::model::TraceId;
+use crate::model::{StageSource, TraceId};
 use crate::read::{Found, Reader};
 use crate::view::TraceView;
 
@@ -121,7 +121,13 @@ pub fn trace_page(t: &TraceView) -> TracePage {
             name: s.name.to_string(),
             service: s.service.to_string(),
             kind: s.kind.as_str(),
-            stage: s.stage.as_deref().unwrap_or("none").to_string(),
+            stage: match (s.stage.as_deref(), s.stage_source) {
+                (None, _) => "none".to_string(),
+                (Some(v), Some(StageSource::HttpHeader)) => format!("{v} (captured header)"),
+                (Some(v), Some(StageSource::GrpcMetadata)) => format!("{v} (captured metadata)"),
+                (Some(v), Some(StageSource::Inbound)) => format!("{v} (as received)"),
+                (Some(v), _) => v.to_string(),
+            },
             instance: s.instance_stage.as_deref().unwrap_or("-").to_string(),
             verdict,
             explanation: finding.map(|f| f.detail.clone()),

@@ -5,6 +5,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 
 use super::*;
 use crate::intern::SymbolLimits;
+use crate::model::StageMode;
 use crate::testkit::RequestBuilder;
 
 fn decoder() -> Decoder {
@@ -341,7 +342,7 @@ fn the_probe_attribute_marks_its_resources_spans() {
     });
     attrs(&mut req, 2).push(crate::loadgen::kv("grayscope.probe", "true"));
     let d = dec.decode(&req, 1);
-    let probe: Vec<bool> = only(&d).iter().map(|(_, s)| s.probe).collect();
+    let probe: Vec<bool> = only(&d).iter().map(|(_, s)| s.probe()).collect();
     assert_eq!(probe, [true, false, true]);
 }
 
@@ -704,14 +705,132 @@ fn client_applications_and_receivers_are_told_from_their_resources_and_spans() {
     }
     let want = [true, true, true, true, false, false, false];
     let d = dec.decode(&req, 1);
-    let apps: Vec<bool> = only(&d).iter().map(|(_, s)| s.client_app).collect();
+    let apps: Vec<bool> = only(&d).iter().map(|(_, s)| s.client_app()).collect();
     assert_eq!(apps, want);
     let d = dec
         .decode_protobuf(&prost::Message::encode_to_vec(&req), 1)
         .unwrap();
-    let apps: Vec<bool> = only(&d).iter().map(|(_, s)| s.client_app).collect();
+    let apps: Vec<bool> = only(&d).iter().map(|(_, s)| s.client_app()).collect();
     assert_eq!(apps, want);
     let svc = |s: &str| dec.symbols.services.intern(s);
     assert!(dec.instances.is_receiver(svc("gateway"), 0));
     assert!(!dec.instances.is_receiver(svc("app-0"), 0));
+}
+
+/// Where each span's stage came from, which calls go to a database, and what that teaches about
+/// each service's stage mode: a header captured on SERVER spans only is `captured`, the stage as
+/// an attribute of a CLIENT span is `every span`.
+#[test]
+fn stage_sources_backends_and_stage_modes_are_read_from_the_spans() {
+    let keys: Vec<String> = crate::config::VerifyArgs::default()
+        .resolve()
+        .unwrap()
+        .stage_keys;
+    for protobuf in [false, true] {
+        let dec = Decoder::new(
+            Arc::new(Symbols::new(&SymbolLimits::default())),
+            Arc::new(Instances::new([], 60_000)),
+            Clock::new(),
+            &keys,
+            "deployment.stage",
+        );
+        let mut req = RequestBuilder::new()
+            .resource("orders", None)
+            .span(1, 1, None, "POST /orders", SpanKind::Server, &[])
+            .span(
+                1,
+                2,
+                Some(1),
+                "SELECT",
+                SpanKind::Client,
+                &[("db.system", "postgresql"), ("server.address", "localhost")],
+            )
+            .span(1, 3, Some(1), "render", SpanKind::Internal, &[])
+            .span(
+                1,
+                4,
+                Some(1),
+                "GET",
+                SpanKind::Client,
+                &[("server.address", "payments.internal")],
+            )
+            .resource("payments", None)
+            .span(1, 5, Some(4), "Pay/Charge", SpanKind::Server, &[])
+            .resource("users", None)
+            .span(
+                2,
+                6,
+                None,
+                "GET /users",
+                SpanKind::Server,
+                &[("x-release-stage", "canary")],
+            )
+            .span(
+                2,
+                7,
+                Some(6),
+                "call",
+                SpanKind::Client,
+                &[("x-release-stage", "canary")],
+            )
+            .span(
+                2,
+                8,
+                Some(6),
+                "GET",
+                SpanKind::Client,
+                &[("db.system.name", "redis")],
+            )
+            .build();
+        // Captured headers and metadata arrive as string arrays.
+        let header = |key: &str| KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(Value::ArrayValue(ArrayValue {
+                    values: vec![AnyValue {
+                        value: Some(Value::StringValue("canary".into())),
+                    }],
+                })),
+            }),
+            ..Default::default()
+        };
+        req.resource_spans[0].scope_spans[0].spans[0]
+            .attributes
+            .push(header("http.request.header.x-release-stage"));
+        req.resource_spans[1].scope_spans[0].spans[0]
+            .attributes
+            .push(header("rpc.grpc.request.metadata.x-release-stage"));
+        let d = if protobuf {
+            dec.decode_protobuf(&prost::Message::encode_to_vec(&req), 1)
+                .unwrap()
+        } else {
+            dec.decode(&req, 1)
+        };
+        let spans = only(&d);
+        let by_id = |id: u64| spans.iter().find(|(_, s)| s.span_id.get() == id).unwrap().1;
+        let canary = Some(dec.symbols.values.intern("canary"));
+        assert_eq!(
+            (by_id(1).stage, by_id(1).stage_from),
+            (canary, Some(StageSource::HttpHeader))
+        );
+        assert_eq!(by_id(5).stage_from, Some(StageSource::GrpcMetadata));
+        assert_eq!(by_id(7).stage_from, Some(StageSource::Attribute));
+        assert_eq!(by_id(3).stage_from, None);
+        // A database is named by its system, not by its address.
+        let value = |s: &str| Some(dec.symbols.values.intern(s));
+        assert_eq!(
+            (by_id(2).backend(), by_id(2).peer),
+            (true, value("postgresql"))
+        );
+        assert_eq!((by_id(8).backend(), by_id(8).peer), (true, value("redis")));
+        assert_eq!(
+            (by_id(4).backend(), by_id(4).peer),
+            (false, value("payments.internal"))
+        );
+        let mode = |s: &str| dec.instances.stage_mode(dec.symbols.services.intern(s), 0);
+        assert_eq!(mode("orders"), StageMode::Captured);
+        assert_eq!(mode("payments"), StageMode::Captured);
+        assert_eq!(mode("users"), StageMode::EverySpan);
+        assert_eq!(mode("nobody"), StageMode::EverySpan);
+    }
 }

@@ -534,8 +534,8 @@ impl Store for PostgresStore {
                     peer: None,
                     kind: SpanKind::from_otlp(r.get::<_, i64>(4) as i32),
                     status: StatusCode::Unset,
-                    probe: false,
-                    client_app: false,
+                    stage_from: None,
+                    flags: crate::model::SpanFlags::default(),
                 },
                 messaging: Messaging {
                     system: value(7),
