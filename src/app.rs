@@ -450,6 +450,7 @@ pub struct ServeDemo {
     pub faults: Vec<demo::Fault>,
     pub rate: f64,
     pub gateway: std::net::SocketAddr,
+    pub propagation: demo::Propagation,
 }
 
 pub async fn serve(cfg: ServeConfig, demo: Option<ServeDemo>) -> anyhow::Result<Stopped> {
@@ -475,6 +476,7 @@ pub async fn serve(cfg: ServeConfig, demo: Option<ServeDemo>) -> anyhow::Result<
             let mut options = demo::DemoOptions::new(export, d.faults);
             options.rate = d.rate;
             options.gateway = Some(d.gateway);
+            options.propagation = d.propagation;
             let demo = demo::Demo::start(options).await?;
             print!("{}", demo.describe());
             println!(

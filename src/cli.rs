@@ -61,6 +61,10 @@ pub struct ServeDemoArgs {
     /// Where the demo's gateway listens, for `grayscope probe` and curl [default: 127.0.0.1:8081]
     #[arg(long, value_name = "ADDR", requires = "demo")]
     pub demo_gateway: Option<std::net::SocketAddr>,
+    /// How the demo's services carry the stage: `baggage` (copied onto every span) or `header`
+    /// (forwarded by hand, captured on SERVER spans only)
+    #[arg(long, value_enum, requires = "demo", default_value = "baggage")]
+    pub demo_propagation: crate::demo::Propagation,
 }
 
 /// `serve --demo`'s gateway port: the OTLP ports and the API's, plus one.
@@ -104,6 +108,7 @@ impl ServeCommand {
             gateway: demo
                 .demo_gateway
                 .unwrap_or(([127, 0, 0, 1], DEMO_GATEWAY_PORT).into()),
+            propagation: demo.demo_propagation,
         };
         Ok((cfg, Some(demo)))
     }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use grayscope::app::Collector;
-use grayscope::demo::{BrokerMode, Demo, DemoOptions, Export, Progress, Protocol, parse_faults};
+use grayscope::demo::{
+    BrokerMode, Demo, DemoOptions, Export, Progress, Propagation, Protocol, parse_faults,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue as ProtoKeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
@@ -38,10 +40,10 @@ async fn run(o: DemoOptions) -> Progress {
         .expect("the demo sends its requests in time");
     let p = demo.stop().await;
     assert_eq!((p.sent, p.ok, p.failed), (requests, requests, 0), "{p}");
-    // Every request records 11 spans, and every one reached the endpoint.
+    // Every request records 13 spans, and every one reached the endpoint.
     assert_eq!(
         (p.spans_exported, p.spans_failed),
-        (11 * requests, 0),
+        (13 * requests, 0),
         "{p}"
     );
     p
@@ -58,10 +60,22 @@ fn export_to(c: &Collector, protocol: Protocol) -> Export {
 /// The demo with one fault against a collector: the findings are exactly that fault's verdict on
 /// that fault's edge, each a first break, one per affected request.
 async fn fault_is_found(spec: &str, protocol: Protocol, expected: (&str, &str), canary_only: bool) {
+    fault_is_found_in(Propagation::Baggage, spec, protocol, expected, canary_only).await;
+}
+
+async fn fault_is_found_in(
+    propagation: Propagation,
+    spec: &str,
+    protocol: Protocol,
+    expected: (&str, &str),
+    canary_only: bool,
+) {
     let c = spawn_collector(test_args()).await;
     let (kind, scope) = expected;
     let (caller, callee) = spec.split_once('@').unwrap().1.split_once("->").unwrap();
-    let p = run(options(export_to(&c, protocol), &[spec], 20, 50.0)).await;
+    let mut o = options(export_to(&c, protocol), &[spec], 20, 50.0);
+    o.propagation = propagation;
+    let p = run(o).await;
     c.flush().await;
     let found = findings(&c).await;
     let kinds: BTreeSet<_> = found.iter().cloned().collect();
@@ -133,6 +147,142 @@ async fn lost_context_is_found_on_its_hop() {
         false,
     )
     .await;
+}
+
+/// The hand-built style: `X-Release-Stage` forwarded by hand, recorded only as the captured
+/// header of SERVER spans. Each fault gives exactly one finding per affected request, on the hop,
+/// from what one service received to what the next received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hand_built_missing_is_found_on_its_hop() {
+    fault_is_found_in(
+        Propagation::Header,
+        "missing@orders->payments",
+        Protocol::Grpc,
+        ("missing", "cross_service"),
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hand_built_changed_is_found_on_its_hop() {
+    fault_is_found_in(
+        Propagation::Header,
+        "changed@users->orders",
+        Protocol::Http,
+        ("changed", "cross_service"),
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hand_built_misroute_is_found_on_its_hop() {
+    fault_is_found_in(
+        Propagation::Header,
+        "misroute@gateway->orders",
+        Protocol::Grpc,
+        ("misrouted", "cross_service"),
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hand_built_typo_is_found_on_its_hop() {
+    fault_is_found_in(
+        Propagation::Header,
+        "typo@orders->inventory",
+        Protocol::Http,
+        ("missing", "cross_service"),
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hand_built_lost_context_is_found_on_its_hop() {
+    fault_is_found_in(
+        Propagation::Header,
+        "lost-context@orders->inventory",
+        Protocol::Grpc,
+        ("broken_trace", "in_process"),
+        false,
+    )
+    .await;
+}
+
+/// The hand-built mesh, clean: no finding, though its database calls and INTERNAL spans carry no
+/// stage; the edges to them are `not_applicable`, every hop between services is `ok`, and each
+/// service is learned to be in `captured` mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clean_hand_built_mesh_has_no_findings() {
+    let mut args = test_args();
+    // Clean traces are stored, to be read back.
+    args.sample_clean = Some(1.0);
+    let c = spawn_collector(args).await;
+    let mut o = options(export_to(&c, Protocol::Grpc), &[], 60, 50.0);
+    o.propagation = Propagation::Header;
+    let p = run(o).await;
+    c.flush().await;
+    assert_eq!(findings(&c).await, vec![]);
+    let m = scrape(&c).await;
+    let edges = |caller: &str, callee: &str, stage: &str, verdict: &str| {
+        let sample = format!(
+            "grayscope_edges_total{{caller=\"{caller}\",callee=\"{callee}\",stage=\"{stage}\",verdict=\"{verdict}\"}}"
+        );
+        m.lines()
+            .find_map(|l| l.strip_prefix(&sample))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap()) as u64
+    };
+    let stable = p.sent - p.canary;
+    for (caller, callee) in [
+        ("gateway", "users"),
+        ("users", "orders"),
+        ("orders", "payments"),
+        ("orders", "inventory"),
+        ("gateway", "orders"),
+    ] {
+        assert_eq!(
+            (
+                edges(caller, callee, "canary", "ok"),
+                edges(caller, callee, "stable", "ok")
+            ),
+            (p.canary, stable),
+            "{caller} -> {callee}\n{m}"
+        );
+    }
+    // Orders' database call and pricing: one edge each per request, not judged.
+    assert_eq!(
+        edges("orders", "sqlite", "canary", "not_applicable")
+            + edges("orders", "sqlite", "stable", "not_applicable"),
+        p.sent,
+        "{m}"
+    );
+    assert!(
+        edges("orders", "orders", "canary", "not_applicable") >= p.canary,
+        "{m}"
+    );
+    // A trace shows where each span's stage came from.
+    let graph = get_json(&c, "/api/v1/graph").await;
+    let hop = graph["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["caller"] == "orders" && e["callee"] == "inventory")
+        .expect("orders -> inventory on the graph");
+    let id = hop["examples"]["ok"][0].as_str().unwrap().to_string();
+    let t = get_json(&c, &format!("/api/v1/traces/{id}")).await;
+    let sources: BTreeSet<String> = t["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["stage_source"].as_str().map(str::to_string))
+        .collect();
+    assert!(sources.contains("http_header"), "{t}");
+    assert!(sources.contains("grpc_metadata"), "{t}");
+    assert!(sources.contains("inbound"), "{t}");
+    c.shutdown().await.unwrap();
 }
 
 /// Whether the broker tests can run: `nats-server` is installed (required under `CI=true`).
@@ -314,6 +464,7 @@ async fn a_clean_mesh_has_no_findings_over_30s() {
             ("gateway".into(), "users".into(), n),
             ("orders".into(), "inventory".into(), n),
             ("orders".into(), "payments".into(), n),
+            ("orders".into(), "sqlite".into(), n),
             ("users".into(), "orders".into(), n),
         ]
     );

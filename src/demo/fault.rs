@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::DemoError;
+use super::{DemoError, Propagation};
 
 /// The services of the mesh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -124,7 +124,17 @@ impl FaultKind {
     }
 
     /// The verdict and scope grayscope reports for this fault on a call.
-    pub fn expected(self) -> (&'static str, &'static str) {
+    pub fn expected(self, propagation: Propagation) -> (&'static str, &'static str) {
+        match (self, propagation) {
+            // The stage is on no span between the two SERVER spans: the hop is where it is lost.
+            (FaultKind::Missing, Propagation::Header) => ("missing", "cross_service"),
+            // A misspelt header is not captured: the callee received no stage.
+            (FaultKind::Typo, Propagation::Header) => ("missing", "cross_service"),
+            (kind, _) => kind.expected_on_calls(),
+        }
+    }
+
+    fn expected_on_calls(self) -> (&'static str, &'static str) {
         match self {
             FaultKind::Missing => ("missing", "in_process"),
             FaultKind::Changed => ("changed", "cross_service"),
@@ -221,19 +231,25 @@ impl fmt::Display for Fault {
 }
 
 impl Fault {
-    /// The verdict and scope grayscope reports for this fault, on its own edge.
-    pub fn expected(&self) -> (&'static str, &'static str) {
+    /// The verdict and scope grayscope reports for this fault, on its own edge, when the
+    /// services carry the stage as `propagation` says.
+    pub fn expected(&self, propagation: Propagation) -> (&'static str, &'static str) {
         match (self.kind, (self.caller, self.callee) == BROKER_EDGE) {
             (FaultKind::Changed, true) => ("changed", "messaging"),
             (FaultKind::Misroute, true) => ("misrouted", "messaging"),
-            (kind, _) => kind.expected(),
+            (kind, _) => kind.expected(propagation),
         }
     }
 
     /// What the fault does and what grayscope should say about it, in one line.
-    pub fn describe(&self) -> String {
-        let (verdict, scope) = self.expected();
+    pub fn describe(&self, propagation: Propagation) -> String {
+        let (verdict, scope) = self.expected(propagation);
+        let header = propagation == Propagation::Header;
         let what = match self.kind {
+            FaultKind::Missing if header => format!(
+                "{} calls {} without forwarding X-Release-Stage",
+                self.caller, self.callee
+            ),
             FaultKind::Missing => format!(
                 "{} calls {} without the request's baggage",
                 self.caller, self.callee
@@ -244,6 +260,10 @@ impl Fault {
             ),
             FaultKind::Misroute => format!(
                 "{} sends every call to the stable instance of {}",
+                self.caller, self.callee
+            ),
+            FaultKind::Typo if header => format!(
+                "{} sends the stage to {} as header 'x-release-stag', which nobody captures",
                 self.caller, self.callee
             ),
             FaultKind::Typo => format!(
@@ -314,7 +334,14 @@ mod tests {
             }
         );
         assert_eq!(f.to_string(), "missing@orders->payments");
-        assert!(f.describe().contains("expect missing (in_process)"));
+        assert!(
+            f.describe(Propagation::Baggage)
+                .contains("expect missing (in_process)")
+        );
+        assert!(
+            f.describe(Propagation::Header)
+                .contains("without forwarding X-Release-Stage; expect missing (cross_service)")
+        );
         for spec in [
             "changed@users->orders",
             "misroute@gateway->orders",
@@ -335,7 +362,7 @@ mod tests {
         assert!(e("links-only@orders->payments").contains("the only one is orders->billing"));
         assert!(e("typo@orders->billing").contains("tracecontext-only, links-only"));
         let f: Fault = "changed@orders->billing".parse().unwrap();
-        assert_eq!(f.expected(), ("changed", "messaging"));
+        assert_eq!(f.expected(Propagation::Baggage), ("changed", "messaging"));
         let twice = parse_faults(&[
             "typo@orders->inventory".into(),
             "lost-context@orders->inventory".into(),

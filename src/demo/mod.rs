@@ -58,6 +58,8 @@ pub enum DemoError {
     Auth(crate::security::SecurityError),
     #[error("the message broker: {0}")]
     Broker(String),
+    #[error("the orders database: {0}")]
+    Database(String),
 }
 
 /// How the demo's services export their spans.
@@ -102,8 +104,26 @@ pub struct DemoArgs {
     /// installed (Debian package `nats-server`), `on` requires it, `off` leaves it out
     #[arg(long, value_enum, default_value = "auto")]
     pub broker: BrokerMode,
+    /// How the services carry the stage: `baggage` (copied onto every span) or `header`
+    /// (forwarded by hand, captured on SERVER spans only; no messaging hop)
+    #[arg(long, value_enum, default_value = "baggage")]
+    pub propagation: Propagation,
     #[command(flatten)]
     pub auth: crate::security::ClientAuthArgs,
+}
+
+/// How the demo's services carry the stage from one to the next, and where it shows on their
+/// spans.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Propagation {
+    /// As W3C baggage (and `X-Release-Stage`), copied onto every span by a span processor: the
+    /// `every span` mode, where grayscope finds a lost stage on the very span that lost it
+    #[default]
+    Baggage,
+    /// Hand-built: `X-Release-Stage` read in a middleware and written on every call, recorded
+    /// only as the captured request header of SERVER spans: the `captured` mode, where grayscope
+    /// judges each hop from what one service received to what the next one received
+    Header,
 }
 
 /// Whether the demo runs its messaging hop.
@@ -183,6 +203,7 @@ pub struct DemoOptions {
     pub gateway: Option<std::net::SocketAddr>,
     /// The messaging hop orders -> billing through a NATS server the demo starts.
     pub broker: BrokerMode,
+    pub propagation: Propagation,
 }
 
 impl DemoOptions {
@@ -196,6 +217,7 @@ impl DemoOptions {
             batch_delay: Duration::from_millis(500),
             gateway: None,
             broker: BrokerMode::Off,
+            propagation: Propagation::Baggage,
         }
     }
 
@@ -230,8 +252,18 @@ impl Demo {
             .faults
             .iter()
             .any(|f| (f.caller, f.callee) == BROKER_EDGE);
+        let header = options.propagation == Propagation::Header;
         let (broker, broker_note) = match (options.broker, broker::NatsServer::binary()) {
             (BrokerMode::Off, _) => (None, None),
+            (BrokerMode::On, _) if header => {
+                return Err(DemoError::Broker(
+                    "the messaging hop carries the stage as baggage: run --propagation header with --broker off".into(),
+                ));
+            }
+            (BrokerMode::Auto, _) if header => (
+                None,
+                Some("--propagation header: the messaging hop orders -> billing (baggage in the message headers) is left out".to_string()),
+            ),
             (_, Some(bin)) => (Some(broker::NatsServer::start(&bin)?), None),
             (BrokerMode::On, None) => {
                 return Err(DemoError::Broker(
@@ -272,6 +304,10 @@ impl Demo {
             self.options.export.url
         );
         out.push_str(&self.mesh.describe());
+        out.push_str(match self.options.propagation {
+            Propagation::Baggage => "  propagation: baggage and X-Release-Stage; the stage is copied onto every span (grayscope mode: every span)\n",
+            Propagation::Header => "  propagation: X-Release-Stage forwarded by hand; the stage is recorded only as the captured header of SERVER spans (grayscope mode: captured)\n",
+        });
         if let Some(note) = &self.broker_note {
             out.push_str(&format!("  broker: {note}\n"));
         }
@@ -284,7 +320,7 @@ impl Demo {
             out.push_str("faults: none (grayscope should report no findings)\n");
         } else {
             for f in &self.options.faults {
-                out.push_str(&format!("fault {}\n", f.describe()));
+                out.push_str(&format!("fault {}\n", f.describe(self.options.propagation)));
             }
         }
         out
@@ -329,6 +365,7 @@ pub async fn run(args: DemoArgs) -> Result<Progress, DemoError> {
     options.requests = args.requests;
     options.gateway = args.gateway;
     options.broker = args.broker;
+    options.propagation = args.propagation;
     let mut demo = Demo::start(options).await?;
     print!("{}", demo.describe());
     let deadline = async {

@@ -5,10 +5,12 @@ use super::*;
 
 /// Rewrites the outgoing headers of one call after the caller's client has injected them: the
 /// `changed` and `typo` faults live on the wire, below the CLIENT span, as a buggy middleware would.
+/// In the hand-built style (`header_only`) the call carries `X-Release-Stage` and no baggage.
 #[derive(Clone)]
 pub(super) struct FaultService<S> {
     pub(super) inner: S,
     pub(super) fault: Option<FaultKind>,
+    pub(super) header_only: bool,
 }
 
 impl<S, B> tower::Service<Request<B>> for FaultService<S>
@@ -30,6 +32,12 @@ where
                 edit_baggage(headers, |cx| propagation::with_stage(cx, DEFAULT_STAGE));
                 headers.insert(STAGE_HEADER, http::HeaderValue::from_static(DEFAULT_STAGE));
             }
+            Some(FaultKind::Typo) if self.header_only => {
+                let headers = req.headers_mut();
+                if let Some(v) = headers.remove(STAGE_HEADER) {
+                    headers.insert(http::HeaderName::from_static(TYPO_KEY), v);
+                }
+            }
             Some(FaultKind::Typo) => {
                 let headers = req.headers_mut();
                 edit_baggage(headers, |cx| {
@@ -42,6 +50,9 @@ where
                 headers.remove(STAGE_HEADER);
             }
             _ => {}
+        }
+        if self.header_only {
+            req.headers_mut().remove("baggage");
         }
         self.inner.call(req)
     }

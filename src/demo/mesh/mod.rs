@@ -36,13 +36,14 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use super::export::{Exports, exporter};
-use super::{DemoError, DemoOptions, FaultKind, Svc};
+use super::{DemoError, DemoOptions, FaultKind, Propagation, Svc};
 use grayscope_propagation::{
     self as propagation, BaggageSpanProcessor, ForwardLayer, ForwardService, STAGE_HEADER,
     STAGE_KEY, StageLayer,
 };
 
 use super::proto as pb;
+use capture::CaptureLayer;
 use faulty::FaultService;
 use otel::{bind, bind_at, provider};
 use services::{
@@ -55,6 +56,7 @@ use pb::orders_client::OrdersClient;
 use pb::orders_server::{Orders, OrdersServer};
 
 mod broker;
+mod capture;
 mod faulty;
 mod otel;
 mod services;
@@ -200,6 +202,20 @@ impl Caller<'_> {
             .map(|f| f.kind)
     }
 
+    /// Whether calls carry the stage as `X-Release-Stage` only (the hand-built style).
+    fn header_only(&self) -> bool {
+        self.options.propagation == Propagation::Header
+    }
+
+    /// Records the stage on this service's SERVER spans as a captured header, in the hand-built
+    /// style.
+    fn capture(&self) -> CaptureLayer {
+        CaptureLayer {
+            on: self.header_only(),
+            entry: self.service == Svc::Gateway,
+        }
+    }
+
     fn layer(&self, callee: Svc) -> ForwardLayer {
         ForwardLayer::new()
             .trace_with(self.tracer.clone())
@@ -213,6 +229,7 @@ impl Caller<'_> {
             .service(FaultService {
                 inner: self.http.clone(),
                 fault,
+                header_only: self.header_only(),
             });
         Edge {
             stable: HttpTarget {
@@ -241,6 +258,7 @@ impl Caller<'_> {
                 .service(FaultService {
                     inner: channel,
                     fault,
+                    header_only: self.header_only(),
                 })
         };
         Edge {
@@ -285,6 +303,7 @@ impl Mesh {
             bind("payments").await?,
             axum::Router::new()
                 .route("/charge", axum::routing::post(charge))
+                .layer(payments.capture())
                 .layer(StageLayer::downstream().trace_with(payments.tracer.clone())),
         );
 
@@ -292,6 +311,7 @@ impl Mesh {
         let inventory_addr = mesh.serve_grpc(
             bind("inventory").await?,
             StageLayer::downstream().trace_with(inventory.tracer.clone()),
+            inventory.capture(),
             InventoryServer::new(InventoryService),
         );
 
@@ -337,6 +357,8 @@ impl Mesh {
                 }),
                 stage: stage.to_string(),
                 next_order: Arc::new(AtomicU64::new(1)),
+                tracer: c.tracer.clone(),
+                db: services::orders_db()?,
                 payments: c.http(Svc::Payments, payments_addr),
                 inventory: c
                     .grpc(Svc::Inventory, inventory_addr, None)
@@ -345,6 +367,7 @@ impl Mesh {
             orders_addrs.push(mesh.serve_grpc(
                 bind("orders").await?,
                 StageLayer::downstream().trace_with(c.tracer.clone()),
+                c.capture(),
                 OrdersServer::new(svc),
             ));
         }
@@ -362,6 +385,7 @@ impl Mesh {
             axum::Router::new()
                 .route("/users/{user}/orders", axum::routing::post(place_order))
                 .with_state(users_state)
+                .layer(users.capture())
                 .layer(StageLayer::downstream().trace_with(users.tracer.clone())),
         );
 
@@ -381,6 +405,7 @@ impl Mesh {
             axum::Router::new()
                 .route("/checkout", axum::routing::get(checkout))
                 .with_state(gateway_state)
+                .layer(gateway.capture())
                 .layer(StageLayer::entry(DEFAULT_STAGE).trace_with(gateway.tracer.clone()))
                 // Web pages of any origin may call it with their trace context and stage, as a
                 // front end instrumented with the OpenTelemetry web SDK does; the browser's
@@ -442,7 +467,13 @@ impl Mesh {
         addr
     }
 
-    fn serve_grpc<S>(&mut self, listener: TcpListener, layer: StageLayer, svc: S) -> SocketAddr
+    fn serve_grpc<S>(
+        &mut self,
+        listener: TcpListener,
+        layer: StageLayer,
+        capture: CaptureLayer,
+        svc: S,
+    ) -> SocketAddr
     where
         S: tower::Service<
                 http::Request<tonic::body::Body>,
@@ -460,8 +491,10 @@ impl Mesh {
             .expect("a bound listener has an address");
         let stop = self.stop.clone();
         self.servers.push(tokio::spawn(async move {
+            // The layer added last is the inner one: capture runs inside the SERVER span.
             let serve = tonic::transport::Server::builder()
                 .layer(layer)
+                .layer(capture)
                 .add_service(svc)
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener),

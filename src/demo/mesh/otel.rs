@@ -28,8 +28,13 @@ pub(super) fn provider(
             KeyValue::new("service.namespace", "grayscope-demo"),
         ])
         .build();
-    Ok(SdkTracerProvider::builder()
-        .with_span_processor(BaggageSpanProcessor::new())
+    let builder = SdkTracerProvider::builder();
+    // Hand-built services copy nothing from baggage: the stage shows only where captured.
+    let builder = match options.propagation {
+        Propagation::Baggage => builder.with_span_processor(BaggageSpanProcessor::new()),
+        Propagation::Header => builder,
+    };
+    Ok(builder
         .with_span_processor(batch)
         .with_resource(resource)
         .build())

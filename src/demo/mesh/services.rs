@@ -75,6 +75,18 @@ pub(super) async fn place_order(
     ))
 }
 
+/// Orders' table, in an in-memory SQLite database of each orders instance.
+const CREATE_ORDERS: &str =
+    "CREATE TABLE orders (id TEXT PRIMARY KEY, user TEXT NOT NULL, item TEXT NOT NULL)";
+const INSERT_ORDER: &str = "INSERT INTO orders (id, user, item) VALUES (?1, ?2, ?3)";
+
+pub(super) fn orders_db() -> Result<Arc<std::sync::Mutex<rusqlite::Connection>>, DemoError> {
+    let err = |e: rusqlite::Error| DemoError::Database(e.to_string());
+    let db = rusqlite::Connection::open_in_memory().map_err(err)?;
+    db.execute(CREATE_ORDERS, ()).map_err(err)?;
+    Ok(Arc::new(std::sync::Mutex::new(db)))
+}
+
 #[derive(Clone)]
 pub(super) struct OrdersService {
     /// Publishes `OrderPlaced` (with the messaging hop).
@@ -83,6 +95,53 @@ pub(super) struct OrdersService {
     pub(super) next_order: Arc<AtomicU64>,
     pub(super) payments: Edge<HttpTarget>,
     pub(super) inventory: Edge<InventoryClient<GrpcChannel>>,
+    pub(super) tracer: SdkTracer,
+    pub(super) db: Arc<std::sync::Mutex<rusqlite::Connection>>,
+}
+
+impl OrdersService {
+    /// Stores the order, with the CLIENT span a database instrumentation records: a call to a
+    /// back end that exports no spans (a virtual node on grayscope's graph) and does not route on
+    /// the stage.
+    fn store(&self, order_id: &str, user: &str, item: &str) -> Result<(), tonic::Status> {
+        use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
+        let mut span = self
+            .tracer
+            .span_builder("INSERT orders")
+            .with_kind(SpanKind::Client)
+            .with_attributes([
+                KeyValue::new("db.system", "sqlite"),
+                KeyValue::new("db.system.name", "sqlite"),
+                KeyValue::new("db.operation.name", "INSERT"),
+                KeyValue::new("db.collection.name", "orders"),
+                KeyValue::new("db.query.text", INSERT_ORDER),
+            ])
+            .start_with_context(&self.tracer, &Context::current());
+        let stored = self
+            .db
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .execute(INSERT_ORDER, (order_id, user, item));
+        if let Err(e) = &stored {
+            span.set_status(Status::error(e.to_string()));
+        }
+        span.end();
+        stored
+            .map(|_| ())
+            .map_err(|e| tonic::Status::internal(format!("storing the order: {e}")))
+    }
+
+    /// Prices the order: in-process work with an INTERNAL span of its own.
+    fn price(&self, item: &str, quantity: u32) -> u64 {
+        use opentelemetry::trace::{Span as _, Tracer as _};
+        let mut span = self
+            .tracer
+            .start_with_context("price order", &Context::current());
+        let price = item.bytes().map(u64::from).sum::<u64>() * u64::from(quantity);
+        span.set_attribute(KeyValue::new("shop.price", price as i64));
+        span.end();
+        price
+    }
 }
 
 #[tonic::async_trait]
@@ -97,7 +156,9 @@ impl Orders for OrdersService {
             self.stage,
             self.next_order.fetch_add(1, Ordering::Relaxed)
         );
-        let charge = json!({ "order_id": order_id, "user": req.user });
+        self.store(&order_id, &req.user, &req.item)?;
+        let price = self.price(&req.item, req.quantity);
+        let charge = json!({ "order_id": order_id, "user": req.user, "amount": price });
         self.payments
             .call(move |t| t.post("/charge".into(), charge))
             .await?;
