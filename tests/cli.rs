@@ -369,3 +369,37 @@ fn serve_refuses_an_unprotected_listener_off_loopback_before_binding_anything() 
     assert_eq!(cfg["read-tokens"].as_str(), Some("/read"));
     assert!(!cfg.contains_key("tls-cert"), "printed per listener");
 }
+
+/// A service that forwards the stage by hand and captures it only as a request header on its
+/// SERVER spans: its database call, INTERNAL span and CLIENT span carry none, and that is no
+/// finding; a header it does not forward is `missing` on the hop to the next service.
+#[test]
+fn check_judges_a_captured_header_from_service_to_service() {
+    let o = grayscope(&["check", "tests/data/captured-headers.json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+    assert_eq!(
+        text(&o.stdout),
+        "1 trace, 5 spans: stage propagation is consistent on every edge\n"
+    );
+    let o = grayscope(&["check", "tests/data/captured-headers-not-forwarded.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("FIRST BREAK missing       orders -> payments  (cross_service)"),
+        "{out}"
+    );
+    assert!(out.contains("'canary' is the stage orders received"), "{out}");
+    assert!(
+        out.ends_with("1 trace, 5 spans: 1 finding (1 first break) in 1 trace\n"),
+        "{out}"
+    );
+    // Judged as if every span carried the stage, the same services are red on every request.
+    let o = grayscope(&[
+        "check",
+        "--stage-modes",
+        "*=every-span",
+        "tests/data/captured-headers.json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stdout).contains("missing       orders -> orders  (in_process)"));
+}

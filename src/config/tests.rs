@@ -46,6 +46,7 @@ fn defaults() {
         [
             "x-release-stage",
             "http.request.header.x-release-stage",
+            "http.request.header.x_release_stage",
             "rpc.grpc.request.metadata.x-release-stage",
             "rpc.request.metadata.x-release-stage"
         ]

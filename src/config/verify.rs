@@ -13,9 +13,11 @@ use crate::model::{DestinationPolicy, StageMode};
 #[derive(Args, Deserialize, Serialize, Debug, Default, Clone)]
 #[serde(rename_all = "kebab-case")]
 pub struct VerifyArgs {
-    /// Span attribute keys that carry the request's stage, first found wins
-    /// [default: x-release-stage,http.request.header.x-release-stage,
-    /// rpc.grpc.request.metadata.x-release-stage,rpc.request.metadata.x-release-stage]
+    /// Span attribute keys that carry the request's stage, first found wins; keys named as
+    /// captured headers (`http.request.header.*`) or metadata (`rpc.*.request.metadata.*`) are
+    /// read as captured [default: x-release-stage,http.request.header.x-release-stage,
+    /// http.request.header.x_release_stage,rpc.grpc.request.metadata.x-release-stage,
+    /// rpc.request.metadata.x-release-stage]
     #[arg(
         long,
         env = "GRAYSCOPE_STAGE_KEYS",
@@ -129,6 +131,8 @@ impl VerifyArgs {
             vec![
                 "x-release-stage".into(),
                 "http.request.header.x-release-stage".into(),
+                // Python's instrumentations (and older semantic conventions) write `_` for `-`.
+                "http.request.header.x_release_stage".into(),
                 "rpc.grpc.request.metadata.x-release-stage".into(),
                 "rpc.request.metadata.x-release-stage".into(),
             ]

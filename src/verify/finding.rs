@@ -268,6 +268,14 @@ impl Finding {
                         let _ = write!(out, "{}", other.as_str());
                     }
                 }
+                if p.stage_from == Some(crate::model::StageSource::Inbound) {
+                    let _ = write!(
+                        out,
+                        " ('{}' is the stage {} received: its spans carry the stage only where a request's header was captured)",
+                        sent,
+                        svc(p)
+                    );
+                }
             }
             (other, None) => {
                 let _ = write!(out, "{} on {} '{}'", other.as_str(), svc(c), name(c));
