@@ -388,7 +388,10 @@ fn check_judges_a_captured_header_from_service_to_service() {
         out.contains("FIRST BREAK missing       orders -> payments  (cross_service)"),
         "{out}"
     );
-    assert!(out.contains("'canary' is the stage orders received"), "{out}");
+    assert!(
+        out.contains("'canary' is the stage orders received"),
+        "{out}"
+    );
     assert!(
         out.ends_with("1 trace, 5 spans: 1 finding (1 first break) in 1 trace\n"),
         "{out}"

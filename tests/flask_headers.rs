@@ -33,7 +33,10 @@ fn service(python: &Path, c: &Collector, args: &[&str]) -> (Child, String) {
         .arg(script)
         .args(args)
         .args(["--otlp", &format!("http://{}", c.otlp_http)])
-        .env("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "x-release-stage")
+        .env(
+            "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST",
+            "x-release-stage",
+        )
         // Batches every 200 ms instead of 5 s; everything is flushed on exit anyway.
         .env("OTEL_BSP_SCHEDULE_DELAY", "200")
         .env("NO_PROXY", "127.0.0.1")
@@ -161,7 +164,11 @@ async fn flask_services_capturing_the_header_are_judged_hop_by_hop() {
     let m = scrape(&c).await;
     for (caller, callee) in [("frontend", "orders"), ("orders", "payments")] {
         for stage in ["canary", "stable"] {
-            assert_eq!(edges(&m, caller, callee, stage, "ok"), n, "{caller}->{callee}\n{m}");
+            assert_eq!(
+                edges(&m, caller, callee, stage, "ok"),
+                n,
+                "{caller}->{callee}\n{m}"
+            );
         }
     }
     // The database is a virtual node; the call to it is not judged.
