@@ -111,6 +111,7 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
         cfg.verify
             .instances(&symbols, cfg.instance_ttl.0.as_millis() as u64),
     );
+    let reader_instances = instances.clone();
     let aggregate = Arc::new(Aggregate::new(
         symbols.clone(),
         AggregateConfig {
@@ -244,6 +245,7 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
         store.clone(),
         membership.clone(),
         security.peers.clone(),
+        (reader_instances, clock),
     );
     security.watch(&api_stop);
     let guards = ReceiverGuards {

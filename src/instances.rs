@@ -190,6 +190,21 @@ impl Instances {
         self.learned_mode(service, now_ms)
     }
 
+    /// [`Instances::stage_mode`], and whether it is configured rather than learned.
+    pub fn stage_mode_of(&self, service: Sym, now_ms: u64) -> (StageMode, bool) {
+        let configured =
+            self.stage_modes.contains_key(&service) || self.stage_mode_default.is_some();
+        (self.stage_mode(service, now_ms), configured)
+    }
+
+    /// The mode of a service never seen: as configured for every service, else the default.
+    pub fn stage_mode_unseen(&self) -> (StageMode, bool) {
+        match self.stage_mode_default {
+            Some(m) => (m, true),
+            None => (StageMode::default(), false),
+        }
+    }
+
     fn learned_mode(&self, service: Sym, now_ms: u64) -> StageMode {
         if self.recently(service, now_ms, |s| &s.every_span) {
             StageMode::EverySpan
@@ -198,24 +213,6 @@ impl Instances {
         } else {
             StageMode::EverySpan
         }
-    }
-
-    /// Every service with its stage mode, and whether it was configured rather than learned.
-    pub fn stage_modes(&self, now_ms: u64) -> Vec<(Sym, StageMode, bool)> {
-        let seen: Vec<Sym> = {
-            let seen = self.services.read().unwrap_or_else(|e| e.into_inner());
-            seen.keys().copied().collect()
-        };
-        let mut out: Vec<(Sym, StageMode, bool)> = seen
-            .into_iter()
-            .filter(|s| !self.stage_modes.contains_key(s))
-            .map(|s| {
-                let configured = self.stage_mode_default.is_some();
-                (s, self.stage_mode(s, now_ms), configured)
-            })
-            .collect();
-        out.extend(self.stage_modes.iter().map(|(&s, &m)| (s, m, true)));
-        out
     }
 
     /// The grayscope instances behind the load balancer changed: until `until_ms`, a span whose

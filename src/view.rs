@@ -11,7 +11,7 @@ use crate::aggregate::{EdgeStats, ServiceGraph, StageStats};
 use crate::assemble::TraceSnapshot;
 use crate::intern::Symbols;
 use crate::model::{
-    Messaging, SpanId, SpanKind, SpanRecord, StageSource, StatusCode, Sym, TraceId,
+    Messaging, SpanId, SpanKind, SpanRecord, StageMode, StageSource, StatusCode, Sym, TraceId,
 };
 use crate::verify::{Finding, Scope, Severity, Verdict};
 
@@ -579,6 +579,12 @@ pub struct ServiceView {
     pub name: Arc<str>,
     pub instances: Vec<InstanceView>,
     pub last_seen: String,
+    /// Which of its spans carry the request stage: `every_span`, or `captured` (only the spans
+    /// that received a request, from a captured header or metadata). As this instance learned it
+    /// from the service's spans, or as `--stage-modes` configures it.
+    pub stage_mode: StageMode,
+    /// Whether `stage_mode` is configured (`--stage-modes`) rather than learned.
+    pub stage_mode_configured: bool,
 }
 
 #[derive(Serialize, Debug, Clone, ToSchema)]

@@ -282,6 +282,25 @@ async fn a_clean_hand_built_mesh_has_no_findings() {
     assert!(sources.contains("http_header"), "{t}");
     assert!(sources.contains("grpc_metadata"), "{t}");
     assert!(sources.contains("inbound"), "{t}");
+    // Every service was learned to carry the stage only where a request's header was captured.
+    let services = get_json(&c, "/api/v1/services").await;
+    let modes: BTreeSet<(String, String, bool)> = services["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["stage_mode"].as_str().unwrap().to_string(),
+                s["stage_mode_configured"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<_> = ["gateway", "inventory", "orders", "payments", "users"]
+        .into_iter()
+        .map(|s| (s.to_string(), "captured".to_string(), false))
+        .collect();
+    assert_eq!(modes, want);
     c.shutdown().await.unwrap();
 }
 
@@ -317,7 +336,7 @@ async fn run_with_broker(mut o: DemoOptions) -> Progress {
     assert_eq!((p.sent, p.ok, p.failed), (requests, requests, 0), "{p}");
     assert_eq!(
         (p.spans_exported, p.spans_failed),
-        (13 * requests + 2, 0),
+        (15 * requests + 2, 0),
         "{p}"
     );
     p
@@ -463,6 +482,8 @@ async fn a_clean_mesh_has_no_findings_over_30s() {
             ("gateway".into(), "orders".into(), n),
             ("gateway".into(), "users".into(), n),
             ("orders".into(), "inventory".into(), n),
+            // Pricing, in process: judged, no call.
+            ("orders".into(), "orders".into(), 0),
             ("orders".into(), "payments".into(), n),
             ("orders".into(), "sqlite".into(), n),
             ("users".into(), "orders".into(), n),
@@ -483,6 +504,10 @@ async fn a_clean_mesh_has_no_findings_over_30s() {
         })
         .sum();
     assert_eq!(canary_calls, p.canary);
+    let services = get_json(&c, "/api/v1/services").await;
+    for s in services["services"].as_array().unwrap() {
+        assert_eq!(s["stage_mode"], "every_span", "{s}");
+    }
     c.shutdown().await.unwrap();
 }
 
@@ -563,8 +588,9 @@ async fn the_demo_speaks_plain_otlp_to_any_receiver() {
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
     assert_eq!(instances, want);
-    // 11 spans per request: 6 SERVER (one per service called) and 5 CLIENT.
-    assert_eq!(spans.len() as u64, 11 * p.sent);
+    // 13 spans per request: 6 SERVER (one per service called), 5 CLIENT calls, orders' database
+    // call and its pricing (INTERNAL).
+    assert_eq!(spans.len() as u64, 13 * p.sent);
     let traces: BTreeSet<_> = spans.iter().map(|(_, s)| s.trace_id.clone()).collect();
     assert_eq!(traces.len() as u64, p.sent);
     for (service, s) in &spans {
@@ -574,9 +600,15 @@ async fn the_demo_speaks_plain_otlp_to_any_receiver() {
             "{service} '{}' has no stage",
             s.name
         );
-        // Kind 3 is CLIENT: every call names its callee.
+        // Kind 3 is CLIENT: every call names its callee, a service or a database system.
         if s.kind == 3 {
-            assert!(attr(&s.attributes, "peer.service").is_some(), "{}", s.name);
+            assert!(
+                attr(&s.attributes, "peer.service")
+                    .or(attr(&s.attributes, "db.system.name"))
+                    .is_some(),
+                "{}",
+                s.name
+            );
         }
     }
     let canary_gateway_spans = spans
@@ -624,7 +656,7 @@ async fn the_demo_command_prints_its_faults_and_feeds_a_collector() {
         broker,
         "{stdout}"
     );
-    let spans = if broker { 13 * 10 + 2 } else { 110 };
+    let spans = if broker { 15 * 10 + 2 } else { 130 };
     assert!(
         stdout.contains(&format!(
             "sent 10 requests (3 canary, 7 stable): 10 ok, 0 failed; {spans} spans exported, 0 failed"
@@ -779,7 +811,7 @@ fn the_demo_says_when_nothing_receives_its_spans() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    let spans = if broker_here() { 3 * 13 + 2 } else { 33 };
+    let spans = if broker_here() { 3 * 15 + 2 } else { 39 };
     assert!(
         err.contains(&format!(
             "{spans} spans could not be exported to {endpoint}"

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use crate::aggregate::{Aggregate, ServiceGraph};
+use crate::instances::{Clock, Instances};
 use crate::intern::Symbols;
 use crate::membership::{Member, Membership};
 use crate::model::TraceId;
@@ -40,6 +41,9 @@ pub struct Reader {
     store: SharedStore,
     membership: Arc<Membership>,
     peers: PeerAuth,
+    /// What verification knows of each service: its stage mode.
+    instances: Arc<Instances>,
+    clock: Clock,
 }
 
 impl Reader {
@@ -49,6 +53,7 @@ impl Reader {
         store: SharedStore,
         membership: Arc<Membership>,
         peers: PeerAuth,
+        instances: (Arc<Instances>, Clock),
     ) -> Self {
         Reader {
             aggregate,
@@ -56,6 +61,8 @@ impl Reader {
             store,
             membership,
             peers,
+            instances: instances.0,
+            clock: instances.1,
         }
     }
 
@@ -151,8 +158,19 @@ impl Reader {
         }
     }
 
+    /// Every service the store knows, with the stage mode verification judges it in.
     pub async fn services(&self) -> Result<Vec<ServiceView>, StoreError> {
-        self.store.services().await
+        let mut services = self.store.services().await?;
+        let now = self.clock.now_ms();
+        for s in &mut services {
+            let (mode, configured) = match self.symbols().services.get(&s.name) {
+                Some(sym) => self.instances.stage_mode_of(sym, now),
+                None => self.instances.stage_mode_unseen(),
+            };
+            s.stage_mode = mode;
+            s.stage_mode_configured = configured;
+        }
+        Ok(services)
     }
 
     /// One edge over time; `None` when either end is unknown.

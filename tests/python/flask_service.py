@@ -78,7 +78,9 @@ def orders(a, app):
         stage = request.headers.get(STAGE_HEADER)
         item = request.get_json()["item"]
         with lock:
-            cur = db.execute("INSERT INTO orders (item) VALUES (?)", (item,))
+            # Through a cursor: the sqlite3 instrumentation traces cursors' statements.
+            cur = db.cursor()
+            cur.execute("INSERT INTO orders (item) VALUES (?)", (item,))
             order_id = cur.lastrowid
         with tracer.start_as_current_span("price order"):
             price = sum(item.encode()) * 3

@@ -373,6 +373,9 @@ pub async fn services(db: &dyn Db, names: &Names) -> Result<Vec<ServiceView>, St
                     })
                     .collect(),
                 last_seen: rfc3339(last),
+                // What the store knows nothing of; the read side fills it in.
+                stage_mode: Default::default(),
+                stage_mode_configured: false,
             }
         })
         .collect())
