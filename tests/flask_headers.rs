@@ -10,7 +10,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -126,7 +126,7 @@ impl Shop {
 }
 
 /// Runs the shop with `fault` against a fresh collector and returns it, every span judged.
-async fn judged(python: &PathBuf, fault: Option<&str>) -> TestCollector {
+async fn judged(python: &Path, fault: Option<&str>) -> TestCollector {
     let mut args = test_args();
     // Live from the start: a misrouted canary request never reaches the canary payments.
     args.verify.declared_instances = Some(vec!["payments=canary".into()]);
