@@ -16,6 +16,7 @@ use grayscope::assemble::{Assembler, AssemblerConfig};
 use grayscope::instances::{Clock, Instances};
 use grayscope::intern::{SymbolLimits, Symbols};
 use grayscope::loadgen::{Template, Wire};
+use grayscope::model::StageMode;
 use grayscope::receive::Decoder;
 use grayscope::verify::Policy;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -214,7 +215,7 @@ fn main() {
     // Finalised traces kept for their late spans: the memory behind `--max-kept-spans`, per
     // unit of weight (a span, or a skeleton's own bookkeeping). What the assembler holds once
     // every trace is finalised, kept and not: the difference is the skeletons.
-    let finalised = |keep: bool| {
+    let finalised = |keep: bool, mode: Option<StageMode>| {
         let mut asm = Assembler::new(
             AssemblerConfig {
                 idle_ms: 1,
@@ -224,7 +225,7 @@ fn main() {
                 ..AssemblerConfig::offline()
             },
             Arc::new(Policy::default()),
-            Arc::new(Instances::new([], u64::MAX / 2)),
+            Arc::new(Instances::new([], u64::MAX / 2).with_stage_modes([], mode)),
         );
         let mut out = Vec::new();
         let before = LIVE.load(Ordering::Relaxed);
@@ -240,8 +241,11 @@ fn main() {
         let held = LIVE.load(Ordering::Relaxed) - before;
         (held, asm.kept(), ns)
     };
-    let (plain, _, plain_ns) = finalised(false);
-    let (kept, (traces, weight), kept_ns) = finalised(true);
+    let (plain, _, plain_ns) = finalised(false, None);
+    let (kept, (traces, weight), kept_ns) = finalised(true, None);
+    // Every service judged as if it captured the stage from requests only: every edge judged
+    // again with the stage each service received.
+    let (_, _, captured_ns) = finalised(false, Some(StageMode::Captured));
     println!("kept traces:               {traces}");
     println!(
         "heap bytes per kept span:  {:.1} (per unit of --max-kept-spans weight)",
@@ -251,6 +255,10 @@ fn main() {
         "finalise ns per span:      {:.0} kept for late spans, {:.0} not",
         kept_ns as f64 / n as f64,
         plain_ns as f64 / n as f64
+    );
+    println!(
+        "finalise ns per span:      {:.0} not kept, every service in captured mode",
+        captured_ns as f64 / n as f64
     );
 }
 

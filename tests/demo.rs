@@ -282,6 +282,16 @@ async fn a_clean_hand_built_mesh_has_no_findings() {
     assert!(sources.contains("http_header"), "{t}");
     assert!(sources.contains("grpc_metadata"), "{t}");
     assert!(sources.contains("inbound"), "{t}");
+    // The trace page says so too.
+    let page = reqwest::get(format!("http://{}/traces/{id}", c.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("(captured header)"), "{page}");
+    assert!(page.contains("(captured metadata)"), "{page}");
+    assert!(page.contains("(as received)"), "{page}");
     // Every service was learned to carry the stage only where a request's header was captured.
     let services = get_json(&c, "/api/v1/services").await;
     let modes: BTreeSet<(String, String, bool)> = services["services"]

@@ -397,8 +397,9 @@ impl<'a> Session<'a> {
             self.receivers.push(res.service);
         }
         let messaging = self.read_attributes(attrs, &mut rec)?;
+        // A request holds a handful of services: at most two sightings each.
         if let Some(sighting) = StageSighting::of(&rec)
-            && self.stage_sightings.last() != Some(&(res.service, sighting))
+            && !self.stage_sightings.contains(&(res.service, sighting))
         {
             self.stage_sightings.push((res.service, sighting));
         }

@@ -233,8 +233,13 @@ impl Policy {
 ///
 /// A database or cache call without a stage is no stage hop: the stage need not reach a back end
 /// that does not route on it, and with a stage captured from requests it cannot.
+///
+/// A stage filled in from the request at finalisation ([`crate::model::StageSource::Inbound`]) is
+/// not the span's own: the edge to it is not applicable either (a finalised trace judged again).
 pub fn judge_edge(parent: &SpanRecord, child: &SpanRecord, policy: &Policy) -> Verdict {
-    if child.backend() && child.stage.is_none() {
+    if (child.backend() && child.stage.is_none())
+        || child.stage_from == Some(crate::model::StageSource::Inbound)
+    {
         return Verdict::NotApplicable;
     }
     match (parent.stage, child.stage) {
