@@ -50,7 +50,7 @@ impl StageStats {
         }
     }
 
-    /// Edges judged: every verdict but `unverifiable` and `unresolved`.
+    /// Edges judged: every verdict but `unverifiable`, `unresolved` and `not_applicable`.
     pub fn judged(&self) -> u64 {
         Verdict::ALL
             .iter()
