@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use foldhash::fast::RandomState;
@@ -53,6 +53,10 @@ pub struct Instances {
     stage_modes: HashMap<Sym, StageMode, RandomState>,
     /// `--stage-modes *=MODE`: the mode of every service not named, not learned.
     stage_mode_default: Option<StageMode>,
+    /// Whether any service may be in [`StageMode::Captured`]: configured so, or a captured stage
+    /// seen since the start. Never cleared, so that finalisation can skip the question for good
+    /// until then.
+    any_captured: AtomicBool,
     /// Until when (on the [`Clock`]) traces may be split between grayscope instances, because
     /// the load balancer's members changed; 0 when they never did.
     rebalancing_until_ms: AtomicU64,
@@ -108,6 +112,7 @@ impl Instances {
             services: RwLock::new(HashMap::default()),
             stage_modes: HashMap::default(),
             stage_mode_default: None,
+            any_captured: AtomicBool::new(false),
         }
     }
 
@@ -121,6 +126,9 @@ impl Instances {
     ) -> Self {
         self.stage_modes = modes.into_iter().collect();
         self.stage_mode_default = default;
+        let captured = default == Some(StageMode::Captured)
+            || self.stage_modes.values().any(|&m| m == StageMode::Captured);
+        self.any_captured.store(captured, Ordering::Relaxed);
         self
     }
 
@@ -171,8 +179,16 @@ impl Instances {
     pub fn stage_seen(&self, service: Sym, sighting: StageSighting, now_ms: u64) {
         match sighting {
             StageSighting::EverySpan => self.saw(service, now_ms, |s| &s.every_span),
-            StageSighting::Captured => self.saw(service, now_ms, |s| &s.captured),
+            StageSighting::Captured => {
+                self.any_captured.store(true, Ordering::Relaxed);
+                self.saw(service, now_ms, |s| &s.captured);
+            }
         }
+    }
+
+    /// Whether any service may be judged in [`StageMode::Captured`]: see `any_captured`.
+    pub fn any_captured(&self) -> bool {
+        self.any_captured.load(Ordering::Relaxed)
     }
 
     /// Which of `service`'s spans can carry the stage: as configured, else as learned from

@@ -23,7 +23,7 @@ use foldhash::fast::RandomState;
 pub use snapshot::TraceSnapshot;
 
 use crate::instances::Instances;
-use crate::model::{SpanBatch, SpanExtra, SpanRecord, Sym, TraceId};
+use crate::model::{SpanBatch, SpanExtra, SpanRecord, StageMode, Sym, TraceId};
 use crate::verify::{self, ConsumerHalf, Orphans, Policy, TraceOutcome, trace::FinaliseContext};
 use buffer::{Insert, TraceBuffer};
 use kept::{Kept, Left};
@@ -548,7 +548,9 @@ impl Assembler {
             policy: &self.policy,
             is_live: &is_live,
             is_receiver: &is_receiver,
-            stage_mode: &stage_mode,
+            stage_mode: instances
+                .any_captured()
+                .then_some(&stage_mode as &dyn Fn(Sym) -> StageMode),
             observed_at_ms: wall_ms,
             orphans: rule,
             settled: buf.settled,

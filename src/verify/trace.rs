@@ -134,8 +134,10 @@ pub struct FinaliseContext<'a> {
     /// Whether a service receives calls: see [`crate::instances::Instances::is_receiver`].
     pub is_receiver: &'a dyn Fn(Sym) -> bool,
     /// Which spans of a service carry the stage: see
-    /// [`crate::instances::Instances::stage_mode`].
-    pub stage_mode: &'a dyn Fn(Sym) -> StageMode,
+    /// [`crate::instances::Instances::stage_mode`]. `None` while no service can be in
+    /// [`StageMode::Captured`] (none was configured or seen so): every span carries it, and
+    /// finalisation skips asking per service.
+    pub stage_mode: Option<&'a dyn Fn(Sym) -> StageMode>,
     pub observed_at_ms: u64,
     /// What to do with spans whose parent has not arrived.
     pub orphans: Orphans,
@@ -483,6 +485,11 @@ pub fn finalise(
 /// (the call to the next service) are judged with that stage. So a header that was not forwarded
 /// is `missing` on the hop, from what the caller received to what the callee received.
 fn judge_captured(g: &mut TraceGraph, cx: &FinaliseContext<'_>) {
+    // Stages are filled in only once some service was captured, and that is never forgotten:
+    // with no such service there is nothing to fill in and nothing filled in before.
+    let Some(stage_mode) = cx.stage_mode else {
+        return;
+    };
     // Traces touch a handful of services: a linear scan beats hashing.
     let mut modes: Vec<(Sym, StageMode)> = Vec::new();
     let mut captured = vec![false; g.node_count()];
@@ -493,7 +500,7 @@ fn judge_captured(g: &mut TraceGraph, cx: &FinaliseContext<'_>) {
         let mode = match modes.iter().find(|(s, _)| *s == service) {
             Some(&(_, m)) => m,
             None => {
-                let m = (cx.stage_mode)(service);
+                let m = stage_mode(service);
                 modes.push((service, m));
                 m
             }
