@@ -70,7 +70,7 @@ fn args(orphan_wait: &str) -> grayscope::config::ServeArgs {
     }
 }
 
-/// Parents 5 s, 13 s and 60 s behind their children, each for a clean request and one whose
+/// Parents 5 s, 13 s and 50 s behind their children, each for a clean request and one whose
 /// gateway -> users hop loses the stage; a child 5 s behind its parents that lost the stage; and
 /// a span whose parent never comes.
 #[tokio::test(flavor = "multi_thread")]
@@ -80,7 +80,7 @@ async fn late_parents_and_children_give_exactly_the_seeded_findings() {
     let audit = Service::new(&c, "audit", Some("stable"), Export::Grpc);
     let ledger = Service::new(&c, "ledger", Some("stable"), Export::HttpJson);
     let mut pending = Vec::new();
-    for delay in [5u64, 13, 60] {
+    for delay in [5u64, 13, 50] {
         let gateway = Service::new(&c, "gateway", Some("stable"), Export::Grpc);
         let mut open = Vec::new();
         for lose in [false, true] {
@@ -140,7 +140,7 @@ async fn late_parents_and_children_give_exactly_the_seeded_findings() {
         missing.clone(),
         missing,
     ];
-    // Every late parent is in by 60 s; ledger's wait ends 75 s after its trace went idle.
+    // Every late parent is in by 50 s; ledger's wait ends 75 s after its trace went idle.
     let got = await_findings(&c, &want, Duration::from_secs(40)).await;
     assert_eq!(got, want);
     // Nothing more comes: no duplicate of a late verdict, no broken trace for a late parent.
@@ -157,13 +157,14 @@ async fn late_parents_and_children_give_exactly_the_seeded_findings() {
         metric(&c, "grayscope_orphan_lateness_seconds_count").await,
         6.0
     );
-    // How late, from the children's arrival: two 5 s, two 13 s, two 60 s.
+    // How late, from the children's arrival: two 5 s, two 13 s, two 50 s (each well inside its
+    // bucket: the parent's own export adds to it, more on a busy machine).
     let le = |b: &str| format!("grayscope_orphan_lateness_seconds_bucket{{le=\"{b}\"}}");
     assert_eq!(metric(&c, &le("2.0")).await, 0.0);
     assert_eq!(metric(&c, &le("10.0")).await, 2.0);
     assert_eq!(metric(&c, &le("15.0")).await, 4.0);
-    assert_eq!(metric(&c, &le("60.0")).await, 4.0);
-    assert_eq!(metric(&c, &le("90.0")).await, 6.0);
+    assert_eq!(metric(&c, &le("30.0")).await, 4.0);
+    assert_eq!(metric(&c, &le("60.0")).await, 6.0);
     assert_eq!(metric(&c, "grayscope_late_spans_total").await, 0.0);
     // One trace per request, not one more for each late arrival; every span judged once.
     let m = scrape(&c).await;
