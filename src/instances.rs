@@ -197,27 +197,19 @@ impl Instances {
     /// requests means only the spans that received one do. A service that showed neither is
     /// judged on every span: with no stage anywhere there is nothing to lose.
     pub fn stage_mode(&self, service: Sym, now_ms: u64) -> StageMode {
-        if let Some(&m) = self.stage_modes.get(&service) {
-            return m;
-        }
-        if let Some(m) = self.stage_mode_default {
-            return m;
-        }
-        self.learned_mode(service, now_ms)
+        self.stage_mode_of(Some(service), now_ms).0
     }
 
-    /// [`Instances::stage_mode`], and whether it is configured rather than learned.
-    pub fn stage_mode_of(&self, service: Sym, now_ms: u64) -> (StageMode, bool) {
-        let configured =
-            self.stage_modes.contains_key(&service) || self.stage_mode_default.is_some();
-        (self.stage_mode(service, now_ms), configured)
-    }
-
-    /// The mode of a service never seen: as configured for every service, else the default.
-    pub fn stage_mode_unseen(&self) -> (StageMode, bool) {
-        match self.stage_mode_default {
-            Some(m) => (m, true),
-            None => (StageMode::default(), false),
+    /// [`Instances::stage_mode`] of a service (`None`: one never seen), and whether it is
+    /// configured rather than learned.
+    pub fn stage_mode_of(&self, service: Option<Sym>, now_ms: u64) -> (StageMode, bool) {
+        let configured = service
+            .and_then(|s| self.stage_modes.get(&s).copied())
+            .or(self.stage_mode_default);
+        match (configured, service) {
+            (Some(m), _) => (m, true),
+            (None, Some(s)) => (self.learned_mode(s, now_ms), false),
+            (None, None) => (StageMode::default(), false),
         }
     }
 

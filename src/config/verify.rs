@@ -166,42 +166,21 @@ impl VerifyArgs {
                 None => (e, None),
             })
             .collect();
-        let destination_policies = self
-            .destination_policies
-            .unwrap_or_default()
-            .into_iter()
-            .map(|d| match d.rsplit_once('=') {
-                Some((dest, policy)) if !dest.is_empty() => DestinationPolicy::parse(policy)
-                    .map(|p| (dest.to_string(), p))
-                    .ok_or_else(|| ConfigError::Invalid {
-                        option: "destination-policies",
-                        message: format!(
-                            "'{policy}' in '{d}' is not a policy: exclusive, fallback or broadcast"
-                        ),
-                    }),
-                _ => Err(ConfigError::Invalid {
-                    option: "destination-policies",
-                    message: format!("'{d}' is not DESTINATION=POLICY"),
-                }),
-            })
-            .collect::<Result<_, _>>()?;
-        let stage_modes = self
-            .stage_modes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|d| match d.rsplit_once('=') {
-                Some((svc, mode)) if !svc.is_empty() => StageMode::parse(mode)
-                    .map(|m| (svc.to_string(), m))
-                    .ok_or_else(|| ConfigError::Invalid {
-                        option: "stage-modes",
-                        message: format!("'{mode}' in '{d}' is not a mode: every-span or captured"),
-                    }),
-                _ => Err(ConfigError::Invalid {
-                    option: "stage-modes",
-                    message: format!("'{d}' is not SERVICE=MODE"),
-                }),
-            })
-            .collect::<Result<_, _>>()?;
+        let destination_policies = named_values(
+            "destination-policies",
+            self.destination_policies,
+            (
+                "DESTINATION=POLICY",
+                "a policy: exclusive, fallback or broadcast",
+            ),
+            DestinationPolicy::parse,
+        )?;
+        let stage_modes = named_values(
+            "stage-modes",
+            self.stage_modes,
+            ("SERVICE=MODE", "a mode: every-span or captured"),
+            StageMode::parse,
+        )?;
         Ok(VerifyConfig {
             stage_keys,
             stage_modes,
@@ -214,4 +193,30 @@ impl VerifyArgs {
             destination_policies,
         })
     }
+}
+
+/// The `NAME=VALUE` items of a list option, each VALUE read by `parse`; `form` is how an item is
+/// written and what a VALUE may be, for the errors.
+fn named_values<T>(
+    option: &'static str,
+    items: Option<Vec<String>>,
+    form: (&str, &str),
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Vec<(String, T)>, ConfigError> {
+    items
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| match d.rsplit_once('=') {
+            Some((name, value)) if !name.is_empty() => parse(value)
+                .map(|v| (name.to_string(), v))
+                .ok_or_else(|| ConfigError::Invalid {
+                    option,
+                    message: format!("'{value}' in '{d}' is not {}", form.1),
+                }),
+            _ => Err(ConfigError::Invalid {
+                option,
+                message: format!("'{d}' is not {}", form.0),
+            }),
+        })
+        .collect()
 }

@@ -163,10 +163,9 @@ impl Reader {
         let mut services = self.store.services().await?;
         let now = self.clock.now_ms();
         for s in &mut services {
-            let (mode, configured) = match self.symbols().services.get(&s.name) {
-                Some(sym) => self.instances.stage_mode_of(sym, now),
-                None => self.instances.stage_mode_unseen(),
-            };
+            let (mode, configured) = self
+                .instances
+                .stage_mode_of(self.symbols().services.get(&s.name), now);
             s.stage_mode = mode;
             s.stage_mode_configured = configured;
         }

@@ -494,7 +494,7 @@ fn judge_captured(g: &mut TraceGraph, cx: &FinaliseContext<'_>) {
     let mut modes: Vec<(Sym, StageMode)> = Vec::new();
     let mut captured = vec![false; g.node_count()];
     let mut reset = vec![false; g.node_count()];
-    let mut any = false;
+    let (mut any_captured, mut any_reset) = (false, false);
     for v in g.node_indices() {
         let service = g[v].service;
         let mode = match modes.iter().find(|(s, _)| *s == service) {
@@ -506,16 +506,17 @@ fn judge_captured(g: &mut TraceGraph, cx: &FinaliseContext<'_>) {
             }
         };
         captured[v.index()] = mode == StageMode::Captured;
-        any |= captured[v.index()];
+        any_captured |= captured[v.index()];
         // Filled in by an earlier finalisation (a trace reopened by late spans): again below.
         let span = &mut g[v];
         if span.stage_from == Some(StageSource::Inbound) {
             span.stage = None;
             span.stage_from = None;
             reset[v.index()] = true;
+            any_reset = true;
         }
     }
-    if !any && !reset.contains(&true) {
+    if !any_captured && !any_reset {
         return;
     }
     let cannot_carry =
@@ -527,8 +528,8 @@ fn judge_captured(g: &mut TraceGraph, cx: &FinaliseContext<'_>) {
         .filter(|&v| g.edges_directed(v, Incoming).next().is_none())
         .collect();
     while let Some(v) = stack.pop() {
-        let children: Vec<NodeIndex> = g.neighbors_directed(v, Outgoing).collect();
-        for c in children {
+        let mut children = g.neighbors_directed(v, Outgoing).detach();
+        while let Some(c) = children.next_node(g) {
             let (p, s) = (g[v], &mut g[c]);
             if cannot_carry(s, captured[c.index()]) && p.service == s.service && p.stage.is_some() {
                 s.stage = p.stage;
@@ -544,10 +545,9 @@ fn judge_captured(g: &mut TraceGraph, cx: &FinaliseContext<'_>) {
         if !(captured[pi] || captured[ci] || reset[pi] || reset[ci]) {
             continue;
         }
+        // An edge to a stage filled in above is not applicable: `judge_edge` says so.
         let child = &g[c];
-        g[e] = if child.stage_from == Some(StageSource::Inbound)
-            || cannot_carry(child, captured[ci])
-        {
+        g[e] = if cannot_carry(child, captured[ci]) {
             Verdict::NotApplicable
         } else {
             judge_edge(&g[p], child, cx.policy)
