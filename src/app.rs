@@ -211,7 +211,8 @@ pub async fn start(cfg: &ServeConfig, listeners: Listeners) -> anyhow::Result<Co
             clock,
             &cfg.verify.stage_keys,
             &cfg.verify.instance_stage_key,
-        ),
+        )
+        .with_group_key(&cfg.group_key),
         shards: shards.clone(),
         metrics: ingest_metrics,
         membership: membership.clone(),

@@ -8,12 +8,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use foldhash::fast::RandomState;
 
 use crate::model::{SpanRecord, StageMode, Sym};
+
+/// The resource attribute whose value groups services on the dashboard, unless `--group-key`
+/// names another.
+pub const DEFAULT_GROUP_KEY: &str = "service.namespace";
 
 /// Distinct (service, stage) pairs remembered; the interner caps make reaching it unlikely, and past
 /// it new pairs are simply not recorded (they cannot make a misroute verdict, only miss one).
@@ -68,6 +72,9 @@ struct ServiceSeen {
     receives: AtomicU64,
     every_span: AtomicU64,
     captured: AtomicU64,
+    /// The latest group (`--group-key`) its resources named, as a [`Sym`] of the values; 0 for
+    /// none yet.
+    group: AtomicU32,
 }
 
 /// What one span says about which of its service's spans carry the stage.
@@ -136,17 +143,37 @@ impl Instances {
     fn saw(&self, service: Sym, now_ms: u64, what: impl Fn(&ServiceSeen) -> &AtomicU64) {
         // Stored plus one: 0 is "never".
         let at = now_ms + 1;
+        self.update(service, |s| {
+            what(s).fetch_max(at, Ordering::Relaxed);
+        });
+    }
+
+    /// Applies `f` to `service`'s entry, made if there is room.
+    fn update(&self, service: Sym, f: impl Fn(&ServiceSeen)) {
         {
             let seen = self.services.read().unwrap_or_else(|e| e.into_inner());
             if let Some(s) = seen.get(&service) {
-                what(s).fetch_max(at, Ordering::Relaxed);
+                f(s);
                 return;
             }
         }
         let mut seen = self.services.write().unwrap_or_else(|e| e.into_inner());
         if seen.len() < MAX_PAIRS || seen.contains_key(&service) {
-            what(seen.entry(service).or_default()).fetch_max(at, Ordering::Relaxed);
+            f(seen.entry(service).or_default());
         }
+    }
+
+    /// `service`'s resources name `group` (the `--group-key` attribute's value).
+    pub fn grouped(&self, service: Sym, group: Sym) {
+        self.update(service, |s| s.group.store(group.0.get(), Ordering::Relaxed));
+    }
+
+    /// The group `service`'s resources named last; `None` when they named none since the start.
+    /// Kept in memory like the stage modes: every instance of a cluster sees every busy service.
+    pub fn group(&self, service: Sym) -> Option<Sym> {
+        let seen = self.services.read().unwrap_or_else(|e| e.into_inner());
+        let g = seen.get(&service)?.group.load(Ordering::Relaxed);
+        std::num::NonZeroU32::new(g).map(Sym)
     }
 
     /// Whether `what` of `service` happened within the TTL.

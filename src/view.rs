@@ -203,6 +203,10 @@ pub struct NodeView {
     pub own: StatsView,
     /// Traces it started, per request stage (`none` for those without one).
     pub starts: BTreeMap<String, u64>,
+    /// Its group on the dashboard: the value of the `--group-key` resource attribute
+    /// (`service.namespace`) its spans carry; `null` when they carry none.
+    #[schema(value_type = Option<String>)]
+    pub group: Option<Arc<str>>,
 }
 
 #[derive(Serialize, Debug, Clone, ToSchema)]
@@ -286,6 +290,7 @@ impl GraphView {
                         .filter(|(s, v)| keep(s) && v.calls > 0)
                         .map(|(s, v)| (stage_name(*s, sym), v.calls))
                         .collect(),
+                    group: None,
                 }
             })
             .collect();
@@ -585,6 +590,34 @@ pub struct ServiceView {
     pub stage_mode: StageMode,
     /// Whether `stage_mode` is configured (`--stage-modes`) rather than learned.
     pub stage_mode_configured: bool,
+    /// Its group on the dashboard (`--group-key`, `service.namespace`); `null` when its spans
+    /// carry none.
+    #[schema(value_type = Option<String>)]
+    pub group: Option<Arc<str>>,
+}
+
+/// The body of `GET /api/v1/services/{name}`: one service, who calls it and whom it calls, the
+/// stages of the calls it served, and its latest findings.
+#[derive(Serialize, Debug, Clone, ToSchema)]
+pub struct ServiceDetailView {
+    pub service: ServiceView,
+    /// How many calls away `graph` reaches, upstream and downstream.
+    pub depth: usize,
+    /// Its callers and callees up to `depth` calls away, and the calls between them.
+    pub graph: GraphView,
+    /// Calls within `depth` left out of `graph` to keep it legible (the least busy first).
+    pub left_out_edges: usize,
+    /// The calls it received, by caller.
+    pub callers: Vec<EdgeView>,
+    /// The calls it made, by callee.
+    pub callees: Vec<EdgeView>,
+    /// The calls it served, by the stage the caller sent and the stage of the instance that
+    /// served them: off the diagonal is a request served by an instance of another stage.
+    pub served: Vec<RoutingView>,
+    /// Its instances by instance stage: the matrix's columns.
+    pub instance_stages: Vec<String>,
+    /// Its newest findings (as caller or callee), newest first.
+    pub findings: Vec<FindingView>,
 }
 
 #[derive(Serialize, Debug, Clone, ToSchema)]

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use common::*;
 use grayscope::loadgen::{self, LoadgenArgs, Wire};
 
-async fn run(wire: Wire, gzip: bool, seed: u64) {
+async fn run(wire: Wire, gzip: bool, seed: u64, services: Option<usize>) {
     let c = spawn_collector(test_args()).await;
     let dir = tempfile::tempdir().unwrap();
     let faults = dir.path().join("faults.json");
@@ -30,6 +30,9 @@ async fn run(wire: Wire, gzip: bool, seed: u64) {
         threads: 1,
         rate: None,
         tls: false,
+        services,
+        edges: None,
+        depth: None,
         auth: Default::default(),
     })
     .await
@@ -50,15 +53,18 @@ async fn run(wire: Wire, gzip: bool, seed: u64) {
             )
         })
         .collect();
+    // A wide mesh's traces are longer: fewer of them in as many spans.
     assert!(
-        expected.len() > 100,
+        expected.len() > if services.is_some() { 50 } else { 100 },
         "enough faults to mean something: {}",
         expected.len()
     );
     let kinds: BTreeSet<&str> = expected.iter().map(|e| e.1.as_str()).collect();
+    // The wide mesh's faults are all on one call: not the shop's orphans and lost contexts,
+    // which are both broken traces.
     assert_eq!(
         kinds.len(),
-        6,
+        if services.is_some() { 5 } else { 6 },
         "every kind the generator injects: {kinds:?}"
     );
 
@@ -96,15 +102,20 @@ async fn run(wire: Wire, gzip: bool, seed: u64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn faults_equal_findings_over_grpc() {
-    run(Wire::Grpc, false, 11).await;
+    run(Wire::Grpc, false, 11, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn faults_equal_findings_over_http_protobuf_gzip() {
-    run(Wire::Http, true, 12).await;
+    run(Wire::Http, true, 12, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn faults_equal_findings_over_http_json() {
-    run(Wire::HttpJson, false, 13).await;
+    run(Wire::HttpJson, false, 13, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn faults_equal_findings_through_a_wide_mesh() {
+    run(Wire::Grpc, false, 14, Some(60)).await;
 }

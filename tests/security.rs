@@ -642,6 +642,9 @@ async fn the_load_generator_sends_over_tls_with_a_token() {
         threads: 1,
         rate: None,
         tls: true,
+        services: None,
+        edges: None,
+        depth: None,
         auth: grayscope::security::ClientAuthArgs {
             ca_file: Some(pki.ca.clone()),
             token_file: Some(pki.ingest_tokens.clone()),

@@ -43,6 +43,9 @@ async fn steady_traffic_keeps_memory_flat() {
         threads: 1,
         rate: Some(RATE),
         tls: false,
+        services: None,
+        edges: None,
+        depth: None,
         auth: Default::default(),
     })
     .await

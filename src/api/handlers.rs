@@ -78,6 +78,54 @@ pub async fn services(State(st): State<ApiState>, q: Params) -> Result<Response,
     Ok(axum::Json(view::ServicesPage { services }).into_response())
 }
 
+/// One service: its callers and callees up to `depth` calls away, its instances, the stages of
+/// the calls it served (request stage x instance stage), and its newest findings.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{name}",
+    tag = "graph",
+    params(
+        ("name" = String, Path, description = "The service"),
+        params::ServiceParams,
+    ),
+    responses(
+        (status = 200, description = "The service and its neighbourhood", body = view::ServiceDetailView),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 404, description = "grayscope has not seen the service", body = ErrorBody),
+    )
+)]
+pub async fn service(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    q: Params,
+) -> Result<Response, ApiError> {
+    params::only(&q, &["stage", "since", "until", "depth"])?;
+    let depth = match params::get(&q, "depth") {
+        None => 1,
+        Some(d) => match d.parse::<usize>() {
+            Ok(d @ 1..=2) => d,
+            _ => {
+                return Err(filter::BadParam {
+                    name: "depth",
+                    message: format!("'{d}' is not 1 or 2"),
+                }
+                .into());
+            }
+        },
+    };
+    let w = filter::window(&q.0)?;
+    match st
+        .reader
+        .service_detail(&name, w, params::get(&q, "stage"), depth)
+        .await?
+    {
+        Some(view) => Ok(axum::Json(view).into_response()),
+        None => Err(ApiError::NotFound(format!(
+            "grayscope has not seen a service {name}"
+        ))),
+    }
+}
+
 /// One edge of the graph over time: counts per minute and example traces.
 #[utoipa::path(
     get,

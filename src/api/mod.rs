@@ -46,6 +46,7 @@ fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(graph))
         .routes(routes!(edge))
         .routes(routes!(services))
+        .routes(routes!(service))
         .routes(routes!(trace))
         .routes(routes!(trace_verdicts))
         .routes(routes!(traces_verdicts))

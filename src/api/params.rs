@@ -65,3 +65,18 @@ pub struct WindowParams {
 
 /// [`WindowParams`]' names.
 pub const WINDOW: [&str; 3] = ["stage", "since", "until"];
+
+/// Query parameters of `/api/v1/services/{name}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ServiceParams {
+    /// Only this request stage, or `none`
+    stage: Option<String>,
+    /// RFC 3339 time, or a duration before now (`15m`); whole minutes
+    since: Option<String>,
+    /// RFC 3339 time, or a duration before now; whole minutes
+    until: Option<String>,
+    /// How many calls away the graph reaches, upstream and downstream: 1 or 2 (default 1)
+    #[param(minimum = 1, maximum = 2)]
+    depth: Option<usize>,
+}

@@ -232,6 +232,10 @@ pub struct ServeArgs {
     /// [default: 500]
     #[arg(long, env = "GRAYSCOPE_MAX_LABEL_VALUES", value_name = "N")]
     pub max_label_values: Option<usize>,
+    /// Resource attribute key whose value groups services on the dashboard
+    /// [default: service.namespace]
+    #[arg(long, env = "GRAYSCOPE_GROUP_KEY", value_name = "KEY")]
+    pub group_key: Option<String>,
     /// At SIGINT/SIGTERM, how long the whole stop may take: in-flight requests, finalising and the
     /// store's final write; what is unwritten by then is reported lost (exit status 1) [default: 10s]
     #[arg(long, env = "GRAYSCOPE_SHUTDOWN_GRACE", value_name = "DURATION")]
@@ -278,6 +282,7 @@ pub struct ServeConfig {
     pub max_store_bytes: u64,
     pub sample_clean: f64,
     pub max_label_values: usize,
+    pub group_key: String,
     pub shutdown_grace: Dur,
     pub log: String,
     #[serde(flatten)]
@@ -415,6 +420,15 @@ impl ServeArgs {
                     });
                 }
             },
+            group_key: match a.group_key {
+                Some(k) if k.is_empty() => {
+                    return Err(ConfigError::Invalid {
+                        option: "group-key",
+                        message: "needs a resource attribute key".into(),
+                    });
+                }
+                k => k.unwrap_or_else(|| crate::instances::DEFAULT_GROUP_KEY.into()),
+            },
             shutdown_grace: a.shutdown_grace.unwrap_or(Dur(Duration::from_secs(10))),
             log: a.log.unwrap_or_else(|| "info".into()),
             verify: a.verify.resolve()?,
@@ -455,6 +469,7 @@ impl ServeArgs {
             max_store_bytes: self.max_store_bytes.or(file.max_store_bytes),
             sample_clean: self.sample_clean.or(file.sample_clean),
             max_label_values: self.max_label_values.or(file.max_label_values),
+            group_key: self.group_key.or(file.group_key),
             shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
             log: self.log.or(file.log),
             verify: self.verify.or(file.verify),

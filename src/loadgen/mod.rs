@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod traffic;
+pub mod wide;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,6 +78,16 @@ pub struct LoadgenArgs {
     /// Connect with TLS (the collector's certificate must name the address's IP)
     #[arg(long)]
     pub tls: bool,
+    /// Send through a wide mesh of this many services in namespaces instead of the five-service
+    /// shop: for the dashboard at scale
+    #[arg(long, value_name = "N")]
+    pub services: Option<usize>,
+    /// With --services: about this many distinct calls between them [default: 5 per service]
+    #[arg(long, value_name = "N", requires = "services")]
+    pub edges: Option<usize>,
+    /// With --services: how many services deep the calls go [default: 8]
+    #[arg(long, value_name = "N", requires = "services")]
+    pub depth: Option<usize>,
     #[command(flatten)]
     pub auth: crate::security::ClientAuthArgs,
 }
@@ -119,10 +130,31 @@ pub async fn generate(args: LoadgenArgs) -> anyhow::Result<Summary> {
         "--fault-rate must be between 0 and 1"
     );
     let mut rng = SmallRng::seed_from_u64(args.seed);
+    let mesh = match args.services {
+        None => traffic::Mesh::Shop,
+        Some(n) => {
+            anyhow::ensure!(n >= 2, "--services must be at least 2");
+            let kinds = &args.fault_kinds;
+            anyhow::ensure!(
+                kinds.is_empty() || kinds.iter().any(|k| wide::WIDE_FAULTS.contains(k)),
+                "a wide mesh injects faults on one call: {:?}",
+                wide::WIDE_FAULTS
+            );
+            traffic::Mesh::Wide(wide::WideMesh::new(
+                n,
+                args.edges.unwrap_or(5 * n),
+                args.depth.unwrap_or(8),
+                args.seed,
+            ))
+        }
+    };
+    let mut next_trace = 0;
     let templates: Arc<Vec<Template>> = Arc::new(
         (0..args.templates.max(1))
             .map(|_| {
-                Template::build(
+                Template::build_on(
+                    &mesh,
+                    &mut next_trace,
                     args.spans_per_request,
                     (args.fault_rate, &args.fault_kinds),
                     args.protocol,

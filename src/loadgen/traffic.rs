@@ -88,9 +88,13 @@ impl Fault {
 pub struct ExpectedFinding {
     pub trace_id: String,
     pub kind: &'static str,
-    pub caller: Option<&'static str>,
-    pub callee: &'static str,
+    pub caller: Option<String>,
+    pub callee: String,
 }
+
+/// The first-break finding a faulty trace must produce, before its trace id is known:
+/// (kind, edge caller, edge callee).
+pub type Expected = (&'static str, Option<String>, String);
 
 /// Service instances of the mesh: (service, instance stage).
 const INSTANCES: [(&str, &str); 6] = [
@@ -106,7 +110,7 @@ const INSTANCES: [(&str, &str); 6] = [
 struct Slot {
     marker: u128,
     offsets: Vec<usize>,
-    fault: Option<Fault>,
+    fault: Option<(Fault, Expected)>,
 }
 
 pub struct Template {
@@ -117,9 +121,22 @@ pub struct Template {
 }
 
 impl Template {
-    /// A request of about `spans` spans (whole traces), with faults of `kinds` (all if empty)
-    /// drawn from `rng`.
+    /// A request of about `spans` spans (whole traces) through the five-service shop, with
+    /// faults of `kinds` (all if empty) drawn from `rng`.
     pub fn build(
+        spans: usize,
+        faults: (f64, &[Fault]),
+        wire: Wire,
+        rng: &mut SmallRng,
+    ) -> Template {
+        Template::build_on(&Mesh::Shop, &mut 0, spans, faults, wire, rng)
+    }
+
+    /// A request of about `spans` spans through `mesh`; `next_trace` numbers the traces across
+    /// templates, so that a wide mesh's templates together cross every one of its calls.
+    pub fn build_on(
+        mesh: &Mesh,
+        next_trace: &mut usize,
         spans: usize,
         (fault_rate, kinds): (f64, &[Fault]),
         wire: Wire,
@@ -130,11 +147,17 @@ impl Template {
         } else {
             kinds
         };
-        let traces = spans.div_ceil(SPANS_PER_TRACE).max(1);
         let mut by_instance: HashMap<usize, Vec<Span>> = HashMap::new();
         let mut slots = Vec::new();
         let mut total = 0;
-        for _ in 0..traces {
+        // The shop's traces are whole: as many as `spans` asks for, rounded up.
+        let shop_traces = spans.div_ceil(SPANS_PER_TRACE).max(1);
+        let mut traces = 0;
+        while match mesh {
+            Mesh::Shop => traces < shop_traces,
+            Mesh::Wide(_) => total < spans.max(1),
+        } {
+            traces += 1;
             let fault =
                 (rng.random::<f64>() < fault_rate).then(|| kinds[rng.random_range(0..kinds.len())]);
             let stage = if fault.is_some() || rng.random::<f64>() < 0.3 {
@@ -143,40 +166,55 @@ impl Template {
                 "stable"
             };
             let main = unique_marker(rng, &slots);
+            let k = *next_trace;
+            *next_trace += 1;
+            let (spans, expected) = match mesh {
+                Mesh::Shop => {
+                    let detached = (fault == Some(Fault::LostContext)).then(|| {
+                        let m = unique_marker(rng, &slots);
+                        slots.push(Slot {
+                            marker: m,
+                            offsets: Vec::new(),
+                            fault: Some((Fault::LostContext, shop_expected(Fault::LostContext))),
+                        });
+                        m
+                    });
+                    let expected = fault
+                        .filter(|f| *f != Fault::LostContext)
+                        .map(|f| (f, shop_expected(f)));
+                    (trace_spans(main, detached, stage, fault, rng), expected)
+                }
+                Mesh::Wide(w) => w.trace((k, traces == 1), main, stage, fault, rng),
+            };
             slots.push(Slot {
                 marker: main,
                 offsets: Vec::new(),
-                fault: fault.filter(|f| *f != Fault::LostContext),
+                fault: expected,
             });
-            let detached = (fault == Some(Fault::LostContext)).then(|| {
-                let m = unique_marker(rng, &slots);
-                slots.push(Slot {
-                    marker: m,
-                    offsets: Vec::new(),
-                    fault: Some(Fault::LostContext),
-                });
-                m
-            });
-            for (instance, span) in trace_spans(main, detached, stage, fault, rng) {
+            for (instance, span) in spans {
                 by_instance.entry(instance).or_default().push(span);
                 total += 1;
             }
         }
         let mut req = ExportTraceServiceRequest::default();
-        for (i, (service, stage)) in INSTANCES.iter().enumerate() {
+        for (i, (service, stage, group)) in mesh.instances().into_iter().enumerate() {
             let Some(mut spans) = by_instance.remove(&i) else {
                 continue;
             };
             // Exporters send spans as they end: children first.
             spans.reverse();
+            let mut attributes = vec![
+                kv("service.name", &service),
+                kv("deployment.stage", stage),
+                kv("service.instance.id", &format!("{service}-{stage}-1")),
+                kv("telemetry.sdk.language", "rust"),
+            ];
+            if let Some(g) = group {
+                attributes.push(kv("service.namespace", g));
+            }
             req.resource_spans.push(ResourceSpans {
                 resource: Some(Resource {
-                    attributes: vec![
-                        kv("service.name", service),
-                        kv("deployment.stage", stage),
-                        kv("service.instance.id", &format!("{service}-{stage}-1")),
-                        kv("telemetry.sdk.language", "rust"),
-                    ],
+                    attributes,
                     ..Default::default()
                 }),
                 scope_spans: vec![ScopeSpans {
@@ -240,13 +278,14 @@ impl Template {
                     }
                 }
             }
-            if let (Some(fault), Some(out)) = (slot.fault, out.as_deref_mut()) {
-                let (kind, caller, callee) = fault.expected();
+            if let (Some((_, (kind, caller, callee))), Some(out)) =
+                (&slot.fault, out.as_deref_mut())
+            {
                 out.push(ExpectedFinding {
                     trace_id: format!("{id:032x}"),
                     kind,
-                    caller,
-                    callee,
+                    caller: caller.clone(),
+                    callee: callee.clone(),
                 });
             }
         }
@@ -254,8 +293,94 @@ impl Template {
     }
 
     pub fn faults(&self) -> impl Iterator<Item = Fault> + '_ {
-        self.slots.iter().filter_map(|s| s.fault)
+        self.slots
+            .iter()
+            .filter_map(|s| s.fault.as_ref().map(|f| f.0))
     }
+}
+
+/// The calls the traffic crosses.
+pub enum Mesh {
+    /// gateway -> users -> orders -> payments, inventory: every kind of fault.
+    Shop,
+    /// Hundreds of services in namespaces (`--services`).
+    Wide(super::wide::WideMesh),
+}
+
+impl Mesh {
+    /// Every instance that exports spans: (service, instance stage, namespace).
+    fn instances(&self) -> Vec<(String, &'static str, Option<&str>)> {
+        match self {
+            Mesh::Shop => INSTANCES
+                .iter()
+                .map(|&(s, st)| (s.to_string(), st, None))
+                .collect(),
+            Mesh::Wide(w) => w.instances(),
+        }
+    }
+}
+
+fn shop_expected(f: Fault) -> Expected {
+    let (kind, caller, callee) = f.expected();
+    (kind, caller.map(str::to_string), callee.to_string())
+}
+
+/// A span as an HTTP service's SDK exports it: `name` is "METHOD /path", `peer` the callee a
+/// CLIENT span names (`server.address`), `stage` the (key, value) it carries.
+pub(super) struct HttpSpan<'a> {
+    pub trace: u128,
+    pub id: u64,
+    pub parent: Option<u64>,
+    pub name: &'a str,
+    pub kind: SpanKind,
+    pub peer: &'a str,
+    pub stage: Option<(&'a str, &'a str)>,
+    pub start_ns: u64,
+    pub duration_ns: u64,
+}
+
+impl HttpSpan<'_> {
+    pub fn span(&self) -> Span {
+        let mut attributes: Vec<KeyValue> = vec![
+            kv(
+                "http.request.method",
+                self.name.split(' ').next().unwrap_or("GET"),
+            ),
+            kv("url.path", self.name.split(' ').nth(1).unwrap_or("/")),
+            kv("network.protocol.version", "1.1"),
+        ];
+        if !self.peer.is_empty() {
+            attributes.push(kv("server.address", self.peer));
+        }
+        if let Some((key, value)) = self.stage {
+            attributes.push(kv(key, value));
+        }
+        Span {
+            trace_id: self.trace.to_be_bytes().to_vec(),
+            span_id: self.id.to_be_bytes().to_vec(),
+            parent_span_id: self
+                .parent
+                .map(|p| p.to_be_bytes().to_vec())
+                .unwrap_or_default(),
+            name: self.name.to_string(),
+            kind: self.kind as i32,
+            start_time_unix_nano: self.start_ns,
+            end_time_unix_nano: self.start_ns + self.duration_ns,
+            attributes,
+            status: Some(Status::default()),
+            flags: 0x100,
+            ..Default::default()
+        }
+    }
+}
+
+/// A start time within the last second, as a live service's spans have when they arrive: a span
+/// that reaches grayscope long after it ended is judged differently (see `--orphan-wait`).
+pub(super) fn recent_ns(rng: &mut SmallRng) -> u64 {
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    now_ns.saturating_sub(1_000_000_000) + rng.random_range(0..999_000_000u64)
 }
 
 fn unique_marker(rng: &mut SmallRng, slots: &[Slot]) -> u128 {
@@ -275,13 +400,8 @@ fn trace_spans(
     fault: Option<Fault>,
     rng: &mut SmallRng,
 ) -> Vec<(usize, Span)> {
-    // Spans of the last second, as a live service's are when they arrive: a span that reaches
-    // grayscope long after it ended is judged differently (see `--orphan-wait`).
-    let now_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let base = now_ns.saturating_sub(1_000_000_000) + rng.random_range(0..999_000_000u64);
-    let id = |n: u64| (rng_free_id(main, n)).to_be_bytes().to_vec();
+    let base = recent_ns(rng);
+    let id = |n: u64| rng_free_id(main, n);
     // Which orders instance serves the request: the one of its stage, unless routing is the bug.
     let orders = match fault {
         Some(Fault::Misrouted) | Some(Fault::Appeared) => 2,
@@ -353,41 +473,28 @@ fn trace_spans(
             main
         };
         let parent = if lost && n == 8 { None } else { parent };
-        let mut attributes: Vec<KeyValue> = vec![
-            kv(
-                "http.request.method",
-                name.split(' ').next().unwrap_or("GET"),
-            ),
-            kv("url.path", name.split(' ').nth(1).unwrap_or("/")),
-            kv("network.protocol.version", "1.1"),
-        ];
-        if !peer.is_empty() {
-            attributes.push(kv("server.address", peer));
-        }
-        if let Some(s) = stage_of(n) {
+        let stage = stage_of(n).map(|s| {
             let key = if fault == Some(Fault::KeyMismatch) && n == 9 {
                 "x-release-stag"
             } else {
                 "x-release-stage"
             };
-            attributes.push(kv(key, s));
-        }
-        let start = base + n * 1_000;
+            (key, s)
+        });
         out.push((
             instance,
-            Span {
-                trace_id: trace.to_be_bytes().to_vec(),
-                span_id: id(n),
-                parent_span_id: parent.map(id).unwrap_or_default(),
-                name: name.to_string(),
-                kind: kind as i32,
-                start_time_unix_nano: start,
-                end_time_unix_nano: start + 500_000 - n * 10_000,
-                attributes,
-                status: Some(Status::default()),
-                flags: 0x100,
-                ..Default::default()
-            },
+            HttpSpan {
+                trace,
+                id: id(n),
+                parent: parent.map(id),
+                name,
+                kind,
+                peer,
+                stage,
+                start_ns: base + n * 1_000,
+                duration_ns: 500_000 - n * 10_000,
+            }
+            .span(),
         ));
     }
     out
@@ -407,7 +514,7 @@ struct Step {
 }
 
 /// Span ids that differ per trace and per position, without another draw from the fault RNG.
-fn rng_free_id(trace_marker: u128, n: u64) -> u64 {
+pub(super) fn rng_free_id(trace_marker: u128, n: u64) -> u64 {
     let x = (trace_marker as u64)
         ^ ((trace_marker >> 64) as u64)
         ^ n.wrapping_mul(0xA24B_AED4_963E_E407);

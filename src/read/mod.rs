@@ -6,7 +6,9 @@
 
 pub mod filter;
 mod peers;
+pub mod subgraph;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
@@ -20,7 +22,16 @@ use crate::security::PeerAuth;
 use crate::shard::Shards;
 use crate::store::{FindingPage, FindingQuery, SharedStore, StageTraces, StoreError, Window};
 use crate::verify::Finding;
-use crate::view::{EdgeSeriesView, GraphView, ServiceView, TraceVerdicts, TraceView};
+use crate::view::{
+    EdgeSeriesView, EdgeView, GraphView, RoutingView, ServiceDetailView, ServiceView,
+    TraceVerdicts, TraceView,
+};
+
+/// Calls a service's graph holds at most: past it, the nearest and busiest.
+pub const SERVICE_GRAPH_EDGES: usize = 120;
+
+/// Findings a service's page and API answer show; the findings page has the rest.
+pub const SERVICE_FINDINGS: usize = 20;
 
 /// Where a trace was found.
 pub enum Found {
@@ -143,6 +154,21 @@ impl Reader {
     /// `g` as the API and the dashboard show it: every stage, or only `stage` (`none`: calls
     /// without one). A stage never seen has an empty graph.
     pub fn graph_view(&self, g: &ServiceGraph, stage: Option<&str>) -> GraphView {
+        let mut view = self.stage_view(g, stage);
+        for n in &mut view.nodes {
+            n.group = self.group_of(&n.name);
+        }
+        view
+    }
+
+    /// The `--group-key` value `service`'s spans carry, as this instance saw them.
+    fn group_of(&self, service: &str) -> Option<Arc<str>> {
+        let sym = self.symbols();
+        let g = self.instances.group(sym.services.get(service)?)?;
+        Some(sym.values.resolve(g))
+    }
+
+    fn stage_view(&self, g: &ServiceGraph, stage: Option<&str>) -> GraphView {
         let sym = self.symbols();
         match stage {
             None => GraphView::of(g, None, None, sym),
@@ -168,8 +194,104 @@ impl Reader {
                 .stage_mode_of(self.symbols().services.get(&s.name), now);
             s.stage_mode = mode;
             s.stage_mode_configured = configured;
+            s.group = self.group_of(&s.name);
         }
         Ok(services)
+    }
+
+    /// One service within `w` (and `stage`): its callers and callees up to `depth` calls away
+    /// (at most [`SERVICE_GRAPH_EDGES`] calls), the stages of the calls it served, its newest findings.
+    /// `None` when the store knows no such service.
+    pub async fn service_detail(
+        &self,
+        name: &str,
+        w: Window,
+        stage: Option<&str>,
+        depth: usize,
+    ) -> Result<Option<ServiceDetailView>, StoreError> {
+        let Some(service) = self
+            .services()
+            .await?
+            .into_iter()
+            .find(|s| &*s.name == name)
+        else {
+            return Ok(None);
+        };
+        let view = self.graph_view(&self.graph(w).await?, stage);
+        let part = subgraph::around(&view, name, depth, SERVICE_GRAPH_EDGES);
+        let callers: Vec<EdgeView> = view
+            .edges
+            .iter()
+            .filter(|e| &*e.callee == name)
+            .cloned()
+            .collect();
+        let callees = view
+            .edges
+            .iter()
+            .filter(|e| &*e.caller == name)
+            .cloned()
+            .collect();
+        let mut served: BTreeMap<(Option<Arc<str>>, Option<Arc<str>>), u64> = BTreeMap::new();
+        for r in callers.iter().flat_map(|e| &e.routing) {
+            *served
+                .entry((r.stage.clone(), r.instance_stage.clone()))
+                .or_default() += r.calls;
+        }
+        let instance_stages = service
+            .instances
+            .iter()
+            .map(|i| i.stage.as_deref().unwrap_or("none").to_string())
+            .collect();
+        // Newest first, as caller or as callee.
+        let mut findings = Vec::new();
+        for side in ["caller", "callee"] {
+            let mut filter = filter::FindingFilter::default();
+            match side {
+                "caller" => filter.caller = Some(name.to_string()),
+                _ => filter.callee = Some(name.to_string()),
+            }
+            filter.stage = stage.map(str::to_string);
+            let page = self
+                .findings(FindingQuery {
+                    filter,
+                    window: w,
+                    before: None,
+                    limit: SERVICE_FINDINGS,
+                })
+                .await?;
+            findings.extend(page.findings);
+        }
+        findings.sort_by(|a, b| b.observed_at.cmp(&a.observed_at));
+        findings.truncate(SERVICE_FINDINGS);
+        let (graph, left_out_edges) = match part {
+            Some(p) => (p.graph, p.left_out),
+            None => (
+                GraphView {
+                    stage: view.stage.clone(),
+                    nodes: Vec::new(),
+                    edges: Vec::new(),
+                },
+                0,
+            ),
+        };
+        Ok(Some(ServiceDetailView {
+            service,
+            depth,
+            graph,
+            left_out_edges,
+            callers,
+            callees,
+            served: served
+                .into_iter()
+                .map(|((stage, instance_stage), calls)| RoutingView {
+                    stage,
+                    instance_stage,
+                    calls,
+                })
+                .collect(),
+            instance_stages,
+            findings,
+        }))
     }
 
     /// One edge over time; `None` when either end is unknown.

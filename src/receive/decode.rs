@@ -99,6 +99,8 @@ pub struct Decoder {
     /// Where each configured key's value comes from, by the key's index.
     sources: Vec<StageSource>,
     instance_key: String,
+    /// The resource attribute that groups services on the dashboard (`--group-key`).
+    group_key: String,
 }
 
 impl Decoder {
@@ -116,7 +118,15 @@ impl Decoder {
             keys: StageKeys::new(stage_keys),
             sources: stage_keys.iter().map(|k| StageSource::of_key(k)).collect(),
             instance_key: instance_key.to_string(),
+            group_key: crate::instances::DEFAULT_GROUP_KEY.to_string(),
         }
+    }
+
+    /// Groups services by the resource attribute `key` instead of `service.namespace`.
+    #[must_use]
+    pub fn with_group_key(mut self, key: &str) -> Self {
+        self.group_key = key.to_string();
+        self
     }
 
     /// Decodes a request already parsed into `opentelemetry-proto`'s structs (OTLP/JSON, `check`).
@@ -249,6 +259,8 @@ pub struct Session<'a> {
     now_ms: u64,
     shards: usize,
     sightings: Vec<(Sym, Sym)>,
+    /// (service, group) of each resource that named a group.
+    groups: Vec<(Sym, Sym)>,
     /// Services seen receiving calls (SERVER and CONSUMER spans), once per resource.
     receivers: Vec<Sym>,
     /// What services' spans say about where they carry the stage, once per resource and kind.
@@ -270,6 +282,7 @@ impl<'a> Session<'a> {
             now_ms: decoder.clock.now_ms(),
             shards,
             sightings: Vec::new(),
+            groups: Vec::new(),
             receivers: Vec::new(),
             stage_sightings: Vec::new(),
             attr_buf: Vec::new(),
@@ -284,6 +297,9 @@ impl<'a> Session<'a> {
     fn finish(self) -> Decoded {
         for (service, stage) in self.sightings {
             self.decoder.instances.touch(service, stage, self.now_ms);
+        }
+        for (service, group) in self.groups {
+            self.decoder.instances.grouped(service, group);
         }
         for service in self.receivers {
             self.decoder.instances.receives(service, self.now_ms);
@@ -303,7 +319,9 @@ impl<'a> Session<'a> {
         attrs: impl Iterator<Item = wire::Result<Attr<'a>>>,
     ) -> wire::Result<ResourceInfo> {
         let instance_key = self.decoder.instance_key.as_bytes();
+        let group_key = self.decoder.group_key.as_bytes();
         let (mut service, mut instance, mut probe) = (None, None, false);
+        let mut group = None;
         let mut client_app = false;
         for attr in attrs {
             let (key, value) = attr?;
@@ -318,6 +336,8 @@ impl<'a> Session<'a> {
                 service = Some(value);
             } else if key == instance_key && instance.is_none() {
                 instance = Some(value);
+            } else if key == group_key && group.is_none() {
+                group = Some(value);
             }
             if key == PROBE_ATTRIBUTE.as_bytes() {
                 probe |= match value {
@@ -341,6 +361,12 @@ impl<'a> Session<'a> {
         };
         if let Some(stage) = instance_stage {
             self.sightings.push((service, stage));
+        }
+        if let Some(AttrValue::Str(g)) = group
+            && !g.is_empty()
+        {
+            self.groups
+                .push((service, self.values.intern(g).map_err(bad_value)?));
         }
         Ok(ResourceInfo {
             service,

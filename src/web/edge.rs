@@ -1,7 +1,7 @@
 //! An edge's page: its verdicts per minute, the request-stage x instance-stage matrix of its calls,
 //! and example traces per verdict.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt::Write;
 
 use askama::Template;
@@ -9,6 +9,7 @@ use askama_web::WebTemplate;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 
+use super::matrix::Matrix;
 use super::overview::selected_graph;
 use super::selection::Selection;
 use super::{Params, WebError, esc, url_part};
@@ -25,16 +26,10 @@ struct EdgePage {
     window_label: String,
     chart: String,
     legend: Vec<(&'static str, &'static str)>,
-    columns: Vec<String>,
-    matrix: Vec<MatrixRow>,
+    matrix: Matrix,
     examples: Vec<(&'static str, Vec<String>)>,
     /// A messaging hop's (system, destination) pairs; empty for calls.
     destinations: Vec<(String, String)>,
-}
-
-struct MatrixRow {
-    stage: String,
-    cells: Vec<(u64, &'static str)>,
 }
 
 fn verdict_class(v: &str) -> &'static str {
@@ -66,31 +61,7 @@ pub(super) async fn edge(
         .edges
         .iter()
         .find(|e| *e.caller == *caller && *e.callee == *callee);
-    let mut rows: BTreeSet<String> = BTreeSet::new();
-    let mut columns: BTreeSet<String> = BTreeSet::new();
-    let mut calls: HashMap<(String, String), u64> = HashMap::new();
-    for r in e.map(|e| e.routing.as_slice()).unwrap_or_default() {
-        let s = r.stage.as_deref().unwrap_or("none").to_string();
-        let i = r.instance_stage.as_deref().unwrap_or("none").to_string();
-        rows.insert(s.clone());
-        columns.insert(i.clone());
-        *calls.entry((s, i)).or_default() += r.calls;
-    }
-    let columns: Vec<String> = columns.into_iter().collect();
-    let matrix = rows
-        .into_iter()
-        .map(|s| MatrixRow {
-            cells: columns
-                .iter()
-                .map(|c| {
-                    let n = calls.get(&(s.clone(), c.clone())).copied().unwrap_or(0);
-                    let off = n > 0 && *c != s && s != "none" && c != "none";
-                    (n, if off { "bad" } else { "" })
-                })
-                .collect(),
-            stage: s,
-        })
-        .collect();
+    let matrix = Matrix::of(e.map(|e| e.routing.as_slice()).unwrap_or_default(), []);
     let (chart, legend) = chart(&series.minutes);
     let destinations = e
         .map(|e| e.destinations.as_slice())
@@ -113,7 +84,6 @@ pub(super) async fn edge(
         window_label,
         chart,
         legend,
-        columns,
         matrix,
         examples: series
             .examples

@@ -7,13 +7,16 @@
 //! only.
 
 mod edge;
+mod edges;
 mod error;
 mod findings;
 pub mod layout;
 mod login;
+mod matrix;
 mod members;
 mod overview;
 mod selection;
+mod service;
 pub mod svg;
 mod trace;
 mod verdicts;
@@ -39,7 +42,11 @@ pub fn router(reader: Reader) -> Router {
         .route("/", get(overview::overview))
         .route("/fragments/overview", get(overview::overview_fragment))
         .route("/findings", get(findings::findings))
+        .route("/edges", get(edges::edges))
         .route("/edges/{caller}/{callee}", get(edge::edge))
+        .route("/services", get(service::services))
+        .route("/services/{name}", get(service::service))
+        .route("/complete/services", get(service::complete))
         .route("/traces/{trace_id}", get(trace::trace))
         .route("/verdicts", get(verdicts::verdicts))
         .route("/members", get(members::members))
@@ -84,7 +91,7 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-fn url_part(s: &str) -> String {
+pub fn url_part(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 

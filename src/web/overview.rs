@@ -1,8 +1,12 @@
-//! The overview: consistency per stage, the service graph of the selected window and stage
-//! (coloured by first-break share, the broken part of a large one), and the broken edges; its live
-//! part is re-fetched every few seconds.
+//! The overview: consistency per stage, a picture of the service graph of the selected window
+//! and stage, and the broken edges; its live part is re-fetched every few seconds.
+//!
+//! A small mesh is drawn whole. A large one is drawn as what matters: its broken edges and the
+//! calls around them (capped), or grouped by `--group-key` (`service.namespace`) with groups
+//! opened one by one, or around one service; the page always says what it left out, and links
+//! to it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -10,8 +14,10 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 
 use super::selection::{Selection, WINDOWS};
-use super::{Params, WebError, svg, url_part};
+use super::svg::{self, DrawEdge, DrawNode, Drawing, Health};
+use super::{Params, WebError, url_part};
 use crate::read::Reader;
+use crate::read::subgraph;
 use crate::view::GraphView;
 
 struct StageRow {
@@ -38,84 +44,304 @@ struct Live {
     stage_rows: Vec<StageRow>,
     kinds: Vec<(&'static str, u64)>,
     svg: String,
+    /// What the picture shows and leaves out, with links to the rest.
+    note: Note,
     broken: Vec<BrokenEdge>,
+    broken_total: usize,
+    broken_href: String,
     window_label: String,
     updated: String,
-    /// Set when only the broken part of a large graph is drawn: what is shown, and the links.
-    focus: Option<Focus>,
 }
 
-struct Focus {
-    shown_edges: usize,
-    all_edges: usize,
-    all_href: String,
+#[derive(Default)]
+struct Note {
+    text: String,
+    links: Vec<(String, String)>,
 }
 
-/// Past this many services, the overview draws the broken part of the graph (broken edges and the
-/// calls into their callers) unless asked for everything: a few hundred boxes help nobody find a
-/// hop.
-const FOCUS_NODES: usize = 40;
+/// Past this many services the whole graph is not drawn unless asked for.
+const LARGE: usize = 40;
+/// Edges drawn around the broken ones, or around a service.
+const EDGE_CAP: usize = 120;
+/// Edges drawn when the whole graph is asked for: past it, the busiest and the broken ones.
+const ALL_CAP: usize = 1500;
+/// Broken edges listed on the overview; the edges page lists them all.
+const BROKEN_ROWS: usize = 20;
+/// The group of services whose spans name none.
+const NO_GROUP: &str = "(no group)";
 
-/// The part of `view` to draw, and a note when it is not all of it.
-fn focus(view: &GraphView, sel: &Selection) -> (GraphView, Option<Focus>) {
-    let large = view.nodes.len() > FOCUS_NODES;
-    let broken_only = sel.view == "broken" || (sel.view.is_empty() && large);
-    let whole = || GraphView {
-        stage: view.stage.clone(),
-        nodes: view.nodes.clone(),
-        edges: view.edges.clone(),
-    };
-    if !broken_only {
-        return (whole(), None);
-    }
-    let bad: Vec<&crate::view::EdgeView> = view
-        .edges
-        .iter()
-        .filter(|e| svg::edge_health(e).0 != svg::Health::Ok)
-        .collect();
-    let callers: BTreeSet<&str> = bad.iter().map(|e| &*e.caller).collect();
-    let edges: Vec<crate::view::EdgeView> = view
-        .edges
-        .iter()
-        .filter(|e| svg::edge_health(e).0 != svg::Health::Ok || callers.contains(&*e.callee))
-        .cloned()
-        .collect();
-    let names: BTreeSet<&str> = edges
-        .iter()
-        .flat_map(|e| [&*e.caller, &*e.callee])
-        .chain(
-            view.nodes
-                .iter()
-                .filter(|n| n.own.first_breaks.values().sum::<u64>() > 0)
-                .map(|n| &*n.name),
+/// The picture of `view` that `sel` asks for, and what it leaves out.
+fn picture(view: &GraphView, sel: &Selection) -> (Drawing, Note) {
+    let q = sel.base_query();
+    let (services, calls) = (view.nodes.len(), view.edges.len());
+    let link = |label: &str, s: Selection| (label.to_string(), format!("/?{}", s.query()));
+    let list = |health: &str| {
+        (
+            "List every call".to_string(),
+            format!("/edges?{q}&health={health}"),
         )
-        .collect();
-    let nodes = view
+    };
+    if !sel.focus.is_empty() {
+        if let Some(p) = subgraph::around(view, &sel.focus, 1, EDGE_CAP) {
+            let text = format!(
+                "Around {}: its {} callers and callees and the calls between them{}.",
+                sel.focus,
+                p.graph.nodes.len().saturating_sub(1),
+                left_out(p.left_out)
+            );
+            return (
+                Drawing::of_graph(&p.graph, &q, Some(&sel.focus)),
+                Note {
+                    text,
+                    links: vec![
+                        (
+                            format!("{}'s page", sel.focus),
+                            format!("/services/{}?{q}", url_part(&sel.focus)),
+                        ),
+                        link("Back to the overview", sel.with(&sel.view, "", &sel.expand)),
+                    ],
+                },
+            );
+        }
+    }
+    let large = services > LARGE;
+    let broken = view.edges.iter().filter(|e| subgraph::is_broken(e)).count();
+    let mode = match sel.view.as_str() {
+        "" if large && broken > 0 => "broken",
+        "" if large => "groups",
+        "" => "all",
+        v => v,
+    };
+    let others = |except: &str| -> Vec<(String, String)> {
+        let mut links = Vec::new();
+        if except != "broken" {
+            links.push(link("Broken part", sel.with("broken", "", "")));
+        }
+        if except != "groups" {
+            links.push(link("By group", sel.with("groups", "", "")));
+        }
+        if except != "all" {
+            links.push(link("Whole graph", sel.with("all", "", "")));
+        }
+        links.push(list("all"));
+        links
+    };
+    match mode {
+        "broken" => {
+            let p = subgraph::broken_part(view, EDGE_CAP);
+            let shown = p.graph.edges.len();
+            let drawn_broken = p
+                .graph
+                .edges
+                .iter()
+                .filter(|e| subgraph::is_broken(e))
+                .count();
+            let text = if broken == 0 {
+                format!("No call broke in this window ({services} services, {calls} calls).")
+            } else {
+                format!(
+                    "{services} services, {calls} calls: showing the {drawn_broken} broken calls{} and {} calls around them{}.",
+                    if drawn_broken < broken {
+                        format!(" with the most findings (of {broken})")
+                    } else {
+                        String::new()
+                    },
+                    shown - drawn_broken,
+                    left_out(p.left_out)
+                )
+            };
+            (
+                Drawing::of_graph(&p.graph, &q, None),
+                Note {
+                    text,
+                    links: others("broken"),
+                },
+            )
+        }
+        "groups" => grouped(view, sel),
+        _ => {
+            let whole = large || sel.view == "all";
+            let p = subgraph::broken_part(view, ALL_CAP);
+            // Past the cap: the broken part first, then the busiest of the rest.
+            let g = if calls <= ALL_CAP {
+                view.clone()
+            } else {
+                p.graph
+            };
+            let text = if whole {
+                format!(
+                    "The whole graph: {services} services, {} of {calls} calls{}.",
+                    g.edges.len(),
+                    left_out(calls - g.edges.len())
+                )
+            } else {
+                String::new()
+            };
+            (
+                Drawing::of_graph(&g, &q, None),
+                Note {
+                    text,
+                    links: if whole { others("all") } else { Vec::new() },
+                },
+            )
+        }
+    }
+}
+
+fn left_out(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        1 => "; 1 call is left out".into(),
+        n => format!("; {n} calls are left out"),
+    }
+}
+
+/// One box per group, except the groups being looked into, whose services are drawn; calls
+/// between boxes are summed.
+fn grouped(view: &GraphView, sel: &Selection) -> (Drawing, Note) {
+    let q = sel.base_query();
+    let expanded: BTreeSet<&str> = sel.expand.split(',').filter(|g| !g.is_empty()).collect();
+    let group_of: HashMap<&str, &str> = view
         .nodes
         .iter()
-        .filter(|n| names.contains(&*n.name))
-        .cloned()
+        .map(|n| (&*n.name, n.group.as_deref().unwrap_or(NO_GROUP)))
         .collect();
-    let all = Selection {
-        view: "all".into(),
-        stage: sel.stage.clone(),
-        window: sel.window.clone(),
-        since: sel.since.clone(),
-        until: sel.until.clone(),
+    let mut members: BTreeMap<&str, Vec<&crate::view::NodeView>> = BTreeMap::new();
+    for n in &view.nodes {
+        members.entry(group_of[&*n.name]).or_default().push(n);
+    }
+    let toggled = |g: &str| -> String {
+        let mut set = expanded.clone();
+        if !set.remove(g) {
+            set.insert(g);
+        }
+        let list: Vec<&str> = set.into_iter().collect();
+        format!("/?{}", sel.with("groups", "", &list.join(",")).query())
     };
-    let shown_edges = edges.len();
-    (
-        GraphView {
-            stage: view.stage.clone(),
-            nodes,
-            edges,
-        },
-        Some(Focus {
-            shown_edges,
-            all_edges: view.edges.len(),
-            all_href: format!("/?{}", all.query()),
-        }),
-    )
+    let mut d = Drawing::default();
+    // Where each service is drawn: its own box, or its group's.
+    let mut box_of: HashMap<&str, usize> = HashMap::new();
+    for (g, ns) in &members {
+        if expanded.contains(g) {
+            let part = GraphView {
+                stage: None,
+                nodes: ns.iter().map(|n| (*n).clone()).collect(),
+                edges: Vec::new(),
+            };
+            for mut node in Drawing::of_graph(&part, &q, None).nodes {
+                box_of.insert(
+                    ns.iter()
+                        .find(|n| *n.name == node.key)
+                        .map(|n| &*n.name)
+                        .expect("drawn from these"),
+                    d.nodes.len(),
+                );
+                node.title = format!("{} (group {g})", node.title);
+                d.nodes.push(node);
+            }
+        } else {
+            let own: u64 = ns
+                .iter()
+                .map(|n| n.own.first_breaks.values().sum::<u64>())
+                .sum();
+            for n in ns {
+                box_of.insert(&n.name, d.nodes.len());
+            }
+            d.nodes.push(DrawNode {
+                key: format!("group:{g}"),
+                label: format!("{g} ({})", ns.len()),
+                title: format!("group {g}: {} services; open it", ns.len()),
+                classes: if own > 0 {
+                    " group broken".into()
+                } else {
+                    " group".into()
+                },
+                href: Some(toggled(g)),
+            });
+        }
+    }
+    // (from box, to box) -> (calls, first breaks by kind, the one edge when it is a single call)
+    type Sum<'a> = (
+        u64,
+        BTreeMap<&'static str, u64>,
+        Vec<&'a crate::view::EdgeView>,
+    );
+    let mut sums: BTreeMap<(usize, usize), Sum> = BTreeMap::new();
+    let mut inside = 0;
+    for e in &view.edges {
+        let (a, b) = (box_of[&*e.caller], box_of[&*e.callee]);
+        if a == b && d.nodes[a].key.starts_with("group:") {
+            inside += 1;
+            continue;
+        }
+        let s = sums.entry((a, b)).or_default();
+        s.0 += e.totals.calls;
+        for (k, n) in &e.totals.first_breaks {
+            *s.1.entry(k).or_default() += n;
+        }
+        s.2.push(e);
+    }
+    for ((a, b), (calls, breaks, edges)) in sums {
+        let (health, label) = svg::health(calls, &breaks);
+        let (from, to) = (&d.nodes[a].key, &d.nodes[b].key);
+        let single = match edges.as_slice() {
+            [e] if !from.starts_with("group:") && !to.starts_with("group:") => Some(e),
+            _ => None,
+        };
+        let href = match single {
+            Some(e) => format!("/edges/{}/{}?{q}", url_part(&e.caller), url_part(&e.callee)),
+            None => {
+                let mut set = expanded.clone();
+                for k in [from, to] {
+                    if let Some(g) = k.strip_prefix("group:") {
+                        set.insert(g);
+                    }
+                }
+                let list: Vec<&str> = set.into_iter().collect();
+                format!("/?{}", sel.with("groups", "", &list.join(",")).query())
+            }
+        };
+        d.edges.push(DrawEdge {
+            from: a,
+            to: b,
+            caller: from.clone(),
+            callee: to.clone(),
+            calls,
+            health,
+            title: format!(
+                "{} -> {}: {} calls in {} edges, {label}",
+                d.nodes[a].label,
+                d.nodes[b].label,
+                calls,
+                edges.len()
+            ),
+            label,
+            href,
+            messaging: false,
+        });
+    }
+    let groups = members.len();
+    let mut links: Vec<(String, String)> = expanded
+        .iter()
+        .map(|g| (format!("Close {g}"), toggled(g)))
+        .collect();
+    links.push((
+        "Broken part".into(),
+        format!("/?{}", sel.with("broken", "", "").query()),
+    ));
+    links.push(("List every call".into(), format!("/edges?{q}&health=all")));
+    let text = if members.keys().all(|g| *g == NO_GROUP) {
+        format!(
+            "No service names a group (--group-key, service.namespace): {} services in one box.",
+            view.nodes.len()
+        )
+    } else {
+        format!(
+            "{} services in {groups} groups by --group-key; click a group to open it. {inside} calls within closed groups are not drawn.",
+            view.nodes.len()
+        )
+    };
+    (d, Note { text, links })
 }
 
 #[derive(Template, WebTemplate)]
@@ -127,6 +353,9 @@ struct OverviewPage {
     windows: Vec<&'static str>,
     since: String,
     until: String,
+    view: String,
+    focus: String,
+    expand: String,
     query: String,
     live: String,
 }
@@ -151,9 +380,19 @@ pub(super) async fn selected_graph(
     Ok((view, stages.into_iter().collect(), label))
 }
 
-async fn live(reader: &Reader, sel: &Selection) -> Result<Live, WebError> {
-    let (view, _, window_label) = selected_graph(reader, sel).await?;
-    let (shown, focus) = focus(&view, sel);
+async fn live(
+    reader: &Reader,
+    sel: &Selection,
+    (view, window_label): (GraphView, String),
+) -> Result<Live, WebError> {
+    let (drawing, mut note) = picture(&view, sel);
+    let drawn = svg::draw(&drawing);
+    if drawn.labels_left_out > 0 {
+        note.text.push_str(&format!(
+            " {} labels had no free spot: their calls are in the table below.",
+            drawn.labels_left_out
+        ));
+    }
     // Trace-level consistency per root stage: did the whole chain keep the tag?
     let (w, _) = sel.window()?;
     let counts = reader.trace_counts(w).await?;
@@ -191,13 +430,13 @@ async fn live(reader: &Reader, sel: &Selection) -> Result<Live, WebError> {
             *kinds.entry(k).or_default() += c;
         }
     }
-    let query = sel.query();
+    let query = sel.base_query();
     let mut broken: Vec<BrokenEdge> = view
         .edges
         .iter()
         .filter_map(|e| {
             let (health, label) = svg::edge_health(e);
-            (health != svg::Health::Ok).then(|| BrokenEdge {
+            (health != Health::Ok).then(|| BrokenEdge {
                 caller: e.caller.to_string(),
                 callee: e.callee.to_string(),
                 href: format!(
@@ -213,13 +452,17 @@ async fn live(reader: &Reader, sel: &Selection) -> Result<Live, WebError> {
         })
         .collect();
     broken.sort_by_key(|b| std::cmp::Reverse(b.breaks));
+    let broken_total = broken.len();
+    broken.truncate(BROKEN_ROWS);
     Ok(Live {
         traces_seen,
         stage_rows,
         kinds: kinds.into_iter().collect(),
-        svg: svg::graph(&shown, &query),
-        focus,
+        svg: drawn.svg,
+        note,
         broken,
+        broken_total,
+        broken_href: format!("/edges?{query}&health=broken"),
         window_label,
         updated: crate::view::rfc3339(crate::wall_ms()),
     })
@@ -230,8 +473,8 @@ pub(super) async fn overview(
     q: Params,
 ) -> Result<Response, WebError> {
     let sel = Selection::of(&q);
-    let (_, stages, _) = selected_graph(&reader, &sel).await?;
-    let live = live(&reader, &sel).await?;
+    let (view, stages, label) = selected_graph(&reader, &sel).await?;
+    let live = live(&reader, &sel, (view, label)).await?;
     Ok(OverviewPage {
         stages,
         windows: WINDOWS.to_vec(),
@@ -241,6 +484,9 @@ pub(super) async fn overview(
         window: sel.window,
         since: sel.since,
         until: sel.until,
+        view: sel.view,
+        focus: sel.focus,
+        expand: sel.expand,
     }
     .into_response())
 }
@@ -250,6 +496,8 @@ pub(super) async fn overview_fragment(
     State(reader): State<Reader>,
     q: Params,
 ) -> Result<Response, WebError> {
-    let live = live(&reader, &Selection::of(&q)).await?;
+    let sel = Selection::of(&q);
+    let (view, _, label) = selected_graph(&reader, &sel).await?;
+    let live = live(&reader, &sel, (view, label)).await?;
     Ok(axum::response::Html(live.render()?).into_response())
 }

@@ -15,8 +15,12 @@ pub struct Selection {
     pub window: String,
     pub since: String,
     pub until: String,
-    /// `all`, `broken`, or empty: all for small graphs, the broken part for large ones.
+    /// `all`, `broken`, `groups`, or empty: all for small graphs, the broken part for large ones.
     pub view: String,
+    /// A service to draw the neighbourhood of, instead.
+    pub focus: String,
+    /// In the `groups` view, the groups drawn service by service (comma-separated).
+    pub expand: String,
 }
 
 impl Selection {
@@ -32,10 +36,30 @@ impl Selection {
             since: param(q, "since").to_string(),
             until: param(q, "until").to_string(),
             view: match param(q, "view") {
-                v @ ("all" | "broken") => v.to_string(),
+                v @ ("all" | "broken" | "groups") => v.to_string(),
                 _ => String::new(),
             },
+            focus: param(q, "focus").to_string(),
+            expand: param(q, "expand").to_string(),
         }
+    }
+
+    /// The same stage and window, shown another way.
+    pub fn with(&self, view: &str, focus: &str, expand: &str) -> Selection {
+        Selection {
+            stage: self.stage.clone(),
+            window: self.window.clone(),
+            since: self.since.clone(),
+            until: self.until.clone(),
+            view: view.to_string(),
+            focus: focus.to_string(),
+            expand: expand.to_string(),
+        }
+    }
+
+    /// Only the stage and window: what the pages an overview links to keep.
+    pub fn base_query(&self) -> String {
+        self.with("", "", "").query()
     }
 
     pub fn query(&self) -> String {
@@ -45,6 +69,8 @@ impl Selection {
             ("since", &self.since),
             ("until", &self.until),
             ("view", &self.view),
+            ("focus", &self.focus),
+            ("expand", &self.expand),
         ] {
             if !v.is_empty() {
                 let _ = write!(q, "&{k}={}", url_part(v));

@@ -1,11 +1,13 @@
-//! The service graph as SVG, drawn on the server: one edge per caller -> callee, coloured by its
-//! share of first-break findings (and labelled, so colour is never the only signal), as wide as
-//! its traffic; uninstrumented callees dashed. Every name is escaped: they come from spans.
+//! Service graphs as SVG, drawn on the server: one edge per caller -> callee, coloured by its
+//! share of first-break findings, as wide as the log of its traffic; uninstrumented callees
+//! dashed. Only edges with findings are labelled (the label says the share and the kind, so that
+//! colour is never the only signal), and a label goes where it covers no node and no other label,
+//! or is left out and counted. Every name is escaped: they come from spans.
 
 use std::fmt::Write;
 
-use super::esc;
 use super::layout::{NODE_H, layout};
+use super::{esc, url_part};
 use crate::view::{EdgeView, GraphView};
 
 /// How an edge (or node) is doing, by its share of first-break findings.
@@ -29,51 +31,232 @@ impl Health {
 
 /// (health, label) of an edge: `ok`, or the share broken and the most frequent kind.
 pub fn edge_health(e: &EdgeView) -> (Health, String) {
-    let breaks: u64 = e.totals.first_breaks.values().sum();
+    health(e.totals.calls, &e.totals.first_breaks)
+}
+
+/// (health, label) of calls with these first breaks by kind.
+pub fn health<'a>(
+    calls: u64,
+    first_breaks: impl IntoIterator<Item = (&'a &'static str, &'a u64)>,
+) -> (Health, String) {
+    let mut breaks = 0;
+    let mut top: (&str, u64) = ("", 0);
+    for (k, &n) in first_breaks {
+        breaks += n;
+        if n > top.1 {
+            top = (k, n);
+        }
+    }
     if breaks == 0 {
         return (Health::Ok, "ok".into());
     }
-    let share = if e.totals.calls > 0 {
-        breaks as f64 / e.totals.calls as f64
+    let share = if calls > 0 {
+        breaks as f64 / calls as f64
     } else {
         1.0
     };
-    let top = e
-        .totals
-        .first_breaks
-        .iter()
-        .max_by_key(|(_, n)| **n)
-        .map_or("", |(k, _)| *k);
     let health = if share < 0.05 {
         Health::Warn
     } else {
         Health::Bad
     };
-    (health, format!("{:.1}% {top}", (share * 100.0).min(100.0)))
+    (
+        health,
+        format!("{:.1}% {}", (share * 100.0).min(100.0), top.0),
+    )
 }
 
-fn url_part(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+/// A graph ready to draw: what each box and line says and where it links.
+#[derive(Default)]
+pub struct Drawing {
+    pub nodes: Vec<DrawNode>,
+    pub edges: Vec<DrawEdge>,
 }
 
-/// The graph's SVG; edge links keep `query` (the page's stage and window).
-pub fn graph(g: &GraphView, query: &str) -> String {
-    let names: Vec<&str> = g.nodes.iter().map(|n| &*n.name).collect();
-    let index = |name: &str| names.iter().position(|n| *n == name);
-    let pairs: Vec<(usize, usize)> = g
-        .edges
-        .iter()
-        .filter_map(|e| Some((index(&e.caller)?, index(&e.callee)?)))
-        .collect();
+pub struct DrawNode {
+    /// `data-node`: the service (or group) name.
+    pub key: String,
+    pub label: String,
+    pub title: String,
+    /// Extra classes: `broken`, `virtual`, `starter`, `group`, `centre`.
+    pub classes: String,
+    pub href: Option<String>,
+}
+
+pub struct DrawEdge {
+    pub from: usize,
+    pub to: usize,
+    pub caller: String,
+    pub callee: String,
+    pub calls: u64,
+    pub health: Health,
+    /// Drawn only when the edge has findings.
+    pub label: String,
+    pub title: String,
+    pub href: String,
+    /// A messaging hop (through a broker): dashed.
+    pub messaging: bool,
+}
+
+impl Drawing {
+    /// Every node and edge of `g`; nodes link to their service's page, edges to theirs, both
+    /// keeping `query` (the page's stage and window).
+    pub fn of_graph(g: &GraphView, query: &str, centre: Option<&str>) -> Drawing {
+        let names: std::collections::HashMap<&str, usize> = g
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (&*n.name, i))
+            .collect();
+        let nodes = g
+            .nodes
+            .iter()
+            .map(|n| {
+                let own: u64 = n.own.first_breaks.values().sum();
+                let mut classes = String::new();
+                if n.is_virtual {
+                    classes.push_str(" virtual");
+                } else if own > 0 {
+                    classes.push_str(" broken");
+                }
+                if !n.starts.is_empty() {
+                    classes.push_str(" starter");
+                }
+                if centre == Some(&*n.name) {
+                    classes.push_str(" centre");
+                }
+                let mut title = n.name.to_string();
+                if let Some(g) = &n.group {
+                    let _ = write!(title, " [{g}]");
+                }
+                if n.is_virtual {
+                    title.push_str(" (uninstrumented: known from peer.service / server.address)");
+                }
+                if !n.starts.is_empty() {
+                    let per_stage: Vec<String> =
+                        n.starts.iter().map(|(s, k)| format!("{s} {k}")).collect();
+                    let _ = write!(title, " (starts traces: {})", per_stage.join(", "));
+                }
+                if own > 0 {
+                    let _ = write!(title, " ({own} findings without a caller)");
+                }
+                DrawNode {
+                    key: n.name.to_string(),
+                    label: n.name.to_string(),
+                    title,
+                    classes,
+                    href: (!n.is_virtual)
+                        .then(|| format!("/services/{}?{query}", url_part(&n.name))),
+                }
+            })
+            .collect();
+        let edges = g
+            .edges
+            .iter()
+            .filter_map(|e| {
+                let (from, to) = (*names.get(&*e.caller)?, *names.get(&*e.callee)?);
+                let (health, label) = edge_health(e);
+                let via = e
+                    .destinations
+                    .first()
+                    .map(|d| format!(" via {}", d.destination.as_deref().unwrap_or_default()));
+                Some(DrawEdge {
+                    from,
+                    to,
+                    caller: e.caller.to_string(),
+                    callee: e.callee.to_string(),
+                    calls: e.totals.calls,
+                    health,
+                    title: format!(
+                        "{} -> {}{}: {} calls, {label}",
+                        e.caller,
+                        e.callee,
+                        via.as_deref().unwrap_or_default(),
+                        e.totals.calls
+                    ),
+                    label,
+                    href: format!(
+                        "/edges/{}/{}?{query}",
+                        url_part(&e.caller),
+                        url_part(&e.callee)
+                    ),
+                    messaging: via.is_some(),
+                })
+            })
+            .collect();
+        Drawing { nodes, edges }
+    }
+}
+
+/// A drawn graph, and how many edge labels had no free spot (their edges are still drawn, and
+/// listed in the broken-edges table).
+pub struct Svg {
+    pub svg: String,
+    pub labels_left_out: usize,
+}
+
+/// A box on the canvas: x, y, width, height.
+#[derive(Clone, Copy, Debug)]
+struct Rect(f64, f64, f64, f64);
+
+impl Rect {
+    fn overlaps(&self, o: &Rect, pad: f64) -> bool {
+        self.0 < o.0 + o.2 + pad
+            && o.0 < self.0 + self.2 + pad
+            && self.1 < o.1 + o.3 + pad
+            && o.1 < self.1 + self.3 + pad
+    }
+}
+
+type Point = (f64, f64);
+
+/// A point of the cubic Bézier `p` at `t`.
+fn at(p: &[Point; 4], t: f64) -> Point {
+    let u = 1.0 - t;
+    let (a, b, c, d) = (u * u * u, 3.0 * u * u * t, 3.0 * u * t * t, t * t * t);
+    (
+        a * p[0].0 + b * p[1].0 + c * p[2].0 + d * p[3].0,
+        a * p[0].1 + b * p[1].1 + c * p[2].1 + d * p[3].1,
+    )
+}
+
+/// Width of one character of an edge label (12 px, bold for the worst), generously: a label
+/// must never be wider than the room kept for it.
+const LABEL_CHAR_W: f64 = 7.6;
+/// A label's box from its baseline: 12 px glyphs reach about 11 px above it and 4 below.
+const LABEL_ASCENT: f64 = 12.0;
+const LABEL_H: f64 = 17.0;
+
+/// Where a label of `chars` characters goes on `curve`: the first spot along it, from its middle
+/// outwards, then a line above or below, that covers no node and no label already placed.
+fn place_label(
+    curve: &[Point; 4],
+    chars: usize,
+    taken: &[Rect],
+    bounds: (f64, f64),
+) -> Option<(Point, Rect)> {
+    let w = chars as f64 * LABEL_CHAR_W + 8.0;
+    for t in [0.5, 0.6, 0.4, 0.7, 0.3, 0.8, 0.2, 0.85, 0.15] {
+        let (x, y) = at(curve, t);
+        for dy in [4.0, -10.0, 18.0, -24.0, 32.0, -38.0, 46.0] {
+            let base = y + dy;
+            let r = Rect(x - w / 2.0, base - LABEL_ASCENT, w, LABEL_H);
+            let inside = r.0 >= 0.0 && r.1 >= 0.0 && r.0 + r.2 <= bounds.0 && r.1 + r.3 <= bounds.1;
+            if inside && !taken.iter().any(|o| r.overlaps(o, 3.0)) {
+                return Some(((x, base), r));
+            }
+        }
+    }
+    None
+}
+
+/// The drawing's SVG.
+pub fn draw(d: &Drawing) -> Svg {
+    let names: Vec<&str> = d.nodes.iter().map(|n| n.label.as_str()).collect();
+    let pairs: Vec<(usize, usize)> = d.edges.iter().map(|e| (e.from, e.to)).collect();
     let l = layout(&names, &pairs);
-    let max_calls = g
-        .edges
-        .iter()
-        .map(|e| e.totals.calls)
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64;
-    let mut s = String::new();
+    let max_calls = d.edges.iter().map(|e| e.calls).max().unwrap_or(0).max(1) as f64;
+    let mut s = String::with_capacity(256 * (d.nodes.len() + d.edges.len()));
     let _ = write!(
         s,
         r#"<svg class="graph" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w:.0} {h:.0}" width="{w:.0}" height="{h:.0}" role="img" aria-label="service graph">"#,
@@ -88,138 +271,131 @@ pub fn graph(g: &GraphView, query: &str) -> String {
         );
     }
     s.push_str("</defs>");
-    for e in &g.edges {
-        let (Some(a), Some(b)) = (index(&e.caller), index(&e.callee)) else {
-            continue;
-        };
-        let (pa, pb) = (l.nodes[a], l.nodes[b]);
-        let (health, label) = edge_health(e);
-        let width = 1.5 + 5.0 * (1.0 + e.totals.calls as f64).ln() / (1.0 + max_calls).ln();
-        let (x1, y1) = (pa.x + pa.w, pa.y + NODE_H / 2.0);
-        let (x2, y2) = (pb.x, pb.y + NODE_H / 2.0);
-        let (d, lx, ly) = if a == b {
-            // A call to nobody that exports spans (or to itself): a loop above the node.
-            let (cx, top) = (pa.x + pa.w * 0.5, pa.y);
-            (
-                format!(
-                    "M{:.1},{top:.1} C{:.1},{:.1} {:.1},{:.1} {:.1},{top:.1}",
-                    cx - 18.0,
-                    cx - 30.0,
-                    top - 34.0,
-                    cx + 30.0,
-                    top - 34.0,
-                    cx + 18.0
-                ),
-                cx,
-                top - 30.0,
-            )
-        } else if x2 > x1 && pb.column > pa.column + 1 {
-            // Across columns in between: arc above them, clear of the nodes there.
-            let top = pa.y.min(pb.y) - 26.0 - 10.0 * (pb.column - pa.column) as f64;
-            (
-                format!(
-                    "M{x1:.1},{y1:.1} C{:.1},{top:.1} {:.1},{top:.1} {x2:.1},{y2:.1}",
-                    x1 + 40.0,
-                    x2 - 40.0
-                ),
-                (x1 + x2) / 2.0,
-                top + 0.75 * (y1.min(y2) - top) - 4.0,
-            )
-        } else if x2 > x1 {
-            let dx = ((x2 - x1) / 2.0).max(30.0);
-            // The label sits towards the callee, on the outer side of the bend, so that calls
-            // fanning out of one service do not stack their labels at the fork.
-            let ly = if y2 > y1 + 1.0 {
-                y1 + 0.75 * (y2 - y1) + 16.0
-            } else if y2 < y1 - 1.0 {
-                y1 + 0.75 * (y2 - y1) - 8.0
-            } else {
-                y1 - 6.0
-            };
-            (
-                format!(
-                    "M{x1:.1},{y1:.1} C{:.1},{y1:.1} {:.1},{y2:.1} {x2:.1},{y2:.1}",
-                    x1 + dx,
-                    x2 - dx
-                ),
-                x1 + 0.6 * (x2 - x1),
-                ly,
-            )
-        } else {
-            // A call back to the left: around, below both nodes.
-            let low = pa.y.max(pb.y) + NODE_H + 40.0;
-            (
-                format!(
-                    "M{x1:.1},{y1:.1} C{:.1},{low:.1} {:.1},{low:.1} {x2:.1},{y2:.1}",
-                    x1 + 60.0,
-                    x2 - 60.0
-                ),
-                (x1 + x2) / 2.0,
-                low - 8.0,
-            )
-        };
-        let class = health.class();
-        // A messaging hop (through a broker) is drawn dashed, and its title names the destination.
-        let (kind, via) = match e.destinations.first() {
-            Some(d) => (
-                " messaging",
-                format!(" via {}", d.destination.as_deref().unwrap_or_default()),
-            ),
-            None => ("", String::new()),
-        };
+    // Labels never cover a node: the nodes are taken first.
+    let mut taken: Vec<Rect> = l
+        .nodes
+        .iter()
+        .map(|p| Rect(p.x, p.y, p.w, NODE_H))
+        .collect();
+    let mut labels_left_out = 0;
+    // Healthy edges first, so that broken ones are drawn on top.
+    let mut order: Vec<usize> = (0..d.edges.len()).collect();
+    order.sort_by_key(|&i| d.edges[i].health != Health::Ok);
+    for i in order {
+        let e = &d.edges[i];
+        let (pa, pb) = (l.nodes[e.from], l.nodes[e.to]);
+        let width = (1.5 + 5.0 * (1.0 + e.calls as f64).ln() / (1.0 + max_calls).ln()).min(6.5);
+        let curve = curve(&pa, &pb, e.from == e.to);
+        let class = e.health.class();
         let _ = write!(
             s,
-            r#"<a class="edge-link" href="/edges/{}/{}?{}" data-caller="{}" data-callee="{}" data-health="{class}"><g class="edge {class}{kind}"><title>{} -> {}{}: {} calls, {}</title><path d="{d}" stroke-width="{width:.1}" marker-end="url(#arrow-{class})"/><text x="{lx:.1}" y="{ly:.1}" text-anchor="middle">{}</text></g></a>"#,
-            url_part(&e.caller),
-            url_part(&e.callee),
-            esc(query),
+            r#"<a class="edge-link" href="{}" data-caller="{}" data-callee="{}" data-health="{class}"><g class="edge {class}{}"><title>{}</title><path d="M{:.1},{:.1} C{:.1},{:.1} {:.1},{:.1} {:.1},{:.1}" stroke-width="{width:.1}" marker-end="url(#arrow-{class})"/>"#,
+            esc(&e.href),
             esc(&e.caller),
             esc(&e.callee),
-            esc(&e.caller),
-            esc(&e.callee),
-            esc(&via),
-            e.totals.calls,
-            esc(&label),
-            esc(&label),
+            if e.messaging { " messaging" } else { "" },
+            esc(&e.title),
+            curve[0].0,
+            curve[0].1,
+            curve[1].0,
+            curve[1].1,
+            curve[2].0,
+            curve[2].1,
+            curve[3].0,
+            curve[3].1,
         );
+        if e.health != Health::Ok {
+            match place_label(&curve, e.label.chars().count(), &taken, (l.width, l.height)) {
+                Some(((x, y), r)) => {
+                    taken.push(r);
+                    let _ = write!(
+                        s,
+                        r#"<text x="{x:.1}" y="{y:.1}" text-anchor="middle">{}</text>"#,
+                        esc(&e.label)
+                    );
+                }
+                None => labels_left_out += 1,
+            }
+        }
+        s.push_str("</g></a>");
     }
-    for (i, n) in g.nodes.iter().enumerate() {
+    for (i, n) in d.nodes.iter().enumerate() {
         let p = l.nodes[i];
-        let own: u64 = n.own.first_breaks.values().sum();
-        let class = match (n.is_virtual, own > 0) {
-            (true, _) => "node virtual",
-            (false, true) => "node broken",
-            (false, false) => "node",
-        };
-        // A trace starter (a browser, an app, a job): an entry point, with its traces per stage.
-        let (starter, started) = if n.starts.is_empty() {
-            ("", String::new())
-        } else {
-            let per_stage: Vec<String> = n.starts.iter().map(|(s, k)| format!("{s} {k}")).collect();
-            (
-                " starter",
-                format!(" (starts traces: {})", per_stage.join(", ")),
-            )
-        };
+        if let Some(href) = &n.href {
+            let _ = write!(s, r#"<a class="node-link" href="{}">"#, esc(href));
+        }
         let _ = write!(
             s,
-            r#"<g class="{class}{starter}" data-node="{}"><title>{}{}{}</title><rect x="{:.1}" y="{:.1}" width="{:.1}" height="{NODE_H}" rx="6"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text></g>"#,
-            esc(&n.name),
-            esc(&n.name),
-            if n.is_virtual {
-                " (uninstrumented: known from peer.service / server.address)"
-            } else {
-                ""
-            },
-            esc(&started),
+            r#"<g class="node{}" data-node="{}"><title>{}</title><rect x="{:.1}" y="{:.1}" width="{:.1}" height="{NODE_H}" rx="6"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text></g>"#,
+            esc(&n.classes),
+            esc(&n.key),
+            esc(&n.title),
             p.x,
             p.y,
             p.w,
             p.x + p.w / 2.0,
             p.y + NODE_H / 2.0 + 4.5,
-            esc(&n.name),
+            esc(&n.label),
         );
+        if n.href.is_some() {
+            s.push_str("</a>");
+        }
     }
     s.push_str("</svg>");
-    s
+    Svg {
+        svg: s,
+        labels_left_out,
+    }
+}
+
+/// The curve of a call from `pa` to `pb`: a loop above a node that calls itself, an arc over the
+/// columns a call skips, a bend to the next column, or a swing below both for a call back.
+fn curve(pa: &super::layout::Placed, pb: &super::layout::Placed, to_itself: bool) -> [Point; 4] {
+    let (x1, y1) = (pa.x + pa.w, pa.y + NODE_H / 2.0);
+    let (x2, y2) = (pb.x, pb.y + NODE_H / 2.0);
+    if to_itself {
+        let (cx, top) = (pa.x + pa.w * 0.5, pa.y);
+        [
+            (cx - 18.0, top),
+            (cx - 30.0, top - 34.0),
+            (cx + 30.0, top - 34.0),
+            (cx + 18.0, top),
+        ]
+    } else if x2 > x1 && pb.column > pa.column + 1 {
+        let top = (pa.y.min(pb.y) - 26.0 - 10.0 * (pb.column - pa.column) as f64).max(4.0);
+        [(x1, y1), (x1 + 40.0, top), (x2 - 40.0, top), (x2, y2)]
+    } else if x2 > x1 {
+        let dx = ((x2 - x1) / 2.0).max(30.0);
+        [(x1, y1), (x1 + dx, y1), (x2 - dx, y2), (x2, y2)]
+    } else {
+        let low = pa.y.max(pb.y) + NODE_H + 40.0;
+        [(x1, y1), (x1 + 60.0, low), (x2 - 60.0, low), (x2, y2)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_keeps_off_nodes_and_other_labels() {
+        let curve = [(0.0, 50.0), (50.0, 50.0), (50.0, 50.0), (100.0, 50.0)];
+        let node = Rect(30.0, 30.0, 40.0, 30.0);
+        let (_, first) = place_label(&curve, 6, &[node], (400.0, 400.0)).unwrap();
+        assert!(!first.overlaps(&node, 0.0));
+        let (_, second) = place_label(&curve, 6, &[node, first], (400.0, 400.0)).unwrap();
+        assert!(!second.overlaps(&node, 0.0) && !second.overlaps(&first, 0.0));
+        // No room anywhere: left out rather than drawn over something.
+        let wall = Rect(-1000.0, -1000.0, 3000.0, 3000.0);
+        assert!(place_label(&curve, 6, &[wall], (400.0, 400.0)).is_none());
+    }
+
+    #[test]
+    fn health_is_the_share_broken_and_the_top_kind() {
+        let (h, l) = health(1000, [(&"missing", &10u64), (&"changed", &2u64)]);
+        assert_eq!((h, l.as_str()), (Health::Warn, "1.2% missing"));
+        let (h, l) = health(10, [(&"changed", &5u64)]);
+        assert_eq!((h, l.as_str()), (Health::Bad, "50.0% changed"));
+        assert_eq!(health(10, []).0, Health::Ok);
+    }
 }

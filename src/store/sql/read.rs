@@ -376,6 +376,7 @@ pub async fn services(db: &dyn Db, names: &Names) -> Result<Vec<ServiceView>, St
                 // What the store knows nothing of; the read side fills it in.
                 stage_mode: Default::default(),
                 stage_mode_configured: false,
+                group: None,
             }
         })
         .collect())

@@ -1,7 +1,37 @@
 // grayscope's dashboard: keeps the overview live without reloading the page or losing the
-// selection, and submits the overview's selectors as soon as they change.
+// selection, submits the overview's selectors as soon as they change, and completes service
+// names in the search box of every page.
 (function () {
   "use strict";
+  var names = document.getElementById("service-names");
+  if (names) {
+    var timer = null, asked = null;
+    var complete = function (input) {
+      var q = input.value.trim();
+      if (q === asked) return;
+      asked = q;
+      fetch("/complete/services?q=" + encodeURIComponent(q), { headers: { Accept: "application/json" } })
+        .then(function (r) { return r.ok ? r.json() : []; })
+        .then(function (list) {
+          if (q !== asked) return;
+          names.replaceChildren.apply(names, list.map(function (n) {
+            var o = document.createElement("option");
+            o.value = n; // text, never markup
+            return o;
+          }));
+          names.setAttribute("data-for", q);
+        })
+        .catch(function () {});
+    };
+    document.querySelectorAll("input[list=service-names]").forEach(function (input) {
+      var ask = function () {
+        clearTimeout(timer);
+        timer = setTimeout(function () { complete(input); }, 120);
+      };
+      input.addEventListener("input", ask);
+      input.addEventListener("focus", ask);
+    });
+  }
   var live = document.getElementById("live");
   if (live) {
     var busy = false;
