@@ -340,6 +340,7 @@ async fn the_openapi_document_covers_every_route() {
         "/api/v1/members",
         "/api/v1/openapi.json",
         "/api/v1/services",
+        "/api/v1/services/{name}",
         "/api/v1/traces/verdicts",
         "/api/v1/traces/{trace_id}",
         "/api/v1/traces/{trace_id}/verdicts",
@@ -354,6 +355,7 @@ async fn the_openapi_document_covers_every_route() {
         let url = p
             .replace("{caller}", "users")
             .replace("{callee}", "orders")
+            .replace("{name}", "orders")
             .replace("{trace_id}", &format!("{BROKEN:032x}"))
             .replace("/gate", "/gate?stage=canary");
         let client = reqwest::Client::new();
@@ -591,5 +593,64 @@ async fn verdicts_say_where_each_trace_is_and_judge_its_hops() {
     }
     let (status, _) = get(&c, "/api/v1/traces/xyz/verdicts").await;
     assert_eq!(status, 400);
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_answers_with_its_callers_the_stages_it_served_and_its_findings() {
+    let c = spawn_collector(test_args()).await;
+    send(&c).await;
+    c.flush().await;
+    let (status, v) = get(&c, "/api/v1/services/orders").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["service"]["name"], "orders");
+    assert_eq!(v["depth"], 1);
+    assert_eq!(v["instance_stages"], serde_json::json!(["canary"]));
+    let callers: Vec<&str> = v["callers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["caller"].as_str().unwrap())
+        .collect();
+    assert_eq!(callers, ["users"]);
+    assert_eq!(v["callees"].as_array().unwrap().len(), 0);
+    // One call came with the canary stage and one had lost it; both served by the canary.
+    let mut served: Vec<(String, String, u64)> = v["served"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["stage"].as_str().unwrap_or("none").to_string(),
+                r["instance_stage"].as_str().unwrap().to_string(),
+                r["calls"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    served.sort();
+    assert_eq!(
+        served,
+        [
+            ("canary".to_string(), "canary".to_string(), 1),
+            ("none".to_string(), "canary".to_string(), 1)
+        ]
+    );
+    let findings = v["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{v}");
+    assert_eq!(findings[0]["kind"], "missing");
+    assert_eq!(findings[0]["trace_id"], format!("{BROKEN:032x}"));
+    let nodes: Vec<&str> = v["graph"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["orders", "users"]);
+
+    let (status, v) = get(&c, "/api/v1/services/orders?depth=3").await;
+    assert_eq!(status, 400);
+    assert!(v["error"].as_str().unwrap().contains("'depth'"), "{v}");
+    let (status, v) = get(&c, "/api/v1/services/nobody").await;
+    assert_eq!(status, 404, "{v}");
     c.shutdown().await.unwrap();
 }
