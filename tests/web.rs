@@ -139,16 +139,80 @@ async fn a_large_graph_opens_on_its_broken_part() {
     let (_, _, html) = page(&c, "/?window=1h").await;
     assert_eq!(
         html.matches("class=\"edge-link\"").count(),
-        2,
-        "the broken call and the call into its caller"
+        3,
+        "the broken call, the call into its caller and the call out of its callee"
     );
     assert!(html.contains(r#"data-caller="svc-30" data-callee="svc-31" data-health="bad""#));
     assert!(
-        html.contains("of 59. <a href=\"/?window=1h&#38;view=all\">Show the whole graph</a>"),
+        html.contains("60 services, 59 calls: showing 1 call broken and 2 calls around them; 56 calls are left out."),
         "{html}"
+    );
+    assert!(
+        html.contains(r#"<a class="view-link" href="/?window=1h&#38;view=all">Whole graph</a>"#)
+    );
+    assert!(html.contains(r#"href="/edges?window=1h&#38;health=all">List every call</a>"#));
+    // Only the broken edge is labelled: colour is not the only signal, and "ok" says nothing.
+    assert_eq!(
+        html.matches("</text></g></a>").count(),
+        1 + 4,
+        "one edge label, four nodes"
     );
     let (_, _, all) = page(&c, "/?window=1h&view=all").await;
     assert_eq!(all.matches("class=\"edge-link\"").count(), 59);
+    // No span names a group: one box, and it says why.
+    let (_, _, groups) = page(&c, "/?window=1h&view=groups").await;
+    assert!(groups.contains("No service names a group"), "{groups}");
+    assert_eq!(groups.matches("data-node=").count(), 1);
+    // Focus on one service: its caller and its callee.
+    let (_, _, focus) = page(&c, "/?window=1h&focus=svc-10").await;
+    assert_eq!(focus.matches("class=\"edge-link\"").count(), 2, "{focus}");
+    assert!(focus.contains(r#"class="node centre" data-node="svc-10""#));
+
+    // The service's page, and the list the search box lands on.
+    let (status, _, svc) = page(&c, "/services/svc-30?window=1h").await;
+    assert_eq!(status, 200);
+    assert!(
+        svc.contains("svc-29 &#8594; svc-30") || svc.contains("svc-29 &rarr; svc-30"),
+        "{svc}"
+    );
+    assert!(
+        svc.contains(r#"data-stage="canary" data-instance="stable">1</td>"#),
+        "{svc}"
+    );
+    let r = reqwest::get(format!("http://{}/services?q=svc-30", c.http))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.url().path(),
+        "/services/svc%2D30",
+        "an exact name opens its page"
+    );
+    let (_, _, list) = page(&c, "/services?q=svc-3").await;
+    assert!(list.contains("<p>10 services match.</p>"), "{list}");
+    let names: Vec<String> = reqwest::get(format!("http://{}/complete/services?q=SVC-5", c.http))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        names,
+        (50..60).map(|i| format!("svc-{i}")).collect::<Vec<_>>()
+    );
+    // Every call, fifty to a page, the broken one first.
+    let (_, _, first) = page(&c, "/edges?window=1h&health=all").await;
+    assert_eq!(first.matches("<tr class=").count(), 50);
+    assert!(
+        first.find("svc-30 &rarr; svc-31").unwrap() < first.find("svc-00 &rarr; svc-01").unwrap()
+    );
+    assert!(
+        first.contains(
+            r#"class="next" href="/edges?window=1h&amp;health=all&amp;service=&amp;page=2""#
+        ) || first.contains("page=2\">Next"),
+        "{first}"
+    );
+    let (_, _, second) = page(&c, "/edges?window=1h&health=all&page=2").await;
+    assert_eq!(second.matches("<tr class=").count(), 9);
     c.shutdown().await.unwrap();
 }
 

@@ -137,16 +137,21 @@ fn picture(view: &GraphView, sel: &Selection) -> (Drawing, Note) {
                 .filter(|e| subgraph::is_broken(e))
                 .count();
             let text = if broken == 0 {
-                format!("No call broke in this window ({services} services, {calls} calls).")
+                format!(
+                    "No call broke in this window ({services} services, {}).",
+                    n_calls(calls)
+                )
             } else {
                 format!(
-                    "{services} services, {calls} calls: showing the {drawn_broken} broken calls{} and {} calls around them{}.",
+                    "{services} services, {}: showing {} broken{} and {} around them{}.",
+                    n_calls(calls),
+                    n_calls(drawn_broken),
                     if drawn_broken < broken {
-                        format!(" with the most findings (of {broken})")
+                        format!(" (those with most findings, of {broken})")
                     } else {
                         String::new()
                     },
-                    shown - drawn_broken,
+                    n_calls(shown - drawn_broken),
                     left_out(p.left_out)
                 )
             };
@@ -170,8 +175,8 @@ fn picture(view: &GraphView, sel: &Selection) -> (Drawing, Note) {
             };
             let text = if whole {
                 format!(
-                    "The whole graph: {services} services, {} of {calls} calls{}.",
-                    g.edges.len(),
+                    "The whole graph: {services} services, {}{}.",
+                    n_calls(g.edges.len()),
                     left_out(calls - g.edges.len())
                 )
             } else {
@@ -185,6 +190,13 @@ fn picture(view: &GraphView, sel: &Selection) -> (Drawing, Note) {
                 },
             )
         }
+    }
+}
+
+fn n_calls(n: usize) -> String {
+    match n {
+        1 => "1 call".into(),
+        n => format!("{n} calls"),
     }
 }
 
