@@ -59,7 +59,11 @@ async fn a_broken_hop_is_red_on_the_graph_and_leads_to_its_first_break() {
     let ok = b
         .find(r#"a.edge-link[data-caller="gateway"][data-callee="users"]"#)
         .await;
-    assert_eq!(b.text(&ok).await, "ok");
+    assert_eq!(
+        b.text(&ok).await,
+        "",
+        "a healthy edge has no label: only findings are labelled"
+    );
     // Red, by the stylesheet, not only by class.
     let stroke = b
         .js(r#"return getComputedStyle(document.querySelector('a.edge-link[data-health="bad"] path')).stroke;"#)

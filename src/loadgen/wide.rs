@@ -22,6 +22,10 @@ const NOUNS: [&str; 12] = [
     "feed", "audit",
 ];
 
+/// A trace's spans, each with the index of the instance that exports it, and the finding it
+/// must produce.
+pub type Traced = (Vec<(usize, Span)>, Option<(Fault, Expected)>);
+
 pub struct WideService {
     pub name: String,
     pub namespace: &'static str,
@@ -151,7 +155,7 @@ impl WideMesh {
         stage: &str,
         fault: Option<Fault>,
         rng: &mut SmallRng,
-    ) -> (Vec<(usize, Span)>, Option<(Fault, Expected)>) {
+    ) -> Traced {
         let (stage, fault) = if first {
             ("canary", None)
         } else {

@@ -231,7 +231,9 @@ impl Reader {
             .filter(|e| &*e.caller == name)
             .cloned()
             .collect();
-        let mut served: BTreeMap<(Option<Arc<str>>, Option<Arc<str>>), u64> = BTreeMap::new();
+        // (request stage, instance stage) -> calls
+        type Cell = (Option<Arc<str>>, Option<Arc<str>>);
+        let mut served: BTreeMap<Cell, u64> = BTreeMap::new();
         for r in callers.iter().flat_map(|e| &e.routing) {
             *served
                 .entry((r.stage.clone(), r.instance_stage.clone()))

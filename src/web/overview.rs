@@ -81,28 +81,29 @@ fn picture(view: &GraphView, sel: &Selection) -> (Drawing, Note) {
             format!("/edges?{q}&health={health}"),
         )
     };
-    if !sel.focus.is_empty() {
-        if let Some(p) = subgraph::around(view, &sel.focus, 1, EDGE_CAP) {
-            let text = format!(
-                "Around {}: its {} callers and callees and the calls between them{}.",
-                sel.focus,
-                p.graph.nodes.len().saturating_sub(1),
-                left_out(p.left_out)
-            );
-            return (
-                Drawing::of_graph(&p.graph, &q, Some(&sel.focus)),
-                Note {
-                    text,
-                    links: vec![
-                        (
-                            format!("{}'s page", sel.focus),
-                            format!("/services/{}?{q}", url_part(&sel.focus)),
-                        ),
-                        link("Back to the overview", sel.with(&sel.view, "", &sel.expand)),
-                    ],
-                },
-            );
-        }
+    if let Some(p) = (!sel.focus.is_empty())
+        .then(|| subgraph::around(view, &sel.focus, 1, EDGE_CAP))
+        .flatten()
+    {
+        let text = format!(
+            "Around {}: its {} callers and callees and the calls between them{}.",
+            sel.focus,
+            p.graph.nodes.len().saturating_sub(1),
+            left_out(p.left_out)
+        );
+        return (
+            Drawing::of_graph(&p.graph, &q, Some(&sel.focus)),
+            Note {
+                text,
+                links: vec![
+                    (
+                        format!("{}'s page", sel.focus),
+                        format!("/services/{}?{q}", url_part(&sel.focus)),
+                    ),
+                    link("Back to the overview", sel.with(&sel.view, "", &sel.expand)),
+                ],
+            },
+        );
     }
     let large = services > LARGE;
     let broken = view.edges.iter().filter(|e| subgraph::is_broken(e)).count();
