@@ -166,8 +166,6 @@ impl Template {
                 "stable"
             };
             let main = unique_marker(rng, &slots);
-            let k = *next_trace;
-            *next_trace += 1;
             let (spans, expected) = match mesh {
                 Mesh::Shop => {
                     let detached = (fault == Some(Fault::LostContext)).then(|| {
@@ -184,7 +182,7 @@ impl Template {
                         .map(|f| (f, shop_expected(f)));
                     (trace_spans(main, detached, stage, fault, rng), expected)
                 }
-                Mesh::Wide(w) => w.trace((k, traces == 1), main, stage, fault, rng),
+                Mesh::Wide(w) => w.trace((next_trace, traces == 1), main, stage, fault, rng),
             };
             slots.push(Slot {
                 marker: main,

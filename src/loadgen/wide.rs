@@ -142,15 +142,16 @@ impl WideMesh {
         2 * service + usize::from(self.services[service].canary && stage == Some("canary"))
     }
 
-    /// Trace number `k`: its spans (with the instance exporting each) and, if `fault` is given,
-    /// the finding it must produce. A faulty trace breaks one of the faulty calls.
+    /// A trace: its spans (with the instance exporting each) and, if `fault` is given, the
+    /// finding it must produce. A faulty trace breaks one of the faulty calls; a clean one
+    /// crosses call number `next` and counts it.
     ///
     /// The `first` trace of a request is a clean canary one through the call that misroutes, so
     /// that its canary instance is live wherever the request lands: a misroute is only a bug
     /// when the right instance existed.
     pub fn trace(
         &self,
-        (k, first): (usize, bool),
+        (next, first): (&mut usize, bool),
         main: u128,
         stage: &str,
         fault: Option<Fault>,
@@ -171,8 +172,11 @@ impl WideMesh {
         let edge = match fault {
             _ if first => self.faulty[0],
             Some(Fault::Misrouted) => self.faulty[0],
-            Some(_) => self.faulty[k % self.faulty.len()],
-            None => k % self.edges.len(),
+            Some(_) => self.faulty[rng.random_range(0..self.faulty.len())],
+            None => {
+                *next += 1;
+                (*next - 1) % self.edges.len()
+            }
         };
         let (a, b) = self.edges[edge];
         // Misrouting needs a canary instance to miss.
