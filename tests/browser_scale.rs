@@ -16,7 +16,7 @@ use grayscope::loadgen::{self, LoadgenArgs, Wire};
 const SERVICES: usize = 200;
 const EDGES: usize = 1000;
 /// The overview's cap on edges drawn around the broken ones.
-const CAP: usize = 120;
+const CAP: usize = 80;
 
 async fn json(c: &grayscope::app::Collector, path: &str) -> serde_json::Value {
     let r = reqwest::get(format!("http://{}{path}", c.http))

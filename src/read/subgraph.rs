@@ -44,40 +44,48 @@ fn part(g: &GraphView, edges: Vec<EdgeView>, extra: &BTreeSet<&str>, from: usize
     }
 }
 
-/// Every broken edge (most breaks first), then the calls into their callers (how traffic reaches
-/// the break), then the other calls of the services at their ends (busiest first): at most `cap`
-/// edges. Services with findings of their own (orphans) are kept too.
+/// Calls kept around each broken edge: into its caller (how traffic reaches the break), and out
+/// of its callee (where the broken stage goes on to).
+const LEADING: usize = 3;
+const FOLLOWING: usize = 2;
+
+/// Every broken edge (most breaks first), then around each the busiest calls into its caller and
+/// out of its callee, at most `cap` edges in all. Services with findings of their own (orphans)
+/// are kept too.
 pub fn broken_part(g: &GraphView, cap: usize) -> Part {
-    let mut broken: Vec<&EdgeView> = g.edges.iter().filter(|e| is_broken(e)).collect();
-    broken.sort_by_key(|e| std::cmp::Reverse(breaks(e)));
-    let callers: HashSet<&str> = broken.iter().map(|e| &*e.caller).collect();
-    let ends: HashSet<&str> = broken
-        .iter()
-        .flat_map(|e| [&*e.caller, &*e.callee])
+    let mut broken: Vec<usize> = (0..g.edges.len())
+        .filter(|&i| is_broken(&g.edges[i]))
         .collect();
-    let mut leading: Vec<&EdgeView> = g
-        .edges
-        .iter()
-        .filter(|e| !is_broken(e) && callers.contains(&*e.callee))
-        .collect();
-    leading.sort_by_key(|e| std::cmp::Reverse(e.totals.calls));
-    let mut around: Vec<&EdgeView> = g
-        .edges
-        .iter()
-        .filter(|e| {
-            !is_broken(e)
-                && !callers.contains(&*e.callee)
-                && (ends.contains(&*e.caller) || ends.contains(&*e.callee))
-        })
-        .collect();
-    around.sort_by_key(|e| std::cmp::Reverse(e.totals.calls));
-    let edges: Vec<EdgeView> = broken
-        .into_iter()
-        .chain(leading)
-        .chain(around)
-        .take(cap)
-        .cloned()
-        .collect();
+    broken.sort_by_key(|&i| std::cmp::Reverse(breaks(&g.edges[i])));
+    let mut into: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut out_of: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, e) in g.edges.iter().enumerate() {
+        if !is_broken(e) {
+            into.entry(&e.callee).or_default().push(i);
+            out_of.entry(&e.caller).or_default().push(i);
+        }
+    }
+    for list in into.values_mut().chain(out_of.values_mut()) {
+        list.sort_by_key(|&i| (std::cmp::Reverse(g.edges[i].totals.calls), i));
+    }
+    let mut chosen: Vec<usize> = broken.clone();
+    let mut taken: HashSet<usize> = broken.iter().copied().collect();
+    for &b in &broken {
+        let e = &g.edges[b];
+        let near = [
+            (into.get(&*e.caller), LEADING),
+            (out_of.get(&*e.callee), FOLLOWING),
+        ];
+        for (list, n) in near {
+            for &i in list.map(Vec::as_slice).unwrap_or_default().iter().take(n) {
+                if taken.insert(i) {
+                    chosen.push(i);
+                }
+            }
+        }
+    }
+    chosen.truncate(cap);
+    let edges: Vec<EdgeView> = chosen.into_iter().map(|i| g.edges[i].clone()).collect();
     let orphans: BTreeSet<&str> = g
         .nodes
         .iter()
@@ -194,16 +202,26 @@ mod tests {
             ("gw", "x", 500, 0),
             ("a", "b", 100, 5),
             ("b", "c", 90, 0),
+            ("b", "d", 80, 0),
+            ("b", "e", 70, 0),
             ("x", "y", 400, 0),
             ("y", "z", 400, 2),
         ]);
-        let p = broken_part(&g, 4);
+        let p = broken_part(&g, 5);
         assert_eq!(
             pairs(&p),
-            [("a", "b"), ("y", "z"), ("x", "y"), ("gw", "a")].map(|(a, b)| (a.into(), b.into()))
+            [("a", "b"), ("y", "z"), ("gw", "a"), ("b", "c"), ("b", "d")]
+                .map(|(a, b)| (a.into(), b.into())),
+            "the breaks, then around the worst: the busiest calls on each side"
         );
-        assert_eq!(p.left_out, 2);
-        assert!(p.graph.nodes.iter().all(|n| n.name.as_ref() != "c"));
+        assert_eq!(p.left_out, 3);
+        assert!(p.graph.nodes.iter().all(|n| n.name.as_ref() != "e"));
+        let all = broken_part(&g, 50);
+        assert_eq!(
+            all.graph.edges.len(),
+            6,
+            "not b -> e (the third call out of b) nor gw -> x (two calls from a break)"
+        );
         // A cap below the number of breaks still keeps the worst ones.
         assert_eq!(pairs(&broken_part(&g, 1)), [("a".into(), "b".into())]);
     }

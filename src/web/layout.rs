@@ -29,6 +29,38 @@ pub struct Layout {
     pub nodes: Vec<Placed>,
     pub width: f64,
     pub height: f64,
+    /// The centre of a [`ring`] layout, which calls bend towards.
+    pub centre: Option<(f64, f64)>,
+}
+
+/// Nodes on a circle, in the order given: for graphs whose calls go every way (groups of
+/// services call each other in both directions), where columns would string them on one line.
+pub fn ring(names: &[&str]) -> Layout {
+    let n = names.len();
+    let width_of = |v: usize| (names[v].chars().count() as f64 * CHAR_W + 28.0).max(80.0);
+    let widest = (0..n).map(width_of).fold(80.0, f64::max);
+    // Room for every box around the circle, and never so small that opposite boxes touch.
+    let around: f64 = (0..n).map(|v| width_of(v).max(NODE_H * 3.0) + 24.0).sum();
+    let r = (around / std::f64::consts::TAU).max(widest).max(120.0);
+    let (cx, cy) = (MARGIN + widest / 2.0 + r, TOP + NODE_H / 2.0 + r);
+    let nodes = (0..n)
+        .map(|v| {
+            let a = -std::f64::consts::FRAC_PI_2 + std::f64::consts::TAU * v as f64 / n as f64;
+            let w = width_of(v);
+            Placed {
+                x: cx + r * a.cos() - w / 2.0,
+                y: cy + r * a.sin() - NODE_H / 2.0,
+                w,
+                column: v,
+            }
+        })
+        .collect();
+    Layout {
+        nodes,
+        width: 2.0 * (cx),
+        height: cy + r + NODE_H / 2.0 + MARGIN + 40.0,
+        centre: Some((cx, cy)),
+    }
 }
 
 /// Places `names.len()` nodes joined by `edges` (index pairs, caller first).
@@ -87,6 +119,7 @@ pub fn layout(names: &[&str], edges: &[(usize, usize)]) -> Layout {
         nodes,
         width: (x - COL_GAP + MARGIN).max(2.0 * MARGIN),
         height: height.max(MARGIN + TOP + NODE_H),
+        centre: None,
     }
 }
 
@@ -221,6 +254,30 @@ mod tests {
         assert_eq!(l.nodes[2].column, 2);
         let empty = layout(&[], &[]);
         assert!(empty.width > 0.0 && empty.height > 0.0);
+    }
+
+    #[test]
+    fn a_ring_keeps_its_boxes_apart() {
+        let names = [
+            "checkout (26)",
+            "catalog (14)",
+            "identity (28)",
+            "a",
+            "b",
+            "c",
+            "d",
+        ];
+        let l = ring(&names);
+        for (i, a) in l.nodes.iter().enumerate() {
+            assert!(a.x >= 0.0 && a.y >= 0.0 && a.x + a.w <= l.width && a.y + NODE_H <= l.height);
+            for b in &l.nodes[i + 1..] {
+                let apart = a.x + a.w <= b.x
+                    || b.x + b.w <= a.x
+                    || a.y + NODE_H <= b.y
+                    || b.y + NODE_H <= a.y;
+                assert!(apart, "{a:?} {b:?}");
+            }
+        }
     }
 
     #[test]

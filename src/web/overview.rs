@@ -62,7 +62,7 @@ struct Note {
 /// Past this many services the whole graph is not drawn unless asked for.
 const LARGE: usize = 40;
 /// Edges drawn around the broken ones, or around a service.
-const EDGE_CAP: usize = 120;
+const EDGE_CAP: usize = 80;
 /// Edges drawn when the whole graph is asked for: past it, the busiest and the broken ones.
 const ALL_CAP: usize = 1500;
 /// Broken edges listed on the overview; the edges page lists them all.
@@ -231,7 +231,10 @@ fn grouped(view: &GraphView, sel: &Selection) -> (Drawing, Note) {
         let list: Vec<&str> = set.into_iter().collect();
         format!("/?{}", sel.with("groups", "", &list.join(",")).query())
     };
-    let mut d = Drawing::default();
+    let mut d = Drawing {
+        ring: true,
+        ..Drawing::default()
+    };
     // Where each service is drawn: its own box, or its group's.
     let mut box_of: HashMap<&str, usize> = HashMap::new();
     for (g, ns) in &members {

@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use super::layout::{NODE_H, layout};
+use super::layout::{NODE_H, Placed, layout, ring};
 use super::{esc, url_part};
 use crate::view::{EdgeView, GraphView};
 
@@ -71,6 +71,8 @@ pub fn health<'a>(
 pub struct Drawing {
     pub nodes: Vec<DrawNode>,
     pub edges: Vec<DrawEdge>,
+    /// Nodes on a circle rather than in columns: for graphs whose calls go every way.
+    pub ring: bool,
 }
 
 pub struct DrawNode {
@@ -184,7 +186,11 @@ impl Drawing {
                 })
             })
             .collect();
-        Drawing { nodes, edges }
+        Drawing {
+            nodes,
+            edges,
+            ring: false,
+        }
     }
 }
 
@@ -254,12 +260,17 @@ fn place_label(
 pub fn draw(d: &Drawing) -> Svg {
     let names: Vec<&str> = d.nodes.iter().map(|n| n.label.as_str()).collect();
     let pairs: Vec<(usize, usize)> = d.edges.iter().map(|e| (e.from, e.to)).collect();
-    let l = layout(&names, &pairs);
+    let l = if d.ring {
+        ring(&names)
+    } else {
+        layout(&names, &pairs)
+    };
     let max_calls = d.edges.iter().map(|e| e.calls).max().unwrap_or(0).max(1) as f64;
     let mut s = String::with_capacity(256 * (d.nodes.len() + d.edges.len()));
     let _ = write!(
         s,
-        r#"<svg class="graph" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w:.0} {h:.0}" width="{w:.0}" height="{h:.0}" role="img" aria-label="service graph">"#,
+        r#"<svg class="graph{}" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w:.0} {h:.0}" width="{w:.0}" height="{h:.0}" role="img" aria-label="service graph">"#,
+        if d.ring { " ring" } else { "" },
         w = l.width,
         h = l.height
     );
@@ -285,7 +296,10 @@ pub fn draw(d: &Drawing) -> Svg {
         let e = &d.edges[i];
         let (pa, pb) = (l.nodes[e.from], l.nodes[e.to]);
         let width = (1.5 + 5.0 * (1.0 + e.calls as f64).ln() / (1.0 + max_calls).ln()).min(6.5);
-        let curve = curve(&pa, &pb, e.from == e.to);
+        let curve = match l.centre {
+            Some(c) if e.from != e.to => chord(&pa, &pb, c),
+            _ => curve(&pa, &pb, e.from == e.to),
+        };
         let class = e.health.class();
         let _ = write!(
             s,
@@ -348,9 +362,31 @@ pub fn draw(d: &Drawing) -> Svg {
     }
 }
 
+/// A call across a ring: from box edge to box edge, bent towards the centre and to its right, so
+/// that calls both ways between two boxes are two curves.
+fn chord(pa: &Placed, pb: &Placed, (cx, cy): Point) -> [Point; 4] {
+    let centre_of = |p: &Placed| (p.x + p.w / 2.0, p.y + NODE_H / 2.0);
+    let (a, b) = (centre_of(pa), centre_of(pb));
+    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+    // Where the line between the centres leaves a box `w` wide.
+    let exit = |(x, y): Point, w: f64, sign: f64| {
+        let t =
+            ((w / 2.0 + 2.0) / dx.abs().max(1e-9)).min((NODE_H / 2.0 + 2.0) / dy.abs().max(1e-9));
+        (x + sign * t * dx, y + sign * t * dy)
+    };
+    let (p0, p3) = (exit(a, pa.w, 1.0), exit(b, pb.w, -1.0));
+    let len = (dx * dx + dy * dy).sqrt().max(1.0);
+    let (mx, my) = ((p0.0 + p3.0) / 2.0, (p0.1 + p3.1) / 2.0);
+    let bend = (
+        mx + 0.25 * (cx - mx) - 14.0 * dy / len,
+        my + 0.25 * (cy - my) + 14.0 * dx / len,
+    );
+    [p0, bend, bend, p3]
+}
+
 /// The curve of a call from `pa` to `pb`: a loop above a node that calls itself, an arc over the
 /// columns a call skips, a bend to the next column, or a swing below both for a call back.
-fn curve(pa: &super::layout::Placed, pb: &super::layout::Placed, to_itself: bool) -> [Point; 4] {
+fn curve(pa: &Placed, pb: &Placed, to_itself: bool) -> [Point; 4] {
     let (x1, y1) = (pa.x + pa.w, pa.y + NODE_H / 2.0);
     let (x2, y2) = (pb.x, pb.y + NODE_H / 2.0);
     if to_itself {
