@@ -194,6 +194,7 @@ fn graph(g: &GraphView) -> pb::ServiceGraph {
                 name: n.name.to_string(),
                 is_virtual: n.is_virtual,
                 own: Some(stats(&n.own)),
+                group: n.group.as_deref().map(str::to_string),
             })
             .collect(),
         edges: g

@@ -75,6 +75,9 @@ struct ServicePage {
     matrix: Matrix,
     callers: Vec<EdgeRow>,
     callees: Vec<EdgeRow>,
+    /// Its calls in all, when the tables show only the first page of either.
+    calls_total: Option<usize>,
+    page_rows: usize,
     findings: Vec<FindingRow>,
 }
 
@@ -101,8 +104,10 @@ pub(super) async fn service(
     let rows = |edges: &[EdgeView]| {
         let mut rows: Vec<EdgeRow> = edges.iter().map(|e| EdgeRow::of(e, &query)).collect();
         rows.sort_by_key(|r| (std::cmp::Reverse(r.breaks), std::cmp::Reverse(r.calls)));
+        rows.truncate(PAGE);
         rows
     };
+    let calls_total = d.callers.len() + d.callees.len();
     Ok(ServicePage {
         name_q: url_part(&name),
         group: d.service.group.as_deref().unwrap_or_default().to_string(),
@@ -135,6 +140,8 @@ pub(super) async fn service(
         matrix: Matrix::of(&d.served, d.instance_stages.iter().cloned()),
         callers: rows(&d.callers),
         callees: rows(&d.callees),
+        calls_total: (d.callers.len() > PAGE || d.callees.len() > PAGE).then_some(calls_total),
+        page_rows: PAGE,
         findings: d
             .findings
             .iter()
