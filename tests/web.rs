@@ -167,6 +167,16 @@ async fn a_large_graph_opens_on_its_broken_part() {
     let (_, _, focus) = page(&c, "/?window=1h&focus=svc-10").await;
     assert_eq!(focus.matches("class=\"edge-link\"").count(), 2, "{focus}");
     assert!(focus.contains(r#"class="node centre" data-node="svc-10""#));
+    let (_, _, nobody) = page(&c, "/?window=1h&focus=nobody").await;
+    assert!(
+        nobody.contains("No service nobody in this window."),
+        "{nobody}"
+    );
+    assert_eq!(
+        nobody.matches("class=\"edge-link\"").count(),
+        3,
+        "the broken part"
+    );
 
     // The service's page, and the list the search box lands on.
     let (status, _, svc) = page(&c, "/services/svc-30?window=1h").await;

@@ -72,6 +72,14 @@ const NO_GROUP: &str = "(no group)";
 
 /// The picture of `view` that `sel` asks for, and what it leaves out.
 fn picture(view: &GraphView, sel: &Selection) -> (Drawing, Note) {
+    let (d, mut note) = shown(view, sel);
+    if !sel.focus.is_empty() && !d.nodes.iter().any(|n| n.classes.contains("centre")) {
+        note.text = format!("No service {} in this window. {}", sel.focus, note.text);
+    }
+    (d, note)
+}
+
+fn shown(view: &GraphView, sel: &Selection) -> (Drawing, Note) {
     let q = sel.base_query();
     let (services, calls) = (view.nodes.len(), view.edges.len());
     let link = |label: &str, s: Selection| (label.to_string(), format!("/?{}", s.query()));
