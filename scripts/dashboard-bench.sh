@@ -6,7 +6,8 @@
 #   scripts/dashboard-bench.sh [REQUESTS_PER_PAGE]     (default 20)
 #
 # Per page: the response time on loopback (curl's time_total: server time plus a local round
-# trip), min / median / max over the requests, and the bytes sent.
+# trip), min / median / max over the requests, and the bytes sent; then, with chromedriver, the
+# first contentful paint of the overview and of a service page (scripts/first-paint.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=${1:-20}
@@ -61,3 +62,7 @@ measure "overview, whole graph" "/?window=1h&view=all"
 measure "service page ($service)" "/services/$service?window=1h"
 measure "service page, depth 2" "/services/$service?window=1h&depth=2"
 measure "service API" "/api/v1/services/$service?since=1h"
+# Time to first paint in headless Chromium, when chromedriver is here (Debian's chromium-driver).
+if command -v chromedriver >/dev/null; then
+    python3 scripts/first-paint.py "http://$api/?window=1h" "http://$api/services/$service?window=1h"
+fi

@@ -203,6 +203,26 @@ impl WideMesh {
         let mut out = Vec::with_capacity(2 * chain.len());
         let mut n = 0u64;
         let mut parent: Option<u64> = None;
+        // The next span of the trace, numbered in order: (its id, the span).
+        let mut next_span = |parent: Option<u64>,
+                             (name, kind, peer): (&str, SpanKind, &str),
+                             stage: Option<(&str, &str)>| {
+            n += 1;
+            let id = rng_free_id(main, n);
+            let span = HttpSpan {
+                trace: main,
+                id,
+                parent,
+                name,
+                kind,
+                peer,
+                stage,
+                start_ns: base + n * 1_000,
+                duration_ns: 2_000_000u64.saturating_sub(n * 20_000),
+            }
+            .span();
+            (id, span)
+        };
         for (i, &svc) in chain.iter().enumerate() {
             // The stage the server span of chain[i] carries, and the instance that serves it.
             let (carried, served_by) = match fault {
@@ -221,23 +241,12 @@ impl WideMesh {
             } else {
                 "x-release-stage"
             };
-            n += 1;
-            let server = rng_free_id(main, n);
-            out.push((
-                self.instance(svc, served_by),
-                HttpSpan {
-                    trace: main,
-                    id: server,
-                    parent,
-                    name: &name,
-                    kind: SpanKind::Server,
-                    peer: "",
-                    stage: carried.map(|s| (key, s)),
-                    start_ns: base + n * 1_000,
-                    duration_ns: 2_000_000u64.saturating_sub(n * 20_000),
-                }
-                .span(),
-            ));
+            let (server, span) = next_span(
+                parent,
+                (&name, SpanKind::Server, ""),
+                carried.map(|s| (key, s)),
+            );
+            out.push((self.instance(svc, served_by), span));
             let Some(&next) = chain.get(i + 1) else {
                 break;
             };
@@ -249,23 +258,12 @@ impl WideMesh {
                 _ => carried,
             };
             let callee = &self.services[next].name;
-            n += 1;
-            let client = rng_free_id(main, n);
-            out.push((
-                self.instance(svc, served_by),
-                HttpSpan {
-                    trace: main,
-                    id: client,
-                    parent: Some(server),
-                    name: &format!("GET /{callee}"),
-                    kind: SpanKind::Client,
-                    peer: callee,
-                    stage: sent.map(|s| ("x-release-stage", s)),
-                    start_ns: base + n * 1_000,
-                    duration_ns: 2_000_000u64.saturating_sub(n * 20_000),
-                }
-                .span(),
-            ));
+            let (client, span) = next_span(
+                Some(server),
+                (&format!("GET /{callee}"), SpanKind::Client, callee),
+                sent.map(|s| ("x-release-stage", s)),
+            );
+            out.push((self.instance(svc, served_by), span));
             parent = Some(client);
         }
         let expected = fault.map(|f| {

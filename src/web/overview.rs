@@ -14,7 +14,8 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 
 use super::selection::{Selection, WINDOWS};
-use super::svg::{self, DrawEdge, DrawNode, Drawing, Health};
+use super::service::EdgeRow;
+use super::svg::{self, DrawEdge, DrawNode, Drawing};
 use super::{Params, WebError, url_part};
 use crate::read::Reader;
 use crate::read::subgraph;
@@ -27,16 +28,6 @@ struct StageRow {
     class: &'static str,
 }
 
-struct BrokenEdge {
-    caller: String,
-    callee: String,
-    href: String,
-    calls: u64,
-    breaks: u64,
-    label: String,
-    class: &'static str,
-}
-
 #[derive(Template)]
 #[template(path = "overview_live.html")]
 struct Live {
@@ -46,7 +37,7 @@ struct Live {
     svg: String,
     /// What the picture shows and leaves out, with links to the rest.
     note: Note,
-    broken: Vec<BrokenEdge>,
+    broken: Vec<EdgeRow>,
     broken_total: usize,
     broken_href: String,
     window_label: String,
@@ -455,25 +446,11 @@ async fn live(
         }
     }
     let query = sel.base_query();
-    let mut broken: Vec<BrokenEdge> = view
+    let mut broken: Vec<EdgeRow> = view
         .edges
         .iter()
-        .filter_map(|e| {
-            let (health, label) = svg::edge_health(e);
-            (health != Health::Ok).then(|| BrokenEdge {
-                caller: e.caller.to_string(),
-                callee: e.callee.to_string(),
-                href: format!(
-                    "/edges/{}/{}?{query}",
-                    url_part(&e.caller),
-                    url_part(&e.callee)
-                ),
-                calls: e.totals.calls,
-                breaks: e.totals.first_breaks.values().sum(),
-                label,
-                class: health.class(),
-            })
-        })
+        .filter(|e| subgraph::is_broken(e))
+        .map(|e| EdgeRow::of(e, &query))
         .collect();
     broken.sort_by_key(|b| std::cmp::Reverse(b.breaks));
     let broken_total = broken.len();
