@@ -234,8 +234,9 @@ fn grouped(view: &GraphView, sel: &Selection) -> (Drawing, Note) {
         ring: true,
         ..Drawing::default()
     };
-    // Where each service is drawn: its own box, or its group's.
+    // Where each service is drawn: its own box, or its group's; and the group of each group box.
     let mut box_of: HashMap<&str, usize> = HashMap::new();
+    let mut group_box: HashMap<usize, &str> = HashMap::new();
     for (g, ns) in &members {
         if expanded.contains(g) {
             let part = GraphView {
@@ -262,6 +263,7 @@ fn grouped(view: &GraphView, sel: &Selection) -> (Drawing, Note) {
             for n in ns {
                 box_of.insert(&n.name, d.nodes.len());
             }
+            group_box.insert(d.nodes.len(), g);
             d.nodes.push(DrawNode {
                 key: format!("group:{g}"),
                 label: format!("{g} ({})", ns.len()),
@@ -285,7 +287,7 @@ fn grouped(view: &GraphView, sel: &Selection) -> (Drawing, Note) {
     let mut inside = 0;
     for e in &view.edges {
         let (a, b) = (box_of[&*e.caller], box_of[&*e.callee]);
-        if a == b && d.nodes[a].key.starts_with("group:") {
+        if a == b && group_box.contains_key(&a) {
             inside += 1;
             continue;
         }
@@ -300,18 +302,14 @@ fn grouped(view: &GraphView, sel: &Selection) -> (Drawing, Note) {
         let (health, label) = svg::health(calls, &breaks);
         let (from, to) = (&d.nodes[a].key, &d.nodes[b].key);
         let single = match edges.as_slice() {
-            [e] if !from.starts_with("group:") && !to.starts_with("group:") => Some(e),
+            [e] if !group_box.contains_key(&a) && !group_box.contains_key(&b) => Some(e),
             _ => None,
         };
         let href = match single {
             Some(e) => format!("/edges/{}/{}?{q}", url_part(&e.caller), url_part(&e.callee)),
             None => {
                 let mut set = expanded.clone();
-                for k in [from, to] {
-                    if let Some(g) = k.strip_prefix("group:") {
-                        set.insert(g);
-                    }
-                }
+                set.extend([a, b].iter().filter_map(|i| group_box.get(i).copied()));
                 let list: Vec<&str> = set.into_iter().collect();
                 format!("/?{}", sel.with("groups", "", &list.join(",")).query())
             }

@@ -228,7 +228,7 @@ fn at(p: &[Point; 4], t: f64) -> Point {
 
 /// Width of one character of an edge label (12 px, bold for the worst), generously: a label
 /// must never be wider than the room kept for it.
-const LABEL_CHAR_W: f64 = 7.6;
+const LABEL_CHAR_W: f64 = 8.2;
 /// A label's box from its baseline: 12 px glyphs reach about 11 px above it and 4 below.
 const LABEL_ASCENT: f64 = 12.0;
 const LABEL_H: f64 = 17.0;
