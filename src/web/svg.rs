@@ -242,9 +242,11 @@ fn place_label(
     bounds: (f64, f64),
 ) -> Option<(Point, Rect)> {
     let w = chars as f64 * LABEL_CHAR_W + 8.0;
-    for t in [0.5, 0.6, 0.4, 0.7, 0.3, 0.8, 0.2, 0.85, 0.15] {
+    // From the middle of the curve outwards, and from on it to further off it.
+    let ts = (0..19).map(|i| 0.5 + if i % 2 == 0 { 0.025 } else { -0.025 } * i as f64);
+    for t in ts {
         let (x, y) = at(curve, t);
-        for dy in [4.0, -10.0, 18.0, -24.0, 32.0, -38.0, 46.0] {
+        for dy in [4.0, -10.0, 18.0, -24.0, 32.0, -38.0, 46.0, -52.0, 60.0] {
             let base = y + dy;
             let r = Rect(x - w / 2.0, base - LABEL_ASCENT, w, LABEL_H);
             let inside = r.0 >= 0.0 && r.1 >= 0.0 && r.0 + r.2 <= bounds.0 && r.1 + r.3 <= bounds.1;
