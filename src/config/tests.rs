@@ -275,3 +275,15 @@ fn cors_origins_are_web_origins() {
         assert!(e.to_string().contains("is not a web origin"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn services_group_by_a_resource_key() {
+    assert_eq!(parse(&[]).resolve().unwrap().group_key, "service.namespace");
+    let c = parse(&["--group-key", "team"]).resolve().unwrap();
+    assert_eq!(c.group_key, "team");
+    let e = parse(&["--group-key", ""])
+        .resolve()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("group-key"), "{e}");
+}

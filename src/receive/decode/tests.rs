@@ -834,3 +834,31 @@ fn stage_sources_backends_and_stage_modes_are_read_from_the_spans() {
         assert_eq!(mode("nobody"), StageMode::EverySpan);
     }
 }
+
+#[test]
+fn a_resource_names_its_services_group_both_ways() {
+    use prost::Message;
+    for key in ["service.namespace", "team"] {
+        let dec = decoder().with_group_key(key);
+        let mut req = RequestBuilder::new()
+            .resource("orders", None)
+            .span(1, 1, None, "GET /", SpanKind::Server, &[])
+            .resource("users", None)
+            .span(1, 2, None, "GET /", SpanKind::Server, &[])
+            .build();
+        req.resource_spans[0]
+            .resource
+            .as_mut()
+            .unwrap()
+            .attributes
+            .push(str_kv(key, "shop"));
+        both_ways(&dec, &req.encode_to_vec()).unwrap();
+        let group = |service: &str| {
+            let s = dec.symbols.services.get(service)?;
+            let g = dec.instances.group(s)?;
+            Some(dec.symbols.values.resolve(g).to_string())
+        };
+        assert_eq!(group("orders").as_deref(), Some("shop"), "{key}");
+        assert_eq!(group("users"), None, "no group named: none");
+    }
+}
