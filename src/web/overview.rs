@@ -166,12 +166,11 @@ fn shown(view: &GraphView, sel: &Selection) -> (Drawing, Note) {
         "groups" => grouped(view, sel),
         _ => {
             let whole = large || sel.view == "all";
-            let p = subgraph::broken_part(view, ALL_CAP);
-            // Past the cap: the broken part first, then the busiest of the rest.
+            // Past the cap: the broken part, as far as it fits.
             let g = if calls <= ALL_CAP {
                 view.clone()
             } else {
-                p.graph
+                subgraph::broken_part(view, ALL_CAP).graph
             };
             let text = if whole {
                 format!(
