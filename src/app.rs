@@ -317,12 +317,15 @@ fn http_router(
     (trace_idle, flush_interval): (std::time::Duration, std::time::Duration),
     read: Guard,
 ) -> axum::Router {
-    let api = api::router(ApiState {
-        reader: reader.clone(),
-        telemetry,
-        trace_idle,
-        flush_interval,
-    });
+    let api = api::router(
+        ApiState {
+            reader: reader.clone(),
+            telemetry,
+            trace_idle,
+            flush_interval,
+        },
+        !read.is_open(),
+    );
     api.merge(web::router(reader))
         .merge(web::login_router(read.clone()))
         .fallback(api::not_found)

@@ -134,12 +134,14 @@ async fn filters_narrow_the_findings() {
         ("?stage=stable", 0),
         ("?stage=none", 0),
         ("?first_break=false", 0),
-        (&format!("?trace_id={BROKEN:032X}"), 1),
+        (&format!("?trace_id={BROKEN:032x}"), 1),
         (&format!("?trace_id={CLEAN:032x}"), 0),
         ("?limit=1", 1),
         ("?since=1h", 1),
         ("?since=2000-01-01T00:00:00Z&until=1h", 0),
         ("?until=2100-01-01T00:00:00Z", 1),
+        ("?until=2100-01-01T01:00:00%2B01:00&since=1h30m", 1),
+        ("?since=2099-12-31T23:00:00-01:00", 0),
     ] {
         let (status, v) = get(&c, &format!("/api/v1/findings{query}")).await;
         assert_eq!((status, count(&v)), (200, n), "{query}");
@@ -256,9 +258,13 @@ async fn errors_are_json_and_name_the_parameter() {
         (
             "/api/v1/findings?limit=5000",
             400,
-            "invalid parameter 'limit': '5000' is not a number from 1 to 1000",
+            "invalid parameter 'limit': '5000' is not a whole number from 1 to 1000",
         ),
         ("/api/v1/findings?limit=0", 400, "'limit'"),
+        // Empty is a value in the API (a form's empty field is absent on the dashboard).
+        ("/api/v1/findings?limit=", 400, "'' is not a whole number"),
+        ("/api/v1/services/orders?depth=", 400, "'depth'"),
+        ("/api/v1/services/orders?depth=3", 400, "from 1 to 2"),
         (
             "/api/v1/findings?first_break=yes",
             400,
@@ -268,8 +274,26 @@ async fn errors_are_json_and_name_the_parameter() {
         (
             "/api/v1/findings?trace_id=xyz",
             400,
-            "'trace_id': 'xyz' is not a 32-digit hex trace id",
+            "'trace_id': 'xyz' is not a trace id: 32 lowercase hex digits",
         ),
+        (
+            "/api/v1/traces/4BF92F3577B34DA6A3CE929D0E0E4736",
+            400,
+            "32 lowercase hex digits",
+        ),
+        (
+            "/api/v1/findings?since=2026-11-24T10:00:00",
+            400,
+            "'since': '2026-11-24T10:00:00' is not an RFC 3339 time",
+        ),
+        ("/api/v1/gate", 400, "'stage': is required"),
+        ("/api/v1/gate?stage=", 400, "'stage': is required"),
+        (
+            "/api/v1/gate?stage=canary&min_consistency=1e-3",
+            400,
+            "'min_consistency': '1e-3' is not a ratio from 0 to 1",
+        ),
+        ("/api/v1/gate?stage=canary&window=5 m", 400, "'window'"),
         (
             "/api/v1/findings?colour=red",
             400,
@@ -291,6 +315,12 @@ async fn errors_are_json_and_name_the_parameter() {
         ("/api/v1/edges/a/b?since=x", 400, "'since'"),
         (
             "/api/v1/traces/00000000000000000000000000000001",
+            404,
+            "is unknown",
+        ),
+        // Not a valid trace id, but a fair question with a plain answer.
+        (
+            "/api/v1/traces/00000000000000000000000000000000",
             404,
             "is unknown",
         ),
@@ -404,6 +434,82 @@ async fn the_openapi_document_covers_every_route() {
         let (status, v) = get(&c, &format!("/api/v1/findings?{name}={value}")).await;
         assert_eq!(status, 200, "{name}: {v}");
     }
+    // Each parameter carries the rule the handler enforces.
+    let param = |path: &str, method: &str, name: &str| -> serde_json::Value {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path} {name}"))
+            .clone()
+    };
+    let limit = param("/api/v1/findings", "get", "limit");
+    assert_eq!(
+        (&limit["schema"]["minimum"], &limit["schema"]["maximum"]),
+        (&serde_json::json!(1), &serde_json::json!(1000))
+    );
+    let kind = param("/api/v1/findings", "get", "kind")["schema"]["enum"].clone();
+    assert!(
+        kind.as_array().unwrap().contains(&"misrouted".into()),
+        "{kind}"
+    );
+    assert!(!kind.as_array().unwrap().contains(&"ok".into()), "{kind}");
+    let scope = param("/api/v1/findings", "get", "scope")["schema"]["enum"].clone();
+    assert_eq!(
+        scope,
+        serde_json::json!(["cross_service", "in_process", "messaging"])
+    );
+    let since = param("/api/v1/graph", "get", "since")["schema"]["anyOf"].clone();
+    assert_eq!(since[0]["format"], "date-time", "{since}");
+    assert!(since[1]["pattern"].is_string(), "{since}");
+    for (path, name) in [
+        ("/api/v1/traces/{trace_id}", "trace_id"),
+        ("/api/v1/findings", "trace_id"),
+    ] {
+        assert_eq!(
+            param(path, "get", name)["schema"]["pattern"],
+            "^[0-9a-f]{32}$"
+        );
+    }
+    let stage = param("/api/v1/gate", "get", "stage");
+    assert_eq!(stage["required"], true);
+    assert_eq!(stage["schema"]["minLength"], 1);
+    let webhook = &doc["paths"]["/api/v1/gate/webhook"]["post"];
+    let body = &doc["components"]["schemas"]["FlaggerWebhook"];
+    assert!(webhook["requestBody"]["content"]["application/json"].is_object());
+    assert_eq!(
+        body["properties"]["metadata"]["required"],
+        serde_json::json!(["stage"])
+    );
+    assert_eq!(
+        body["properties"]["metadata"]["additionalProperties"],
+        false
+    );
+    assert_eq!(
+        body["properties"]["metadata"]["properties"]["max_findings"]["pattern"],
+        "^[0-9]{1,9}$"
+    );
+    assert!(webhook["responses"]["412"].is_object());
+    let ids = &doc["components"]["schemas"]["TraceIds"]["properties"]["trace_ids"];
+    assert_eq!(ids["maxItems"], 1000);
+    assert_eq!(ids["items"]["pattern"], "^[0-9a-f]{32}$");
+    // Errors as the handlers give them; no token needed here, so no 401.
+    for (path, method) in [
+        ("/api/v1/findings", "get"),
+        ("/api/v1/gate/webhook", "post"),
+    ] {
+        let responses = &doc["paths"][path][method]["responses"];
+        for status in ["400", "500", "503"] {
+            assert_eq!(
+                responses[status]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorBody",
+                "{path} {status}"
+            );
+        }
+        assert!(responses["401"].is_null(), "{path}");
+    }
+    assert!(doc["security"].is_null());
     for schema in [
         "FindingsPage",
         "FindingView",
@@ -580,7 +686,7 @@ async fn verdicts_say_where_each_trace_is_and_judge_its_hops() {
         ("nope".to_string(), "expected {\"trace_ids\": [...]}"),
         (
             r#"{"trace_ids": ["00000000000000000000000000000011", "xyz"]}"#.to_string(),
-            "[1]: 'xyz' is not a 32-digit hex trace id",
+            "[1]: 'xyz' is not a trace id: 32 lowercase hex digits",
         ),
         (
             serde_json::json!({ "trace_ids": vec![&ids[0]; 1001] }).to_string(),

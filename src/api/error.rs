@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::{IntoResponses, ToSchema};
 
 use crate::read::filter::BadParam;
 use crate::store::StoreError;
@@ -14,6 +14,30 @@ use crate::store::StoreError;
 pub struct ErrorBody {
     /// What was wrong, naming the parameter when one was.
     pub error: String,
+}
+
+/// What an endpoint that reads the store can answer besides its own responses.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum Failed {
+    /// A parameter, or the body, is not what this document says; `error` names it.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// The store cannot answer now (it is down, or busy): ask again later.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+    /// The store holds data this grayscope cannot read.
+    #[response(status = 500)]
+    Broken(ErrorBody),
+}
+
+/// What an endpoint that only checks its parameters can answer besides its own responses.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum Refused {
+    /// A parameter is not what this document says; `error` names it.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +64,15 @@ impl IntoResponse for ApiError {
         let status = match self {
             ApiError::BadParam(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Store(ref e) => {
+            // What it stores, read back, is not what this grayscope can read: a bug or a damaged
+            // store, not worth retrying.
+            ApiError::Store(ref e @ StoreError::Decode(_)) => {
                 tracing::error!("API: {e}");
                 StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ApiError::Store(ref e) => {
+                tracing::warn!("API: {e}");
+                StatusCode::SERVICE_UNAVAILABLE
             }
         };
         let body = ErrorBody {

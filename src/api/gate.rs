@@ -11,13 +11,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
-use super::params::{self, Params};
-use super::{ApiError, ApiState, ErrorBody};
+use super::error::Failed;
+use super::params::{self, GateParams, Query};
+use super::{ApiError, ApiState};
 use crate::aggregate::{ServiceGraph, StageStats};
 use crate::intern::Symbols;
-use crate::read::filter::{self, BadParam};
+use crate::read::param::{self as param, BadParam, Param, Params, Rule};
 use crate::store::Window;
 use crate::verify::Verdict;
 
@@ -35,49 +36,59 @@ pub struct GateQuery {
     pub allow_empty: bool,
 }
 
+const STAGE: Param = Param::required(
+    "stage",
+    Rule::Text,
+    "The stage being rolled out, e.g. `canary`",
+);
+const WINDOW: Param = Param::optional(
+    "window",
+    Rule::Duration,
+    "How far back to look (default 5m; whole minutes)",
+);
+const MAX_FINDINGS: Param = Param::optional(
+    "max_findings",
+    Rule::Count {
+        min: 0,
+        max: 999_999_999,
+    },
+    "Findings (first breaks) allowed (default 0)",
+);
+const MIN_CONSISTENCY: Param = Param::optional(
+    "min_consistency",
+    Rule::Ratio,
+    "Share of judged edges that must be ok or absent (default: not checked)",
+);
+const CALLER: Param = Param::optional("caller", Rule::Text, "Only edges from this service");
+const CALLEE: Param = Param::optional("callee", Rule::Text, "Only edges to this service");
+const ALLOW_EMPTY: Param = Param::optional(
+    "allow_empty",
+    Rule::Flag,
+    "Pass when no edge carried the stage (default false: no traffic is no evidence)",
+);
+
 impl GateQuery {
-    /// Its parameters' names.
-    pub const PARAMS: [&str; 7] = [
-        "stage",
-        "window",
-        "max_findings",
-        "min_consistency",
-        "caller",
-        "callee",
-        "allow_empty",
+    /// Its parameters.
+    pub const PARAMS: [&Param; 7] = [
+        &STAGE,
+        &WINDOW,
+        &MAX_FINDINGS,
+        &MIN_CONSISTENCY,
+        &CALLER,
+        &CALLEE,
+        &ALLOW_EMPTY,
     ];
 
     /// Reads a gate from string parameters (query string, or a Flagger webhook's `metadata`).
-    pub fn parse(p: &impl filter::Params) -> Result<GateQuery, BadParam> {
-        let stage = p
-            .get("stage")
-            .ok_or(BadParam {
-                name: "stage",
-                message: "is required (e.g. stage=canary)".to_string(),
-            })?
-            .to_string();
-        let window = p
-            .parse("window", "a duration like 5m", |w| {
-                humantime::parse_duration(w).ok().filter(|d| !d.is_zero())
-            })?
-            .unwrap_or(Duration::from_secs(300));
-        let max_findings = p
-            .parse("max_findings", "a count", |v| v.parse().ok())?
-            .unwrap_or(0);
-        let min_consistency = p.parse("min_consistency", "a ratio from 0 to 1", |v| {
-            v.parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r))
-        })?;
-        let allow_empty = p
-            .parse("allow_empty", "true or false", |v| v.parse().ok())?
-            .unwrap_or(false);
+    pub fn parse(p: &impl Params) -> Result<GateQuery, BadParam> {
         Ok(GateQuery {
-            stage,
-            window,
-            max_findings,
-            min_consistency,
-            caller: p.get("caller").map(str::to_string),
-            callee: p.get("callee").map(str::to_string),
-            allow_empty,
+            stage: STAGE.text(p)?.ok_or_else(|| STAGE.missing())?.to_string(),
+            window: WINDOW.duration(p)?.unwrap_or(Duration::from_secs(300)),
+            max_findings: MAX_FINDINGS.count(p)?.unwrap_or(0),
+            min_consistency: MIN_CONSISTENCY.ratio(p)?,
+            caller: CALLER.text(p)?.map(str::to_string),
+            callee: CALLEE.text(p)?.map(str::to_string),
+            allow_empty: ALLOW_EMPTY.flag(p)?.unwrap_or(false),
         })
     }
 }
@@ -189,27 +200,6 @@ fn kinds(s: &StageStats) -> Vec<(Verdict, u64)> {
         .collect()
 }
 
-/// The gate's parameters, for the OpenAPI document.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-struct GateParams {
-    /// The stage being rolled out, e.g. `canary`
-    stage: String,
-    /// How far back to look, e.g. `5m` (default 5m; whole minutes)
-    window: Option<String>,
-    /// Findings (first breaks) allowed (default 0)
-    max_findings: Option<u64>,
-    /// Share of judged edges that must be ok or absent, 0 to 1 (default: not checked)
-    min_consistency: Option<f64>,
-    /// Only edges from this service
-    caller: Option<String>,
-    /// Only edges to this service
-    callee: Option<String>,
-    /// Pass when no edge carried the stage (default false: no traffic is no evidence)
-    allow_empty: Option<bool>,
-}
-
 async fn run(st: &ApiState, q: &GateQuery) -> Result<GateResult, ApiError> {
     let since = crate::wall_ms().saturating_sub(q.window.as_millis() as u64);
     let g = st
@@ -231,26 +221,61 @@ async fn run(st: &ApiState, q: &GateQuery) -> Result<GateResult, ApiError> {
     params(GateParams),
     responses(
         (status = 200, description = "The verdict; `pass` says whether to promote", body = GateResult),
-        (status = 400, description = "A bad parameter", body = ErrorBody),
+        Failed,
     )
 )]
-pub async fn gate_get(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
-    params::only(&q, &GateQuery::PARAMS)?;
+pub async fn gate_get(State(st): State<ApiState>, q: Query) -> Result<Response, ApiError> {
+    GateParams::SET.only(&q)?;
     let query = GateQuery::parse(&q.0)?;
     Ok(axum::Json(run(&st, &query).await?).into_response())
 }
 
-/// A Flagger webhook call; the gate's parameters come from its `metadata`.
-#[derive(serde::Deserialize, ToSchema)]
+/// A Flagger webhook call; the gate's parameters come from its `metadata`. The canary's name,
+/// namespace and phase are checked as the document says but not used; fields Flagger may add
+/// later pass.
+#[derive(serde::Deserialize)]
 #[allow(dead_code)]
 struct FlaggerWebhook {
     name: Option<String>,
     namespace: Option<String>,
     phase: Option<String>,
-    /// The gate's parameters, as strings: `stage`, `window`, `max_findings`, ...
-    #[serde(default)]
     metadata: HashMap<String, String>,
 }
+
+impl utoipa::PartialSchema for FlaggerWebhook {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let mut metadata = serde_json::Map::new();
+        for p in GateQuery::PARAMS {
+            let mut schema = p.rule.schema(p.required, true);
+            schema["description"] = p.description().into();
+            metadata.insert(p.name.to_string(), schema);
+        }
+        let required: Vec<&str> = GateQuery::PARAMS
+            .iter()
+            .filter(|p| p.required)
+            .map(|p| p.name)
+            .collect();
+        let text = serde_json::json!({"type": ["string", "null"]});
+        params::object_schema(serde_json::json!({
+            "type": "object",
+            "required": ["metadata"],
+            "properties": {
+                "name": text,
+                "namespace": text,
+                "phase": text,
+                "metadata": {
+                    "type": "object",
+                    "description": "The gate's parameters, each written as a string",
+                    "required": required,
+                    "properties": metadata,
+                    "additionalProperties": false,
+                },
+            },
+        }))
+    }
+}
+
+impl utoipa::ToSchema for FlaggerWebhook {}
 
 /// The gate as a Flagger webhook (`type: pre-rollout` or `rollout`): 200 when it passes, 412 with
 /// the same body when it does not, so that Flagger halts the rollout.
@@ -262,7 +287,7 @@ struct FlaggerWebhook {
     responses(
         (status = 200, description = "Passed", body = GateResult),
         (status = 412, description = "Did not pass", body = GateResult),
-        (status = 400, description = "Not a Flagger webhook payload, or bad metadata", body = ErrorBody),
+        Failed,
     )
 )]
 pub async fn gate_webhook(
@@ -271,12 +296,15 @@ pub async fn gate_webhook(
 ) -> Result<Response, ApiError> {
     let hook: FlaggerWebhook = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad("body", format!("not a Flagger webhook payload: {e}")))?;
-    let query = GateQuery::parse(&hook.metadata).map_err(|e| {
+    let in_metadata = |e: BadParam| {
         ApiError::BadParam(BadParam {
             message: format!("{} (in metadata)", e.message),
             ..e
         })
-    })?;
+    };
+    param::only(hook.metadata.keys().map(String::as_str), &GateQuery::PARAMS)
+        .map_err(in_metadata)?;
+    let query = GateQuery::parse(&hook.metadata).map_err(in_metadata)?;
     let result = run(&st, &query).await?;
     let status = if result.pass {
         StatusCode::OK

@@ -9,8 +9,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::model::TraceId;
 use crate::read::filter::{self, DEFAULT_LIMIT, FindingFilter, MAX_LIMIT};
+use crate::read::param::{BadParam, Form, Segment};
 use crate::read::{Found, Reader};
 use crate::store::{FindingQuery, StoreError, Window};
 use crate::verify::Finding;
@@ -37,9 +37,16 @@ pub fn service(reader: Reader, stop: CancellationToken) -> QueryServer<QueryServ
     QueryServer::new(QueryService { reader, stop })
 }
 
+/// As the JSON API answers it: a store that cannot answer now is `UNAVAILABLE` (retry), one
+/// that holds what cannot be read is `INTERNAL`.
 fn internal(e: StoreError) -> Status {
-    tracing::error!("query API: {e}");
-    Status::internal(e.to_string())
+    if matches!(e, StoreError::Decode(_)) {
+        tracing::error!("query API: {e}");
+        Status::internal(e.to_string())
+    } else {
+        tracing::warn!("query API: {e}");
+        Status::unavailable(e.to_string())
+    }
 }
 
 fn bad(field: &str, value: &str, expected: &str) -> Status {
@@ -73,6 +80,10 @@ impl filter::Params for FilterParams {
 fn parse_filter(f: Option<pb::FindingFilter>) -> Result<FindingFilter, Status> {
     FindingFilter::parse(&FilterParams(f.unwrap_or_default()))
         .map_err(|e| Status::invalid_argument(format!("filter.{}: {}", e.name, e.message)))
+}
+
+fn invalid(e: BadParam) -> Status {
+    Status::invalid_argument(format!("{}: {}", e.name, e.message))
 }
 
 fn window(since: i64, until: i64) -> Result<Window, Status> {
@@ -238,15 +249,7 @@ impl pb::query_server::Query for QueryService {
             n if n <= MAX_LIMIT => n,
             n => return Err(bad("limit", &n.to_string(), "from 1 to 1000")),
         };
-        let before = match opt(&r.cursor) {
-            None => None,
-            Some(c) => Some(
-                c.parse::<i64>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| bad("cursor", c, "a next_cursor of a previous page"))?,
-            ),
-        };
+        let before = filter::cursor(&Form(&Segment(&r.cursor))).map_err(invalid)?;
         let page = self
             .reader
             .findings(FindingQuery {
@@ -268,8 +271,10 @@ impl pb::query_server::Query for QueryService {
         req: Request<pb::GetTraceRequest>,
     ) -> Result<Response<pb::Trace>, Status> {
         let id = req.into_inner().trace_id;
-        let trace_id =
-            TraceId::from_hex(&id).ok_or_else(|| bad("trace_id", &id, "32 hex digits"))?;
+        let trace_id = super::params::TRACE_ID
+            .trace_id(&Form(&Segment(&id)))
+            .map_err(invalid)?
+            .ok_or_else(|| invalid(super::params::TRACE_ID.missing()))?;
         match self
             .reader
             .find_trace(trace_id, true)

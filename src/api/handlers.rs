@@ -7,11 +7,16 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::params::{self, FindingParams, Params, WindowParams};
+use super::error::{Failed, Refused};
+use super::params::{
+    self, EdgePath, FindingParams, NoParams, Query, ServiceParams, ServicePath, TraceParams,
+    TracePath, WindowParams,
+};
 use super::{ApiError, ApiState, ErrorBody};
 use crate::model::TraceId;
 use crate::read::Found;
 use crate::read::filter::{self, FindingFilter};
+use crate::read::param::{Param, Rule, Segment, Value};
 use crate::store::FindingQuery;
 use crate::telemetry;
 use crate::view::{self, GraphView, TraceView};
@@ -24,16 +29,11 @@ use crate::view::{self, GraphView, TraceView};
     params(FindingParams),
     responses(
         (status = 200, description = "A page of findings, newest first", body = view::FindingsPage),
-        (status = 400, description = "A bad parameter", body = ErrorBody),
-        (status = 500, description = "The store failed", body = ErrorBody),
+        Failed,
     )
 )]
-pub async fn findings(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
-    let known: Vec<&str> = FindingFilter::PARAMS
-        .into_iter()
-        .chain(["since", "until", "limit", "cursor"])
-        .collect();
-    params::only(&q, &known)?;
+pub async fn findings(State(st): State<ApiState>, q: Query) -> Result<Response, ApiError> {
+    FindingParams::SET.only(&q)?;
     let query = FindingQuery {
         filter: FindingFilter::parse(&q.0)?,
         window: filter::window(&q.0)?,
@@ -56,13 +56,15 @@ pub async fn findings(State(st): State<ApiState>, q: Params) -> Result<Response,
     params(WindowParams),
     responses(
         (status = 200, description = "Services and the calls between them, with verdict counts", body = GraphView),
-        (status = 400, description = "A bad parameter", body = ErrorBody),
+        Failed,
     )
 )]
-pub async fn graph(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
-    params::only(&q, &params::WINDOW)?;
-    let g = st.reader.graph(filter::window(&q.0)?).await?;
-    Ok(axum::Json(st.reader.graph_view(&g, params::get(&q, "stage"))).into_response())
+pub async fn graph(State(st): State<ApiState>, q: Query) -> Result<Response, ApiError> {
+    WindowParams::SET.only(&q)?;
+    let w = filter::window(&q.0)?;
+    let stage = filter::STAGE.text(&q.0)?;
+    let g = st.reader.graph(w).await?;
+    Ok(axum::Json(st.reader.graph_view(&g, stage)).into_response())
 }
 
 /// Every service seen, with its instance stages.
@@ -70,10 +72,11 @@ pub async fn graph(State(st): State<ApiState>, q: Params) -> Result<Response, Ap
     get,
     path = "/api/v1/services",
     tag = "graph",
-    responses((status = 200, description = "Services by name", body = view::ServicesPage))
+    params(NoParams),
+    responses((status = 200, description = "Services by name", body = view::ServicesPage), Failed)
 )]
-pub async fn services(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
-    params::only(&q, &[])?;
+pub async fn services(State(st): State<ApiState>, q: Query) -> Result<Response, ApiError> {
+    NoParams::SET.only(&q)?;
     let services = st.reader.services().await?;
     Ok(axum::Json(view::ServicesPage { services }).into_response())
 }
@@ -84,39 +87,25 @@ pub async fn services(State(st): State<ApiState>, q: Params) -> Result<Response,
     get,
     path = "/api/v1/services/{name}",
     tag = "graph",
-    params(
-        ("name" = String, Path, description = "The service"),
-        params::ServiceParams,
-    ),
+    params(ServicePath, ServiceParams),
     responses(
         (status = 200, description = "The service and its neighbourhood", body = view::ServiceDetailView),
-        (status = 400, description = "A bad parameter", body = ErrorBody),
         (status = 404, description = "grayscope has not seen the service", body = ErrorBody),
+        Failed,
     )
 )]
 pub async fn service(
     State(st): State<ApiState>,
     Path(name): Path<String>,
-    q: Params,
+    q: Query,
 ) -> Result<Response, ApiError> {
-    params::only(&q, &["stage", "since", "until", "depth"])?;
-    let depth = match params::get(&q, "depth") {
-        None => 1,
-        Some(d) => match d.parse::<usize>() {
-            Ok(d @ 1..=2) => d,
-            _ => {
-                return Err(filter::BadParam {
-                    name: "depth",
-                    message: format!("'{d}' is not 1 or 2"),
-                }
-                .into());
-            }
-        },
-    };
+    ServiceParams::SET.only(&q)?;
+    required(&params::NAME, params::NAME.text(&Segment(&name)))?;
+    let depth = params::depth(&q)?;
     let w = filter::window(&q.0)?;
     match st
         .reader
-        .service_detail(&name, w, params::get(&q, "stage"), depth)
+        .service_detail(&name, w, filter::STAGE.text(&q.0)?, depth)
         .await?
     {
         Some(view) => Ok(axum::Json(view).into_response()),
@@ -131,25 +120,23 @@ pub async fn service(
     get,
     path = "/api/v1/edges/{caller}/{callee}",
     tag = "graph",
-    params(
-        ("caller" = String, Path, description = "Service the calls come from"),
-        ("callee" = String, Path, description = "Service (or uninstrumented callee) they go to"),
-        WindowParams,
-    ),
+    params(EdgePath, WindowParams),
     responses(
         (status = 200, description = "Per-minute counts, oldest first", body = view::EdgeSeriesView),
-        (status = 400, description = "A bad parameter", body = ErrorBody),
         (status = 404, description = "Either service is unknown", body = ErrorBody),
+        Failed,
     )
 )]
 pub async fn edge(
     State(st): State<ApiState>,
     Path((caller, callee)): Path<(String, String)>,
-    q: Params,
+    q: Query,
 ) -> Result<Response, ApiError> {
-    params::only(&q, &params::WINDOW)?;
+    WindowParams::SET.only(&q)?;
+    required(&params::CALLER, params::CALLER.text(&Segment(&caller)))?;
+    required(&params::CALLEE, params::CALLEE.text(&Segment(&callee)))?;
     let w = filter::window(&q.0)?;
-    let stage = params::get(&q, "stage").map(str::to_string);
+    let stage = filter::STAGE.text(&q.0)?.map(str::to_string);
     match st
         .reader
         .edge_series(caller.clone(), callee.clone(), stage, w)
@@ -168,20 +155,19 @@ pub async fn edge(
     get,
     path = "/api/v1/traces/{trace_id}",
     tag = "traces",
-    params(
-        ("trace_id" = String, Path, description = "32 hex digits"),
-        ("local" = Option<bool>, Query, description = "Only this instance and the store: not the other instances of a cluster"),
-    ),
+    params(TracePath, TraceParams),
     responses(
-        (status = 200, description = "The trace; header `x-grayscope-member` names the instance that holds it when another one does", body = TraceView),
-        (status = 400, description = "Not a trace id", body = ErrorBody),
+        (status = 200, description = "The trace", body = TraceView, headers(
+            ("x-grayscope-member" = String, description = "The instance of the cluster that holds the trace, when it is not the one asked"),
+        )),
         (status = 404, description = "Unknown trace", body = ErrorBody),
+        Failed,
     )
 )]
 pub async fn trace(
     State(st): State<ApiState>,
     Path(id): Path<String>,
-    q: Params,
+    q: Query,
 ) -> Result<Response, ApiError> {
     let (trace_id, local) = trace_and_local(&id, &q)?;
     match st.reader.find_trace(trace_id, !local).await? {
@@ -204,14 +190,20 @@ pub async fn trace(
 }
 
 /// The path's trace id and `?local=`, the only parameter of the trace endpoints.
-fn trace_and_local(id: &str, q: &Params) -> Result<(TraceId, bool), ApiError> {
-    params::only(q, &["local"])?;
-    let trace_id = TraceId::from_hex(id).ok_or_else(|| {
-        ApiError::bad("trace_id", format!("'{id}' is not a 32-digit hex trace id"))
-    })?;
-    let local =
-        filter::Params::parse(&q.0, "local", "true or false", |s| s.parse().ok())?.unwrap_or(false);
+fn trace_and_local(id: &str, q: &Query) -> Result<(TraceId, bool), ApiError> {
+    TraceParams::SET.only(q)?;
+    let trace_id = required(&params::TRACE_ID, params::TRACE_ID.trace_id(&Segment(id)))?;
+    let local = params::LOCAL.flag(&q.0)?.unwrap_or(false);
     Ok((trace_id, local))
+}
+
+/// A required parameter's value: [`Param::read`] refuses its absence, this says so to the
+/// compiler.
+fn required<T>(
+    p: &Param,
+    v: Result<Option<T>, crate::read::param::BadParam>,
+) -> Result<T, ApiError> {
+    Ok(v?.ok_or_else(|| p.missing())?)
 }
 
 /// Most trace ids one request may ask about.
@@ -222,30 +214,43 @@ const MAX_TRACE_IDS: usize = 1000;
     get,
     path = "/api/v1/traces/{trace_id}/verdicts",
     tag = "traces",
-    params(
-        ("trace_id" = String, Path, description = "32 hex digits"),
-        ("local" = Option<bool>, Query, description = "Only this instance and the store: not the other instances of a cluster"),
-    ),
+    params(TracePath, TraceParams),
     responses(
         (status = 200, description = "The trace's state (`unknown` too) and its verdicts so far", body = view::TraceVerdicts),
-        (status = 400, description = "Not a trace id", body = ErrorBody),
+        Failed,
     )
 )]
 pub async fn trace_verdicts(
     State(st): State<ApiState>,
     Path(id): Path<String>,
-    q: Params,
+    q: Query,
 ) -> Result<Response, ApiError> {
     let (trace_id, local) = trace_and_local(&id, &q)?;
     Ok(axum::Json(st.reader.verdicts(trace_id, !local).await?).into_response())
 }
 
 /// The body of `POST /api/v1/traces/verdicts`.
-#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[derive(serde::Deserialize)]
 pub struct TraceIds {
-    /// At most 1000, each 32 hex digits.
     pub trace_ids: Vec<String>,
 }
+
+impl utoipa::PartialSchema for TraceIds {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        params::object_schema(serde_json::json!({
+            "type": "object",
+            "required": ["trace_ids"],
+            "properties": {"trace_ids": {
+                "type": "array",
+                "maxItems": MAX_TRACE_IDS,
+                "items": params::TRACE_ID.rule.schema(true, false),
+                "description": format!("At most {MAX_TRACE_IDS}, each {}", params::TRACE_ID.rule.expected()),
+            }},
+        }))
+    }
+}
+
+impl utoipa::ToSchema for TraceIds {}
 
 /// Many traces' states and verdicts at once, in the order asked.
 #[utoipa::path(
@@ -255,7 +260,7 @@ pub struct TraceIds {
     request_body = TraceIds,
     responses(
         (status = 200, description = "Each trace's state and verdicts, and `--trace-idle`", body = view::TraceVerdictsPage),
-        (status = 400, description = "Not JSON of that shape, a bad trace id, or more than 1000", body = ErrorBody),
+        Failed,
     )
 )]
 pub async fn traces_verdicts(
@@ -275,12 +280,12 @@ pub async fn traces_verdicts(
     }
     let mut traces = Vec::with_capacity(ids.trace_ids.len());
     for (i, id) in ids.trace_ids.iter().enumerate() {
-        let trace_id = TraceId::from_hex(id).ok_or_else(|| {
-            ApiError::bad(
+        let Some(Value::TraceId(trace_id)) = Rule::TraceId.read(id) else {
+            return Err(ApiError::bad(
                 "trace_ids",
-                format!("[{i}]: '{id}' is not a 32-digit hex trace id"),
-            )
-        })?;
+                format!("[{i}]: '{id}' is not {}", Rule::TraceId.expected()),
+            ));
+        };
         traces.push(st.reader.verdicts(trace_id, true).await?);
     }
     Ok(axum::Json(view::TraceVerdictsPage {
@@ -296,10 +301,11 @@ pub async fn traces_verdicts(
     get,
     path = "/api/v1/members",
     tag = "meta",
-    responses((status = 200, description = "Every instance with a live heartbeat", body = view::MembersPage))
+    params(NoParams),
+    responses((status = 200, description = "Every instance with a live heartbeat", body = view::MembersPage), Refused)
 )]
-pub async fn members(State(st): State<ApiState>, q: Params) -> Result<Response, ApiError> {
-    params::only(&q, &[])?;
+pub async fn members(State(st): State<ApiState>, q: Query) -> Result<Response, ApiError> {
+    NoParams::SET.only(&q)?;
     Ok(axum::Json(members_page(&st.reader)).into_response())
 }
 
@@ -321,9 +327,9 @@ pub fn members_page(reader: &crate::read::Reader) -> view::MembersPage {
     responses((status = 200, description = "The OpenAPI 3 document of this API", content_type = "application/json"))
 )]
 pub async fn openapi_json(
-    axum::Extension(doc): axum::Extension<Arc<utoipa::openapi::OpenApi>>,
+    axum::Extension(doc): axum::Extension<Arc<serde_json::Value>>,
 ) -> Response {
-    axum::Json(doc.as_ref().clone()).into_response()
+    axum::Json(doc.as_ref()).into_response()
 }
 
 /// Liveness.

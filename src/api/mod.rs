@@ -58,17 +58,52 @@ fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(metrics))
 }
 
-/// The OpenAPI 3 document of the API.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented().into_openapi()
+/// The OpenAPI 3 document of the API; `secured` when reading needs a token (`--read-tokens`),
+/// which the document then says: the scheme, and a 401 on every operation but `/healthz`.
+pub fn openapi(secured: bool) -> serde_json::Value {
+    let mut doc = serde_json::to_value(documented().into_openapi()).expect("a document of JSON");
+    if secured {
+        secure(&mut doc);
+    }
+    doc
+}
+
+fn secure(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    doc["components"]["securitySchemes"]["bearer"] = json!({
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A read token (--read-tokens); the dashboard's session cookie also passes",
+    });
+    doc["security"] = json!([{"bearer": []}]);
+    let refused = json!({
+        "description": "No read token, or not one of --read-tokens",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "required": true}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    });
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(operations) = item.as_object_mut() else {
+            continue;
+        };
+        for op in operations.values_mut() {
+            if crate::security::OPEN_PATHS.contains(&path.as_str()) {
+                op["security"] = json!([]);
+            } else {
+                op["responses"]["401"] = refused.clone();
+            }
+        }
+    }
 }
 
 /// The API's routes. Paths it does not know fall through to whatever the router is merged with
 /// (the dashboard); [`not_found`] answers the rest.
-pub fn router(state: ApiState) -> Router {
-    let (router, doc) = documented().split_for_parts();
+pub fn router(state: ApiState, secured: bool) -> Router {
+    let (router, _) = documented().split_for_parts();
     router
-        .layer(axum::Extension(Arc::new(doc)))
+        .layer(axum::Extension(Arc::new(openapi(secured))))
         .with_state(state)
 }
 

@@ -1,82 +1,159 @@
-//! Query parameters as the OpenAPI document describes them. Handlers read them through
-//! [`crate::read::filter`] instead of typed extractors, so that every error names the parameter;
-//! these structs exist for the document.
-#![allow(dead_code)]
+//! The endpoints' parameters, each set once: a handler reads its parameters through the set's
+//! [`Param`]s, refuses any other ([`only`]), and the OpenAPI document lists the same set with
+//! each parameter's schema from its rule ([`schema`]). Neither can say more than the other.
 
 use std::collections::HashMap;
 
-use axum::extract::Query;
-use utoipa::IntoParams;
+use axum::extract::Query as QueryString;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{AnyOf, Object, Schema};
+use utoipa::openapi::{RefOr, Required};
 
 use super::ApiError;
-use crate::read::filter;
+use crate::read::filter::{self, FindingFilter};
+use crate::read::param::{self, Param, Rule};
 
-/// A request's query string.
-pub type Params = Query<HashMap<String, String>>;
+/// A request's query string, every value as given: an empty one is a value, refused where text
+/// is not what the parameter takes (`limit=`).
+pub type Query = QueryString<HashMap<String, String>>;
 
-/// A parameter, empty meaning absent.
-pub fn get<'a>(q: &'a Params, name: &str) -> Option<&'a str> {
-    filter::Params::get(&q.0, name)
+/// A set of parameters in one place (the query string or the path).
+pub struct Set {
+    /// In groups, so that a set can take a whole list defined elsewhere (the finding filter's).
+    pub groups: &'static [&'static [&'static Param]],
 }
 
-/// Fails on a parameter not in `known`.
-pub fn only(q: &Params, known: &[&str]) -> Result<(), ApiError> {
-    Ok(filter::only(q.keys().map(String::as_str), known)?)
+impl Set {
+    pub fn params(&self) -> impl Iterator<Item = &'static Param> {
+        self.groups.iter().flat_map(|g| g.iter().copied())
+    }
+
+    /// Fails on a query parameter not in the set, so that a misspelt one is not ignored.
+    pub fn only(&self, q: &Query) -> Result<(), ApiError> {
+        let known: Vec<&Param> = self.params().collect();
+        Ok(param::only(q.keys().map(String::as_str), &known)?)
+    }
+
+    fn document(&self, at: ParameterIn) -> Vec<Parameter> {
+        self.params()
+            .map(|p| {
+                ParameterBuilder::new()
+                    .name(p.name)
+                    .parameter_in(at.clone())
+                    .required(if p.required || at == ParameterIn::Path {
+                        Required::True
+                    } else {
+                        Required::False
+                    })
+                    .description(Some(p.description()))
+                    .schema(Some(schema(p, false)))
+                    .build()
+            })
+            .collect()
+    }
 }
 
-/// Query parameters of `/api/v1/findings`.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct FindingParams {
-    /// A finding verdict: missing, changed, appeared, key_mismatch, invalid_value, misrouted, broken_trace
-    kind: Option<String>,
-    /// The stage the finding concerns, or `none`
-    stage: Option<String>,
-    /// The service (or uninstrumented callee) the edge starts at
-    caller: Option<String>,
-    /// The service (or uninstrumented callee) the edge ends at
-    callee: Option<String>,
-    /// 32 hex digits
-    trace_id: Option<String>,
-    /// cross_service or in_process
-    scope: Option<String>,
-    first_break: Option<bool>,
-    /// RFC 3339 time, or a duration before now (`15m`)
-    since: Option<String>,
-    /// RFC 3339 time, or a duration before now
-    until: Option<String>,
-    /// 1 to 1000, default 100
-    limit: Option<usize>,
-    /// `next` of the previous page
-    cursor: Option<String>,
+/// A parameter's rule as an OpenAPI schema; `as_text` as in [`Rule::schema`].
+pub fn schema(p: &Param, as_text: bool) -> Schema {
+    let json = p.rule.schema(p.required, as_text);
+    let schema = if json.get("anyOf").is_some() {
+        serde_json::from_value::<AnyOf>(json).map(Schema::AnyOf)
+    } else {
+        serde_json::from_value::<Object>(json).map(Schema::Object)
+    };
+    schema.unwrap_or_else(|e| panic!("the schema of parameter {}: {e}", p.name))
 }
 
-/// Query parameters of the graph and edge endpoints.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct WindowParams {
-    /// Only this request stage, or `none`
-    stage: Option<String>,
-    /// RFC 3339 time, or a duration before now (`15m`); whole minutes
-    since: Option<String>,
-    /// RFC 3339 time, or a duration before now; whole minutes
-    until: Option<String>,
+/// Declares a documented set: a unit type whose `IntoParams` the endpoint's `#[utoipa::path]`
+/// names, and whose `SET` the handler reads by.
+macro_rules! documented {
+    ($(#[$doc:meta])* $name:ident, $at:ident, [$($group:expr),* $(,)?]) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl $name {
+            pub const SET: Set = Set { groups: &[$($group),*] };
+        }
+
+        impl utoipa::IntoParams for $name {
+            fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+                $name::SET.document(ParameterIn::$at)
+            }
+        }
+    };
 }
 
-/// [`WindowParams`]' names.
-pub const WINDOW: [&str; 3] = ["stage", "since", "until"];
+pub const LOCAL: Param = Param::optional(
+    "local",
+    Rule::Flag,
+    "Only this instance and the store: not the other instances of a cluster (default false)",
+);
+const DEPTH: Param = Param::optional(
+    "depth",
+    Rule::Count { min: 1, max: 2 },
+    "How many calls away the graph reaches, upstream and downstream (default 1)",
+);
+pub const TRACE_ID: Param = Param::required("trace_id", Rule::TraceId, "The trace");
+pub const NAME: Param = Param::required("name", Rule::Text, "The service");
+pub const CALLER: Param = Param::required("caller", Rule::Text, "Service the calls come from");
+pub const CALLEE: Param = Param::required(
+    "callee",
+    Rule::Text,
+    "Service (or uninstrumented callee) they go to",
+);
 
-/// Query parameters of `/api/v1/services/{name}`.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ServiceParams {
-    /// Only this request stage, or `none`
-    stage: Option<String>,
-    /// RFC 3339 time, or a duration before now (`15m`); whole minutes
-    since: Option<String>,
-    /// RFC 3339 time, or a duration before now; whole minutes
-    until: Option<String>,
-    /// How many calls away the graph reaches, upstream and downstream: 1 or 2 (default 1)
-    #[param(minimum = 1, maximum = 2)]
-    depth: Option<usize>,
+documented!(
+    /// `/api/v1/findings`.
+    FindingParams,
+    Query,
+    [
+        &FindingFilter::PARAMS,
+        &[&filter::SINCE, &filter::UNTIL, &filter::LIMIT, &filter::CURSOR],
+    ]
+);
+documented!(
+    /// The graph and an edge's series.
+    WindowParams,
+    Query,
+    [&[&filter::STAGE, &filter::SINCE, &filter::UNTIL]]
+);
+documented!(
+    /// `/api/v1/services/{name}`.
+    ServiceParams,
+    Query,
+    [&[&filter::STAGE, &filter::SINCE, &filter::UNTIL, &DEPTH]]
+);
+documented!(
+    /// A trace's endpoints.
+    TraceParams,
+    Query,
+    [&[&LOCAL]]
+);
+documented!(
+    /// Endpoints without parameters, which still refuse unknown ones.
+    NoParams,
+    Query,
+    []
+);
+documented!(
+    /// `/api/v1/gate`.
+    GateParams,
+    Query,
+    [&super::gate::GateQuery::PARAMS]
+);
+documented!(ServicePath, Path, [&[&NAME]]);
+documented!(EdgePath, Path, [&[&CALLER, &CALLEE]]);
+documented!(TracePath, Path, [&[&TRACE_ID]]);
+
+/// `depth`: 1 when absent.
+pub fn depth(q: &Query) -> Result<usize, ApiError> {
+    Ok(DEPTH.count(&q.0)?.map_or(1, |d| d as usize))
+}
+
+/// A body's schema, written as JSON Schema around the parameters' own.
+pub fn object_schema(json: serde_json::Value) -> RefOr<Schema> {
+    match serde_json::from_value::<Object>(json) {
+        Ok(o) => RefOr::T(Schema::Object(o)),
+        Err(e) => panic!("a body's schema: {e}"),
+    }
 }

@@ -5,6 +5,7 @@
 //! parameters with one set of rules.
 
 pub mod filter;
+pub mod param;
 mod peers;
 pub mod subgraph;
 

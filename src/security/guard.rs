@@ -236,7 +236,7 @@ where
 }
 
 /// Paths of the API listener that need no read token: liveness, the login page and what it loads.
-const OPEN_PATHS: [&str; 5] = [
+pub const OPEN_PATHS: [&str; 5] = [
     "/healthz",
     "/login",
     "/logout",

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SecurityConfig;
 pub use client::{ClientAuth, ClientAuthArgs};
-pub use guard::{AuthMetrics, Guard, Refused};
+pub use guard::{AuthMetrics, Guard, OPEN_PATHS, Refused};
 pub use tls::{ClientTls, ServerTls};
 pub use tokens::Tokens;
 pub use watch::Watched;

@@ -146,6 +146,8 @@ pub enum Scope {
 }
 
 impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::CrossService, Scope::InProcess, Scope::Messaging];
+
     pub fn of(parent: &SpanRecord, child: &SpanRecord) -> Scope {
         if parent.service == child.service {
             Scope::InProcess
@@ -163,12 +165,7 @@ impl Scope {
     }
 
     pub fn parse(s: &str) -> Option<Scope> {
-        match s {
-            "cross_service" => Some(Scope::CrossService),
-            "in_process" => Some(Scope::InProcess),
-            "messaging" => Some(Scope::Messaging),
-            _ => None,
-        }
+        Scope::ALL.into_iter().find(|v| v.as_str() == s)
     }
 }
 

@@ -73,11 +73,12 @@ pub(super) async fn findings(
         .filter(|v| v.is_finding())
         .map(|v| v.as_str())
         .collect();
-    let parsed = FindingFilter::parse(&q.0).and_then(|filter| {
+    let form = filter::Form(&q.0);
+    let parsed = FindingFilter::parse(&form).and_then(|filter| {
         Ok(FindingQuery {
             filter,
-            window: filter::window(&q.0)?,
-            before: filter::cursor(&q.0)?,
+            window: filter::window(&form)?,
+            before: filter::cursor(&form)?,
             limit: PAGE,
         })
     });
