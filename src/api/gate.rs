@@ -313,3 +313,48 @@ pub async fn gate_webhook(
     };
     Ok((status, axum::Json(result)).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_gate_reads_every_parameter() {
+        let q = GateQuery::parse(&map(&[
+            ("stage", "canary"),
+            ("window", "1h30m"),
+            ("max_findings", "3"),
+            ("min_consistency", "0.99"),
+            ("caller", "users"),
+            ("callee", "orders"),
+            ("allow_empty", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(q.stage, "canary");
+        assert_eq!(q.window, Duration::from_secs(5400));
+        assert_eq!(q.max_findings, 3);
+        assert_eq!(q.min_consistency, Some(0.99));
+        assert_eq!(q.caller.as_deref(), Some("users"));
+        assert_eq!(q.callee.as_deref(), Some("orders"));
+        assert!(q.allow_empty);
+        let q = GateQuery::parse(&map(&[("stage", "canary")])).unwrap();
+        assert_eq!((q.window, q.max_findings), (Duration::from_secs(300), 0));
+        for (name, value) in [
+            ("max_findings", "-1"),
+            ("max_findings", "1000000000"),
+            ("min_consistency", "1.5"),
+            ("window", "5"),
+            ("allow_empty", "yes"),
+        ] {
+            let e = GateQuery::parse(&map(&[("stage", "canary"), (name, value)])).unwrap_err();
+            assert_eq!(e.name, name);
+        }
+    }
+}

@@ -157,3 +157,41 @@ pub fn object_schema(json: serde_json::Value) -> RefOr<Schema> {
         Err(e) => panic!("a body's schema: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utoipa::IntoParams;
+
+    /// utoipa reads a schema back into its own types: what it cannot hold would be dropped
+    /// from the document silently, and the document would promise less than is checked.
+    #[test]
+    fn every_parameter_schema_reaches_the_document_whole() {
+        let sets = [
+            FindingParams::SET,
+            WindowParams::SET,
+            ServiceParams::SET,
+            TraceParams::SET,
+            GateParams::SET,
+            ServicePath::SET,
+            EdgePath::SET,
+            TracePath::SET,
+        ];
+        for set in sets {
+            for p in set.params() {
+                for as_text in [false, true] {
+                    if as_text && matches!(p.rule, Rule::Count { min, .. } if min > 0) {
+                        continue;
+                    }
+                    let want = p.rule.schema(p.required, as_text);
+                    let got = serde_json::to_value(schema(p, as_text)).unwrap();
+                    assert_eq!(got, want, "{}", p.name);
+                }
+            }
+        }
+        let path = TracePath::into_params(|| None);
+        assert_eq!(path[0].name, "trace_id");
+        assert!(matches!(path[0].parameter_in, ParameterIn::Path));
+        assert!(matches!(path[0].required, Required::True));
+    }
+}
