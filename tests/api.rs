@@ -699,6 +699,13 @@ async fn verdicts_say_where_each_trace_is_and_judge_its_hops() {
     }
     let (status, _) = get(&c, "/api/v1/traces/xyz/verdicts").await;
     assert_eq!(status, 400);
+    // A body past the limit is refused before it is read whole, in JSON like every error.
+    let big = format!(r#"{{"trace_ids": ["{}"]}}"#, "0".repeat(300 * 1024));
+    for path in ["/api/v1/traces/verdicts", "/api/v1/gate/webhook"] {
+        let (status, e) = post(&c, path, big.clone()).await;
+        assert_eq!(status, 413, "{path}");
+        assert_eq!(e["error"], "the body is over 262144 bytes", "{path}");
+    }
     c.shutdown().await.unwrap();
 }
 

@@ -46,11 +46,26 @@ pub enum ApiError {
     BadParam(#[from] BadParam),
     #[error("{0}")]
     NotFound(String),
+    #[error("the body is over {} bytes", MAX_BODY)]
+    TooLarge,
     #[error("{0}")]
     Store(#[from] StoreError),
 }
 
+/// The largest request body the API reads: a thousand trace ids take 35 KiB.
+pub const MAX_BODY: usize = 256 * 1024;
+
 impl ApiError {
+    /// A body as axum read it, or why it could not.
+    pub fn body(
+        b: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+    ) -> Result<bytes::Bytes, ApiError> {
+        b.map_err(|e| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
+            _ => ApiError::bad("body", e.body_text()),
+        })
+    }
+
     pub fn bad(name: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::BadParam(BadParam {
             name,
@@ -64,6 +79,7 @@ impl IntoResponse for ApiError {
         let status = match self {
             ApiError::BadParam(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             // What it stores, read back, is not what this grayscope can read: a bug or a damaged
             // store, not worth retrying.
             ApiError::Store(ref e @ StoreError::Decode(_)) => {

@@ -287,13 +287,15 @@ impl utoipa::ToSchema for FlaggerWebhook {}
     responses(
         (status = 200, description = "Passed", body = GateResult),
         (status = 412, description = "Did not pass", body = GateResult),
+        (status = 413, description = "The body is over 256 KiB", body = super::ErrorBody),
         Failed,
     )
 )]
 pub async fn gate_webhook(
     State(st): State<ApiState>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = ApiError::body(body)?;
     let hook: FlaggerWebhook = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad("body", format!("not a Flagger webhook payload: {e}")))?;
     let in_metadata = |e: BadParam| {

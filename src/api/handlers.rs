@@ -260,13 +260,15 @@ impl utoipa::ToSchema for TraceIds {}
     request_body = TraceIds,
     responses(
         (status = 200, description = "Each trace's state and verdicts, and `--trace-idle`", body = view::TraceVerdictsPage),
+        (status = 413, description = "The body is over 256 KiB", body = ErrorBody),
         Failed,
     )
 )]
 pub async fn traces_verdicts(
     State(st): State<ApiState>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = ApiError::body(body)?;
     let ids: TraceIds = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad("body", format!("expected {{\"trace_ids\": [...]}}: {e}")))?;
     if ids.trace_ids.len() > MAX_TRACE_IDS {

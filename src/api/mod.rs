@@ -103,6 +103,7 @@ fn secure(doc: &mut serde_json::Value) {
 pub fn router(state: ApiState, secured: bool) -> Router {
     let (router, _) = documented().split_for_parts();
     router
+        .layer(axum::extract::DefaultBodyLimit::max(error::MAX_BODY))
         .layer(axum::Extension(Arc::new(openapi(secured))))
         .with_state(state)
 }
