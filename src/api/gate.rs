@@ -319,13 +319,7 @@ pub async fn gate_webhook(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::read::param::map;
 
     #[test]
     fn a_gate_reads_every_parameter() {

@@ -109,15 +109,8 @@ impl FindingFilter {
 
 #[cfg(test)]
 mod tests {
+    use super::super::param::map;
     use super::*;
-    use std::collections::HashMap;
-
-    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn a_filter_reads_every_field_and_names_the_bad_one() {
