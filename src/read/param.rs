@@ -66,15 +66,17 @@ const CURSOR: &str = r"^[1-9][0-9]{0,17}$";
 /// A trace id: 32 lowercase hex digits, as W3C Trace Context writes it.
 const TRACE_ID: &str = r"^[0-9a-f]{32}$";
 
+/// The patterns compiled, each from the text the document carries.
+static COMPILED: LazyLock<[Regex; 4]> = LazyLock::new(|| {
+    [DURATION, RATIO, CURSOR, TRACE_ID].map(|p| Regex::new(p).expect("a pattern of this module"))
+});
+
 fn matches(pattern: &'static str, s: &str) -> bool {
-    static COMPILED: LazyLock<[(&str, Regex); 4]> = LazyLock::new(|| {
-        [DURATION, RATIO, CURSOR, TRACE_ID]
-            .map(|p| (p, Regex::new(p).expect("a pattern of this module")))
-    });
-    COMPILED
+    let i = [DURATION, RATIO, CURSOR, TRACE_ID]
         .iter()
-        .find(|(p, _)| *p == pattern)
-        .is_some_and(|(_, re)| re.is_match(s))
+        .position(|p| *p == pattern)
+        .expect("a pattern of this module");
+    COMPILED[i].is_match(s)
 }
 
 /// What a parameter's value may be.
