@@ -82,7 +82,7 @@ impl GateQuery {
     /// Reads a gate from string parameters (query string, or a Flagger webhook's `metadata`).
     pub fn parse(p: &impl Params) -> Result<GateQuery, BadParam> {
         Ok(GateQuery {
-            stage: STAGE.text(p)?.ok_or_else(|| STAGE.missing())?.to_string(),
+            stage: STAGE.need(STAGE.text(p))?.to_string(),
             window: WINDOW.duration(p)?.unwrap_or(Duration::from_secs(300)),
             max_findings: MAX_FINDINGS.count(p)?.unwrap_or(0),
             min_consistency: MIN_CONSISTENCY.ratio(p)?,

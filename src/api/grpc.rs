@@ -271,10 +271,10 @@ impl pb::query_server::Query for QueryService {
         req: Request<pb::GetTraceRequest>,
     ) -> Result<Response<pb::Trace>, Status> {
         let id = req.into_inner().trace_id;
-        let trace_id = super::params::TRACE_ID
-            .trace_id(&Form(&Segment(&id)))
-            .map_err(invalid)?
-            .ok_or_else(|| invalid(super::params::TRACE_ID.missing()))?;
+        let param = &super::params::TRACE_ID;
+        let trace_id = param
+            .need(param.trace_id(&Form(&Segment(&id))))
+            .map_err(invalid)?;
         match self
             .reader
             .find_trace(trace_id, true)

@@ -16,7 +16,7 @@ use super::{ApiError, ApiState, ErrorBody};
 use crate::model::TraceId;
 use crate::read::Found;
 use crate::read::filter::{self, FindingFilter};
-use crate::read::param::{Param, Rule, Segment, Value};
+use crate::read::param::{Rule, Segment, Value};
 use crate::store::FindingQuery;
 use crate::telemetry;
 use crate::view::{self, GraphView, TraceView};
@@ -100,7 +100,7 @@ pub async fn service(
     q: Query,
 ) -> Result<Response, ApiError> {
     ServiceParams::SET.only(&q)?;
-    required(&params::NAME, params::NAME.text(&Segment(&name)))?;
+    params::NAME.need(params::NAME.text(&Segment(&name)))?;
     let depth = params::depth(&q)?;
     let w = filter::window(&q.0)?;
     match st
@@ -133,8 +133,8 @@ pub async fn edge(
     q: Query,
 ) -> Result<Response, ApiError> {
     WindowParams::SET.only(&q)?;
-    required(&params::CALLER, params::CALLER.text(&Segment(&caller)))?;
-    required(&params::CALLEE, params::CALLEE.text(&Segment(&callee)))?;
+    params::CALLER.need(params::CALLER.text(&Segment(&caller)))?;
+    params::CALLEE.need(params::CALLEE.text(&Segment(&callee)))?;
     let w = filter::window(&q.0)?;
     let stage = filter::STAGE.text(&q.0)?.map(str::to_string);
     match st
@@ -192,18 +192,9 @@ pub async fn trace(
 /// The path's trace id and `?local=`, the only parameter of the trace endpoints.
 fn trace_and_local(id: &str, q: &Query) -> Result<(TraceId, bool), ApiError> {
     TraceParams::SET.only(q)?;
-    let trace_id = required(&params::TRACE_ID, params::TRACE_ID.trace_id(&Segment(id)))?;
+    let trace_id = params::TRACE_ID.need(params::TRACE_ID.trace_id(&Segment(id)))?;
     let local = params::LOCAL.flag(&q.0)?.unwrap_or(false);
     Ok((trace_id, local))
-}
-
-/// A required parameter's value: [`Param::read`] refuses its absence, this says so to the
-/// compiler.
-fn required<T>(
-    p: &Param,
-    v: Result<Option<T>, crate::read::param::BadParam>,
-) -> Result<T, ApiError> {
-    Ok(v?.ok_or_else(|| p.missing())?)
 }
 
 /// Most trace ids one request may ask about.

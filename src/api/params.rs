@@ -55,13 +55,23 @@ impl Set {
 
 /// A parameter's rule as an OpenAPI schema; `as_text` as in [`Rule::schema`].
 pub fn schema(p: &Param, as_text: bool) -> Schema {
-    let json = p.rule.schema(p.required, as_text);
+    to_schema(p.rule.schema(p.required, as_text))
+}
+
+/// A body's schema, written as JSON Schema around the parameters' own.
+pub fn object_schema(json: serde_json::Value) -> RefOr<Schema> {
+    RefOr::T(to_schema(json))
+}
+
+/// JSON Schema as utoipa holds it. Its `Schema` is untagged and would read an `anyOf` as an
+/// empty object, so the kind is chosen here.
+fn to_schema(json: serde_json::Value) -> Schema {
     let schema = if json.get("anyOf").is_some() {
         serde_json::from_value::<AnyOf>(json).map(Schema::AnyOf)
     } else {
         serde_json::from_value::<Object>(json).map(Schema::Object)
     };
-    schema.unwrap_or_else(|e| panic!("the schema of parameter {}: {e}", p.name))
+    schema.unwrap_or_else(|e| panic!("a schema of this module: {e}"))
 }
 
 /// Declares a documented set: a unit type whose `IntoParams` the endpoint's `#[utoipa::path]`
@@ -148,14 +158,6 @@ documented!(TracePath, Path, [&[&TRACE_ID]]);
 /// `depth`: 1 when absent.
 pub fn depth(q: &Query) -> Result<usize, ApiError> {
     Ok(DEPTH.count(&q.0)?.map_or(1, |d| d as usize))
-}
-
-/// A body's schema, written as JSON Schema around the parameters' own.
-pub fn object_schema(json: serde_json::Value) -> RefOr<Schema> {
-    match serde_json::from_value::<Object>(json) {
-        Ok(o) => RefOr::T(Schema::Object(o)),
-        Err(e) => panic!("a body's schema: {e}"),
-    }
 }
 
 #[cfg(test)]

@@ -32,13 +32,7 @@ pub const CURSOR: Param = Param::optional("cursor", Rule::Cursor, "Where the pag
 
 const KIND: Param = Param::optional(
     "kind",
-    Rule::OneOf(|| {
-        Verdict::ALL
-            .into_iter()
-            .filter(|v| v.is_finding())
-            .map(Verdict::as_str)
-            .collect()
-    }),
+    Rule::OneOf(Verdict::finding_names),
     "Only findings of this verdict",
 );
 const CALLER: Param = Param::optional(

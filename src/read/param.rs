@@ -66,17 +66,14 @@ const CURSOR: &str = r"^[1-9][0-9]{0,17}$";
 /// A trace id: 32 lowercase hex digits, as W3C Trace Context writes it.
 const TRACE_ID: &str = r"^[0-9a-f]{32}$";
 
-/// The patterns compiled, each from the text the document carries.
-static COMPILED: LazyLock<[Regex; 4]> = LazyLock::new(|| {
-    [DURATION, RATIO, CURSOR, TRACE_ID].map(|p| Regex::new(p).expect("a pattern of this module"))
-});
+/// Each pattern compiled from the very text the document carries.
+static DURATION_RE: LazyLock<Regex> = LazyLock::new(|| compile(DURATION));
+static RATIO_RE: LazyLock<Regex> = LazyLock::new(|| compile(RATIO));
+static CURSOR_RE: LazyLock<Regex> = LazyLock::new(|| compile(CURSOR));
+static TRACE_ID_RE: LazyLock<Regex> = LazyLock::new(|| compile(TRACE_ID));
 
-fn matches(pattern: &'static str, s: &str) -> bool {
-    let i = [DURATION, RATIO, CURSOR, TRACE_ID]
-        .iter()
-        .position(|p| *p == pattern)
-        .expect("a pattern of this module");
-    COMPILED[i].is_match(s)
+fn compile(pattern: &str) -> Regex {
+    Regex::new(pattern).expect("a pattern of this module")
 }
 
 /// What a parameter's value may be.
@@ -144,7 +141,8 @@ impl Rule {
                 .into_iter()
                 .find(|w| *w == s)
                 .map(|_| Value::Text(s)),
-            Rule::TraceId => matches(TRACE_ID, s)
+            Rule::TraceId => TRACE_ID_RE
+                .is_match(s)
                 .then(|| u128::from_str_radix(s, 16).ok())
                 .flatten()
                 .map(|id| Value::TraceId(TraceId(id))),
@@ -155,12 +153,14 @@ impl Rule {
                 .flatten()
                 .filter(|n| (min..=max).contains(&n))
                 .map(Value::Count),
-            Rule::Ratio => matches(RATIO, s)
+            Rule::Ratio => RATIO_RE
+                .is_match(s)
                 .then(|| s.parse::<f64>().ok())
                 .flatten()
                 .map(Value::Ratio),
             Rule::Flag => s.parse().ok().map(Value::Flag),
-            Rule::Cursor => matches(CURSOR, s)
+            Rule::Cursor => CURSOR_RE
+                .is_match(s)
                 .then(|| s.parse::<u64>().ok())
                 .flatten()
                 .map(Value::Count),
@@ -211,7 +211,8 @@ fn read_time(s: &str) -> Option<u64> {
 }
 
 fn read_duration(s: &str) -> Option<Duration> {
-    matches(DURATION, s)
+    DURATION_RE
+        .is_match(s)
         .then(|| humantime::parse_duration(s).ok())
         .flatten()
 }
@@ -266,6 +267,12 @@ impl Param {
             name: self.name,
             message: format!("is required: {}", self.rule.expected()),
         }
+    }
+
+    /// A required parameter's value, as one of the typed reads below gave it: [`Param::read`]
+    /// already refuses its absence, this says so in the type.
+    pub fn need<T>(&self, v: Result<Option<T>, BadParam>) -> Result<T, BadParam> {
+        v?.ok_or_else(|| self.missing())
     }
 
     /// The value through `pick`, which names the [`Value`] this parameter's rule gives. Which

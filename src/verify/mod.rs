@@ -69,6 +69,15 @@ impl Verdict {
         Verdict::NotApplicable,
     ];
 
+    /// The names of the verdicts that are findings, in code order: what a finding's `kind` may be.
+    pub fn finding_names() -> Vec<&'static str> {
+        Verdict::ALL
+            .into_iter()
+            .filter(|v| v.is_finding())
+            .map(Verdict::as_str)
+            .collect()
+    }
+
     pub fn is_finding(self) -> bool {
         !matches!(
             self,

@@ -68,11 +68,7 @@ pub(super) async fn findings(
         until: param(&q, "until").into(),
         trace_id: param(&q, "trace_id").into(),
     };
-    let kinds: Vec<&'static str> = Verdict::ALL
-        .iter()
-        .filter(|v| v.is_finding())
-        .map(|v| v.as_str())
-        .collect();
+    let kinds = Verdict::finding_names();
     let form = filter::Form(&q.0);
     let parsed = FindingFilter::parse(&form).and_then(|filter| {
         Ok(FindingQuery {
